@@ -1,0 +1,164 @@
+"""Where stages write, and how they write atomically.
+
+Every stage writes into ``<workdir>/<stage folder>/``. A run stages everything in a hidden
+``.staging-*`` folder beside the outputs and publishes it by renames only when the stage has
+finished, writing ``config.json`` (the config it ran with) and ``manifest.json`` (what it wrote)
+last. A failed run removes its staging folder and leaves the previous outputs untouched; a later
+stage refuses to start from a folder that has no ``manifest.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from strokeseg.config import Config, read_config, to_json
+from strokeseg.errors import InputError, StageOrderError
+
+log = logging.getLogger(__name__)
+
+STAGES = (
+    "01_dataset",
+    "02_splitting",
+    "03_convert",
+    "04_cross_validation",
+    "05_batch_distribution",
+    "06_preparation",
+    "07_models",
+    "08_training",
+    "09_comparison",
+    "10_fusion",
+)
+MANIFEST = "manifest.json"
+CONFIG = "config.json"
+
+
+def stage_dir(workdir: Path, stage: str) -> Path:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}")
+    return Path(workdir) / stage
+
+
+def previous_stage(stage: str) -> str:
+    index = STAGES.index(stage)
+    if index == 0:
+        raise ValueError("01_dataset has no previous stage")
+    return STAGES[index - 1]
+
+
+def require_stage(workdir: Path, stage: str) -> Path:
+    """The published output folder of ``stage``, or a clear error telling the user what to run."""
+    folder = stage_dir(workdir, stage)
+    if not (folder / MANIFEST).is_file():
+        raise StageOrderError(
+            f"{folder / MANIFEST}: not found; run `python {stage}/run.py --workdir {workdir}` first")
+    return folder
+
+
+def stage_config(workdir: Path, stage: str) -> Config:
+    """The config recorded by a finished stage."""
+    return read_config(require_stage(workdir, stage) / CONFIG)
+
+
+def manifest(workdir: Path, stage: str) -> dict:
+    return json.loads((require_stage(workdir, stage) / MANIFEST).read_text())
+
+
+class StageWriter:
+    """Context manager that stages a stage's outputs and publishes them atomically.
+
+    >>> with StageWriter(workdir, "02_splitting", config) as out:
+    ...     write_csv(frame, out.path / "subjects_80.csv")
+    """
+
+    def __init__(self, workdir: Path, stage: str, config: Config, synthetic: bool | None = None):
+        self.final = stage_dir(workdir, stage)
+        self.stage = stage
+        self.config = config
+        self.synthetic = config.synthetic if synthetic is None else synthetic
+        self.extra: dict = {}
+        self.path: Path = Path()
+
+    def __enter__(self) -> "StageWriter":
+        try:
+            self.final.mkdir(parents=True, exist_ok=True)
+            self.path = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.final))
+        except OSError as exc:
+            raise InputError(self.final, f"workdir is not writable ({exc.strerror or exc})") from exc
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return False
+        try:
+            self._publish()
+        finally:
+            shutil.rmtree(self.path, ignore_errors=True)
+        return False
+
+    def _publish(self) -> None:
+        outputs = sorted(p.name for p in self.path.iterdir())
+        (self.path / CONFIG).write_text(to_json(self.config))
+        record = {"stage": self.stage, "synthetic_data": self.synthetic, "outputs": outputs, **self.extra}
+        old_outputs = []
+        if (self.final / MANIFEST).is_file():
+            try:
+                old_outputs = json.loads((self.final / MANIFEST).read_text()).get("outputs", [])
+            except (OSError, json.JSONDecodeError):
+                old_outputs = []
+            # Unpublish first: if we die while swapping, no stale manifest vouches for mixed outputs.
+            (self.final / MANIFEST).unlink()
+        trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=self.final))
+        try:
+            for name in sorted(set(old_outputs) - set(outputs)):
+                _move_aside(self.final / name, trash)
+            for name in outputs + [CONFIG]:
+                _move_aside(self.final / name, trash)
+                os.replace(self.path / name, self.final / name)
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
+        atomic_write_text(self.final / MANIFEST, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        log.info("%s: wrote %d outputs to %s", self.stage, len(outputs), self.final)
+
+
+def _move_aside(target: Path, trash: Path) -> None:
+    if target.exists() or target.is_symlink():
+        os.replace(target, trash / target.name)
+
+
+# Writers ------------------------------------------------------------------------------------------
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Deterministic CSV: no index, '\\n' line ends, floats with 10 significant digits."""
+    frame.to_csv(path, index=False, lineterminator="\n", float_format="%.10g")
+
+
+def read_csv(path: Path, **kwargs) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, **kwargs)
+    except FileNotFoundError as exc:
+        raise InputError(path, "file not found") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"unreadable CSV ({exc})") from exc
+
+
+def is_synthetic_run(workdir: Path) -> bool:
+    """Whether the cohort behind this workdir is synthetic (recorded by stage 01)."""
+    return bool(manifest(workdir, "01_dataset").get("synthetic_data", False))
