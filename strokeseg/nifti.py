@@ -1,0 +1,256 @@
+"""NIfTI read/write that keeps affine and header, and validation that names the file and the fault.
+
+Every fault is an :class:`~strokeseg.errors.InputError` whose message is ``"<path>: <fault>"`` on
+one line, with a short lower-case fault (``file not found``, ``not a NIfTI file``, ``corrupt or
+truncated gzip (...)``, ``4-D volume (shape ...), expected 3-D``, ``non-finite intensities (...)``,
+``constant image (...)``, ``mask shape ... differs from T1 shape ...``, ``mask affine differs from
+T1 affine``, ``mask has values other than 0 and 1 ...``, ``empty mask (no lesion voxels)``).
+
+The voxel data of a file are read exactly once (``np.asanyarray(img.dataobj)``, no memory map):
+:func:`load_image` returns an image whose data object is that in-memory array, so later
+``np.asanyarray(img.dataobj)`` calls are free and never touch the file again.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.fileholders import FileHolder
+from nibabel.spatialimages import HeaderDataError, HeaderTypeError
+
+from strokeseg.errors import InputError
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_DRAIN_CHUNK = 1 << 20
+_MAX_LISTED_VALUES = 5
+
+
+@dataclass(frozen=True)
+class SubjectVolumes:
+    """A validated T1 volume and its lesion mask on the same grid."""
+
+    t1: np.ndarray                       # float32, 3-D, finite, not constant
+    mask: np.ndarray                     # uint8 {0, 1}, same shape, at least one lesion voxel
+    affine: np.ndarray                   # 4x4 float64 (the T1's)
+    header: nib.Nifti1Header             # of the T1
+    zooms: tuple[float, float, float]    # voxel size in mm
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {text}"
+
+
+def _is_gzip(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
+
+
+def load_image(path, kind: str = "image") -> nib.Nifti1Image:
+    """Open a NIfTI file (``.nii`` or ``.nii.gz``) and read all its voxels once.
+
+    Faults raise :class:`InputError`. Compression is detected from the content (gzip magic), and a
+    gzip stream is read to its end, so a truncated or corrupted ``.nii.gz`` (cut anywhere, or a
+    failing CRC) is reported as such. ``kind`` ("image", "T1", "mask" ...) only words the
+    not-found fault. The returned image holds the data in memory (scaled by the header's
+    slope/intercept, as nibabel reads it); header and affine (sform/qform and codes) are the file's.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, f"{kind} file not found")
+    if path.is_dir():
+        raise InputError(path, f"is a folder, expected a {kind} NIfTI file")
+    try:
+        with open(path, "rb") as raw:
+            compressed = raw.read(2) == _GZIP_MAGIC
+    except OSError as exc:
+        raise InputError(path, f"cannot read ({_one_line(exc)})") from None
+    if not compressed and _is_gzip(path):
+        raise InputError(path, "not a NIfTI file (named .gz but not gzip-compressed)")
+    stage = "header"
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as fileobj:
+            image_class = _image_class(path, fileobj.read(540))
+            fileobj.seek(0)
+            holder = FileHolder(filename=str(path), fileobj=fileobj)
+            img = image_class.from_file_map({"image": holder, "header": holder})
+            stage = "data"
+            data = np.asanyarray(img.dataobj)
+            if compressed:  # read to the end of the stream: checks the CRC and the length
+                while fileobj.read(_DRAIN_CHUNK):
+                    pass
+    except InputError:
+        raise
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise InputError(path, f"corrupt or truncated gzip ({_one_line(exc)})") from None
+    except (ImageFileError, HeaderDataError, HeaderTypeError) as exc:
+        raise InputError(path, f"not a NIfTI file ({_one_line(exc)})") from None
+    except MemoryError:
+        raise InputError(path, "voxel data too large to read (damaged header?)") from None
+    except (OSError, ValueError, TypeError) as exc:
+        # nibabel: "Expected N bytes, got M bytes" when the voxel data are cut short
+        fault = "not a NIfTI file" if stage == "header" else "truncated data"
+        raise InputError(path, f"{fault} ({_one_line(exc)})") from None
+    # Same affine as the header's best affine, so sform/qform and their codes are kept as they are.
+    loaded = image_class(data, img.affine, img.header)
+    loaded.set_filename(str(path))
+    return loaded
+
+
+def _image_class(path: Path, head: bytes):
+    """NIfTI-1 or NIfTI-2 single file, from ``sizeof_hdr`` (either byte order) and the magic."""
+    if len(head) < 4:
+        raise InputError(path, "not a NIfTI file (shorter than a NIfTI header)")
+    sizes = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")}
+    if 348 in sizes:
+        image_class, magic = nib.Nifti1Image, head[344:348]
+    elif 540 in sizes:
+        image_class, magic = nib.Nifti2Image, head[4:8]
+    else:
+        raise InputError(path, "not a NIfTI file (no NIfTI-1/2 header)")
+    if magic[:3] in (b"ni1", b"ni2"):
+        raise InputError(path, "not a NIfTI file (header of a .hdr/.img pair; expected one .nii/.nii.gz file)")
+    if magic[:3] not in (b"n+1", b"n+2"):
+        raise InputError(path, "not a NIfTI file (no NIfTI magic; Analyze or damaged header)")
+    return image_class
+
+
+def _check_3d(path, data: np.ndarray) -> None:
+    if data.dtype.kind not in "biuf":
+        raise InputError(path, f"unsupported voxel data type {data.dtype}, expected numbers")
+    if data.ndim != 3:
+        raise InputError(path, f"{data.ndim}-D volume (shape {tuple(data.shape)}), expected 3-D")
+    if data.size == 0:
+        raise InputError(path, f"empty volume (shape {tuple(data.shape)})")
+
+
+def load_t1(path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """A T1 volume as float32 (3-D, finite, not constant) and its image (affine and header)."""
+    img = load_image(path, "T1")
+    raw = np.asanyarray(img.dataobj)
+    _check_3d(path, raw)
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = np.asarray(raw, dtype=np.float32)
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = data.size - int(np.count_nonzero(finite))
+        raise InputError(path, f"non-finite intensities ({bad} NaN/inf voxels)")
+    lo, hi = data.min(), data.max()
+    if lo == hi:
+        raise InputError(path, f"constant image (every voxel is {float(lo):g})")
+    return data, img
+
+
+def _distinct_bad_values(data: np.ndarray) -> str:
+    bad = np.unique(data[(data != 0) & (data != 1)])
+    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in bad[:_MAX_LISTED_VALUES].tolist())
+    return shown + (", ..." if bad.size > _MAX_LISTED_VALUES else "")
+
+
+def load_mask(path, binarize: bool = False, shape=None, affine=None,
+              allow_empty: bool = False) -> np.ndarray:
+    """A lesion mask as uint8 {0, 1}.
+
+    ``shape``/``affine`` (the T1's) are checked when given. Values other than 0 and 1 are a fault
+    unless ``binarize`` is true, in which case the mask is ``mask > 0``. An empty mask is a fault
+    unless ``allow_empty``.
+    """
+    img = load_image(path, "mask")
+    data = np.asanyarray(img.dataobj)
+    _check_3d(path, data)
+    if shape is not None and tuple(data.shape) != tuple(int(s) for s in shape):
+        raise InputError(path, f"mask shape {tuple(data.shape)} differs from T1 shape "
+                               f"{tuple(int(s) for s in shape)}")
+    if affine is not None and not same_affine(img.affine, affine):
+        diff = float(np.max(np.abs(np.asarray(img.affine, float) - np.asarray(affine, float))))
+        raise InputError(path, f"mask affine differs from T1 affine (max difference {diff:.4g})")
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data)
+        if not finite.all():
+            bad = data.size - int(np.count_nonzero(finite))
+            raise InputError(path, f"non-finite mask values ({bad} NaN/inf voxels)")
+    if data.dtype == np.bool_:
+        mask = data.view(np.uint8)
+    elif binarize:
+        mask = (data > 0).view(np.uint8)
+    elif data.dtype.kind in "ui":
+        if data.min() < 0 or data.max() > 1:
+            raise InputError(path, f"mask has values other than 0 and 1 ({_distinct_bad_values(data)}); "
+                                   "pass binarize=True to use mask > 0")
+        mask = data.astype(np.uint8, copy=False)
+    else:
+        if not np.all((data == 0) | (data == 1)):
+            raise InputError(path, f"mask has values other than 0 and 1 ({_distinct_bad_values(data)}); "
+                                   "pass binarize=True to use mask > 0")
+        mask = data.astype(np.uint8)
+    if not allow_empty and not mask.any():
+        raise InputError(path, "empty mask (no lesion voxels)")
+    return mask
+
+
+def load_pair(t1_path, mask_path, binarize: bool = False) -> SubjectVolumes:
+    """The T1 and its lesion mask, validated and checked to lie on the same grid."""
+    t1, img = load_t1(t1_path)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    mask = load_mask(mask_path, binarize=binarize, shape=t1.shape, affine=affine)
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return SubjectVolumes(t1=t1, mask=mask, affine=affine, header=img.header, zooms=zooms)
+
+
+def same_affine(a, b, atol: float = 1e-4) -> bool:
+    """Whether two 4x4 affines (or images with ``.affine``) agree within ``atol``."""
+    a = getattr(a, "affine", a)
+    b = getattr(b, "affine", b)
+    if a is None or b is None:
+        return False
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=0.0, atol=atol))
+
+
+def write_nifti(path, data, reference: nib.Nifti1Image | None = None, affine=None,
+                dtype=np.uint8) -> None:
+    """Write ``data`` as NIfTI atomically (temp file in the same folder, then ``os.replace``).
+
+    With a ``reference`` image the file gets its header (sform/qform and codes, zooms, units) and
+    affine; ``affine`` overrides the reference's (the codes are then reset by nibabel). The data
+    are cast to ``dtype``, written unscaled, and the display range is cleared. On failure nothing
+    is left behind.
+    """
+    path = Path(path)
+    if reference is None and affine is None:
+        raise ValueError("write_nifti needs a reference image or an affine")
+    dtype = np.dtype(dtype)
+    array = np.asarray(data)
+    if array.dtype != dtype:
+        array = array.astype(dtype)
+    if reference is not None:
+        header = reference.header.copy()
+        if not isinstance(header, nib.Nifti1Header):
+            header = nib.Nifti1Header.from_header(header)
+        affine = reference.affine if affine is None else affine
+    else:
+        header = nib.Nifti1Header()
+    affine = np.asarray(affine, dtype=np.float64)
+    header.set_data_dtype(dtype)
+    header["cal_min"] = 0
+    header["cal_max"] = 0
+    img = nib.Nifti1Image(array, affine, header)
+    # Same extension as the target so nibabel picks the same format/compression.
+    suffix = "".join(s for s in path.suffixes[-2:]) if path.name.lower().endswith(".gz") else path.suffix
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
