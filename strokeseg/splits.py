@@ -201,34 +201,33 @@ def subject_folds(subjects: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFra
 
 
 def inner_validation_seed(seed: int, fold: int) -> int:
-    """The seed of the inner validation draw for test fold ``fold`` (a SeedSequence of both)."""
-    _rng(seed)
-    return int(np.random.SeedSequence([int(seed), int(fold)]).generate_state(1)[0])
+    """The seed of fold ``fold``'s inner validation draw (a SeedSequence of both)."""
+    return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
 
 
-def inner_validation_subjects(train_subjects: pd.DataFrame, fraction: float, seed: int,
-                              fold: int) -> list[str]:
-    """Subjects held out of training for model selection when ``fold`` is the test fold.
+def inner_validation_subjects(folds: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """Each fold's inner-validation part: subjects used for model selection, never for fitting.
 
-    ``train_subjects`` is the fold table (subject_name, volume_bin, fold). The subjects of the
-    other folds are subsampled with ``stratified_subset`` on volume_bin, seeded by
-    ``inner_validation_seed(seed, fold)``; the test fold's subjects are never candidates. At least
-    one subject is returned and at least one is left for training. Sorted list.
+    ``folds`` is the fold table (subject_name, volume_bin, fold). Every fold is split once into a
+    training part and an inner-validation part (``stratified_subset`` on volume_bin, seeded by
+    ``inner_validation_seed(seed, fold)``). When fold k is the test fold, a model fits on the
+    training parts of the other folds and is selected on their inner-validation parts, so the
+    test fold never picks a checkpoint (upstream did, §14.6); because the parts are fixed per fold,
+    every slice is prepared once instead of once per test fold. A fold of one subject keeps it for
+    training. Returns (fold, subject_name) sorted.
     """
-    _require_columns(train_subjects, ["subject_name", "volume_bin", "fold"],
-                     "inner_validation_subjects: fold table")
-    _require_unique_subjects(train_subjects["subject_name"], "inner_validation_subjects")
+    _require_columns(folds, ["subject_name", "volume_bin", "fold"], "inner_validation_subjects: fold table")
+    _require_unique_subjects(folds["subject_name"], "inner_validation_subjects")
     _check_fraction(fraction)
-    if fold not in set(train_subjects["fold"].tolist()):
-        raise StrokesegError(f"fold {fold!r} is not in the fold table "
-                             f"(folds: {sorted(set(train_subjects['fold'].tolist()))})")
-    others = train_subjects[train_subjects["fold"] != fold]
-    if len(others) < 2:
-        raise StrokesegError(f"test fold {fold}: {len(others)} subject(s) in the other folds; need "
-                             f"at least 2 to keep one for inner validation and one for training")
-    return stratified_subset(others["subject_name"].astype(str).tolist(),
-                             others["volume_bin"].tolist(), fraction,
-                             inner_validation_seed(seed, fold))
+    rows = []
+    for fold, members in folds.groupby("fold", sort=True):
+        chosen = stratified_subset(members["subject_name"].astype(str).tolist(),
+                                   members["volume_bin"].tolist(), fraction,
+                                   inner_validation_seed(seed, int(fold)))
+        rows += [(int(fold), name) for name in chosen]
+    if not rows:
+        raise StrokesegError("no fold has two subjects: nothing can be held out for inner validation")
+    return pd.DataFrame(rows, columns=["fold", "subject_name"])
 
 
 # Normal slices ------------------------------------------------------------------------------------
@@ -291,3 +290,22 @@ def select_normal_slices(slices: pd.DataFrame, lesion_counts: pd.Series, ratio: 
             log.warning("normal slices: %d wanted but only %d candidates in the fold",
                         wanted, int(chosen.sum()))
     return candidates.loc[chosen, ["subject_name", "slice"]].reset_index(drop=True)
+
+
+# Roles of the fold parts --------------------------------------------------------------------------
+PARTS = ("train", "inner_val")
+ROLES = ("train", "inner_val", "test")
+
+
+def fold_parts(test_fold: int, n_folds: int) -> dict[str, list[tuple[int, str]]]:
+    """Which (fold, part) pairs each role uses when ``test_fold`` is held out.
+
+    train: the training parts of the other folds; inner_val: their inner-validation parts (model
+    selection); test: both parts of the test fold.
+    """
+    if not 1 <= test_fold <= n_folds:
+        raise StrokesegError(f"test fold {test_fold} is outside 1..{n_folds}")
+    others = [f for f in range(1, n_folds + 1) if f != test_fold]
+    return {"train": [(f, "train") for f in others],
+            "inner_val": [(f, "inner_val") for f in others],
+            "test": [(test_fold, part) for part in PARTS]}

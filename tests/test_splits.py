@@ -159,36 +159,28 @@ def test_merge_small_strata_pools_neighbours():
 
 
 # inner validation ----------------------------------------------------------------------------------
-def test_inner_validation_comes_from_other_folds_and_is_stratified():
+def test_inner_validation_is_a_stratified_part_of_every_fold():
     train, _ = holdout_split(cohort(), 0.2, seed=42)
     folds = subject_folds(train, 5, seed=42)
-    previous = None
-    for fold in range(1, 6):
-        val = inner_validation_subjects(folds, 0.15, seed=42, fold=fold)
-        others = folds[folds.fold != fold]
-        assert val and val == sorted(val) and len(set(val)) == len(val)
-        assert set(val) <= set(others.subject_name)
-        assert set(val).isdisjoint(folds[folds.fold == fold].subject_name)
-        assert len(val) < len(others)
-        got = others.set_index("subject_name").loc[val, "volume_bin"].value_counts()
-        for b, n in others.volume_bin.value_counts().items():
+    inner = inner_validation_subjects(folds, 0.15, seed=42)
+    assert list(inner.columns) == ["fold", "subject_name"] and inner["subject_name"].is_unique
+    for fold, members in folds.groupby("fold"):
+        chosen = inner.loc[inner.fold == fold, "subject_name"].tolist()
+        assert chosen and set(chosen) < set(members.subject_name)        # some held out, most kept
+        got = members.set_index("subject_name").loc[chosen, "volume_bin"].value_counts()
+        for b, n in members.volume_bin.value_counts().items():
             assert got.get(b, 0) == half_up_quota(0.15, n)
-        assert val == inner_validation_subjects(shuffled(folds), 0.15, seed=42, fold=fold)
-        assert val != previous
-        previous = val
+    pd.testing.assert_frame_equal(inner, inner_validation_subjects(shuffled(folds), 0.15, seed=42))
+    assert not inner.equals(inner_validation_subjects(folds, 0.15, seed=43))
     assert inner_validation_seed(42, 1) != inner_validation_seed(42, 2)
-    assert inner_validation_subjects(folds, 0.15, 43, 1) != inner_validation_subjects(folds, 0.15, 42, 1)
 
 
-def test_inner_validation_tiny_and_bad_input():
-    tiny = pd.DataFrame({"subject_name": ["a", "b", "c", "d"], "volume_bin": [0, 0, 1, 1],
-                         "fold": [1, 1, 2, 2]})
-    val = inner_validation_subjects(tiny, 0.15, seed=0, fold=1)
-    assert len(val) == 1 and val[0] in {"c", "d"}
-    with pytest.raises(StrokesegError, match="fold 3"):
-        inner_validation_subjects(tiny, 0.15, seed=0, fold=3)
-    with pytest.raises(StrokesegError, match="at least 2"):
-        inner_validation_subjects(tiny.iloc[:3], 0.15, seed=0, fold=1)
+def test_inner_validation_tiny_folds():
+    tiny = pd.DataFrame({"subject_name": ["a", "b", "c"], "volume_bin": [0, 0, 1], "fold": [1, 1, 2]})
+    inner = inner_validation_subjects(tiny, 0.15, seed=0)
+    assert inner["fold"].tolist() == [1] and inner["subject_name"].iloc[0] in {"a", "b"}   # c kept for training
+    with pytest.raises(StrokesegError, match="no fold has two subjects"):
+        inner_validation_subjects(tiny.iloc[1:], 0.15, seed=0)
 
 
 # select_normal_slices ------------------------------------------------------------------------------
@@ -270,3 +262,14 @@ def test_normal_slices_reject_bad_input():
         select_normal_slices(pd.concat([slices, slices.iloc[:1]]), counts, 1.0, 100, 0)
     with pytest.raises(StrokesegError, match="ratio"):
         select_normal_slices(slices, counts, -1.0, 100, 0)
+
+
+def test_fold_parts_never_let_the_test_fold_fit_or_select():
+    from strokeseg.splits import fold_parts
+
+    roles = fold_parts(3, 5)
+    assert roles["test"] == [(3, "train"), (3, "inner_val")]
+    assert [f for f, _ in roles["train"]] == [1, 2, 4, 5] == [f for f, _ in roles["inner_val"]]
+    assert {p for _, p in roles["train"]} == {"train"} and {p for _, p in roles["inner_val"]} == {"inner_val"}
+    with pytest.raises(StrokesegError, match="outside"):
+        fold_parts(6, 5)
