@@ -1,0 +1,43 @@
+"""Per-subject work over a process pool, results in input order, with a progress bar.
+
+Decompressing NIfTI volumes is CPU-bound, so stages that read every volume spread subjects over
+processes (one per core by default). Results come back in input order, so outputs do not depend
+on scheduling.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable, Iterator, Sequence, TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def worker_count(requested: int) -> int:
+    return requested if requested > 0 else (os.cpu_count() or 1)
+
+
+def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int, desc: str,
+                progress: bool = True) -> Iterator[R]:
+    """``map(fn, items)`` over ``workers`` processes (inline when 1), yielding in input order."""
+    workers = min(worker_count(workers), max(len(items), 1))
+    bar = tqdm(total=len(items), desc=desc, unit="subject", disable=not progress, leave=False)
+    try:
+        if workers == 1:
+            for item in items:
+                yield fn(item)
+                bar.update()
+            return
+        # spawn, not fork: a parent that imported TensorFlow must not be forked.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            for result in pool.map(fn, items, chunksize=1):
+                yield result
+                bar.update()
+    finally:
+        bar.close()
+

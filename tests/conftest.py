@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny ATLAS-layout cohorts written by the tests themselves (no download)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+T1W = "_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz"
+MASK = "_ses-1_space-MNI152NLin2009aSym_label-L_desc-T1lesion_mask.nii.gz"
+TINY_SHAPE = (20, 24, 18)
+TINY_AFFINE = np.array([[2.0, 0, 0, -20], [0, 2.0, 0, -24], [0, 0, 2.0, -18], [0, 0, 0, 1]])
+
+
+def subject_paths(root: Path, subject: str) -> tuple[Path, Path]:
+    site = "R" + subject[5:8]
+    anat = root / "Training" / site / subject / "ses-1" / "anat"
+    return anat / f"{subject}{T1W}", anat / f"{subject}{MASK}"
+
+
+def tiny_subject(rng: np.random.Generator, shape=TINY_SHAPE) -> tuple[np.ndarray, np.ndarray]:
+    """A head-like ellipsoid with 1-3 dark blob lesions of random size."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    head = (grid ** 2).sum(axis=0) < 0.85
+    t1 = np.where(head, 800 + 60 * rng.standard_normal(shape), 0).astype(np.float32)
+    mask = np.zeros(shape, dtype=np.uint8)
+    for _ in range(rng.integers(1, 4)):
+        centre = rng.uniform(-0.45, 0.45, size=3)
+        radius = rng.uniform(0.08, 0.4)
+        blob = ((grid - centre[:, None, None, None]) ** 2).sum(axis=0) < radius ** 2
+        mask |= (blob & head).astype(np.uint8)
+    if not mask.any():
+        mask[tuple(s // 2 for s in shape)] = 1
+    t1[mask > 0] *= 0.4
+    return t1, mask
+
+
+def write_tiny_cohort(root: Path, n_subjects: int, seed: int = 0, shape=TINY_SHAPE,
+                      affine=TINY_AFFINE) -> list[str]:
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(n_subjects):
+        subject = f"sub-r{1 + i % 3:03d}s{i:03d}"
+        t1, mask = tiny_subject(rng, shape)
+        t1_path, mask_path = subject_paths(root, subject)
+        t1_path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(t1, affine), t1_path)
+        nib.save(nib.Nifti1Image(mask, affine), mask_path)
+        names.append(subject)
+    return sorted(names)
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory) -> Path:
+    """A 16-subject ATLAS-layout cohort of 20x24x18 volumes (read-only: copy before damaging it)."""
+    root = tmp_path_factory.mktemp("tiny_atlas")
+    write_tiny_cohort(root, 16)
+    return root
