@@ -80,7 +80,6 @@ class BatchConfig:
 class PrepareConfig:
     channels: tuple[int, ...] = (1,)     # adjacent slices as channels: 1 (2-D), 3 (LCNN), 4 (D-UNet)
     planes: tuple[str, ...] = PLANES
-    folds: tuple[int, ...] = ()          # empty: every fold
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,6 @@ class Config:
                "batches.inner_validation_fraction must be in (0, 1)")
         _check(all(c >= 1 for c in self.prepare.channels), "prepare.channels must be >= 1")
         _check(all(p in PLANES for p in self.prepare.planes), f"prepare.planes must be among {PLANES}")
-        _check(all(1 <= f <= self.cv.n_folds for f in self.prepare.folds), "prepare.folds out of range")
         for name in ("volume_edges", "axial_edges", "sagittal_edges", "coronal_edges"):
             edges = getattr(self.bins, name)
             _check(len(edges) >= 2 and all(a < b for a, b in zip(edges, edges[1:])),
@@ -128,10 +126,6 @@ class Config:
     @property
     def synthetic(self) -> bool:
         return self.dataset.source == "synthetic"
-
-    def folds(self) -> tuple[int, ...]:
-        """The folds selected for preparation/training (1-based)."""
-        return self.prepare.folds or tuple(range(1, self.cv.n_folds + 1))
 
 
 def _check(ok: bool, message: str) -> None:

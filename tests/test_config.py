@@ -1,0 +1,62 @@
+import json
+import math
+
+import pytest
+
+from strokeseg.config import Config, derive_seed, from_dict, load_profile, read_config, to_json
+from strokeseg.errors import ConfigError
+
+
+def test_paper_profile_holds_the_upstream_protocol_numbers():
+    config = load_profile("paper")
+    assert config.dataset.n_subjects == 655
+    assert config.split.holdout_fraction == 0.2
+    assert config.cv.n_folds == 5
+    assert (config.batches.batch_size, config.batches.lesion_per_batch) == (32, 16)
+    assert config.bins.volume_edges == (0, 5000, 30000, 60000, 100000, 200000, math.inf)
+    assert config.bins.slice_edges("sagittal") == (0, 500, 1000, 2000, 3000, 5000, math.inf)
+
+
+def test_demo_profile_is_small_and_overrides_apply_with_types():
+    config = load_profile("demo", ["cv.n_folds=3", "convert.normalization=slice_max", "prepare.channels=[1,4]",
+                                   "bins.volume_edges=[0, 10, \"inf\"]", "dataset.atlas_dir=null"])
+    assert config.dataset.n_subjects < 100
+    assert config.cv.n_folds == 3 and isinstance(config.cv.n_folds, int)
+    assert config.convert.normalization == "slice_max"
+    assert config.prepare.channels == (1, 4)
+    assert config.bins.volume_edges == (0.0, 10.0, math.inf)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("cv.n_fold=3", "unknown config key"),
+    ("cv.n_folds=three", "not a valid int"),
+    ("cv.n_folds=2.5", "not a valid int"),
+    ("cv=3", "is a section"),
+    ("convert.normalization=zscore", "convert.normalization"),
+    ("split.holdout_fraction=1.5", "holdout_fraction"),
+    ("dataset.source=atlas", "atlas_dir is required"),
+    ("novalue", "section.field=value"),
+])
+def test_bad_overrides_are_clear_errors(override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_profile("paper", [override])
+
+
+def test_unknown_profile():
+    with pytest.raises(ConfigError, match="unknown profile"):
+        load_profile("fast")
+
+
+def test_json_round_trip_is_exact(tmp_path):
+    config = load_profile("demo", ["prepare.channels=[1,3,4]", "seed=7"])
+    path = tmp_path / "config.json"
+    path.write_text(to_json(config))
+    assert read_config(path) == config
+    assert json.loads(to_json(config))["bins"]["volume_edges"][-1] == "inf"
+    assert from_dict(json.loads(to_json(Config()))) == Config()
+
+
+def test_derived_seeds_are_stable_and_distinct():
+    assert derive_seed(42, "normals", "axial", 1) == derive_seed(42, "normals", "axial", 1)
+    assert len({derive_seed(42, "normals", p, k) for p in ("axial", "sagittal") for k in (1, 2)}) == 4
+    assert derive_seed(42, "x") != derive_seed(43, "x")
