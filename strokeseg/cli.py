@@ -1,0 +1,115 @@
+"""The ``strokeseg`` command: one subcommand per stage, and the argument handling every run.py shares.
+
+Stage 01 builds the configuration from a profile and overrides; every later stage starts from the
+configuration the previous stage recorded in the workdir, so dataset and profile are given once.
+Errors a user can act on are printed as one line (``error: <file>: <fault>``) with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from strokeseg.config import PROFILES, apply_overrides, load_profile
+from strokeseg.errors import StrokesegError
+from strokeseg.workdir import previous_stage, stage_config
+
+log = logging.getLogger("strokeseg")
+
+# subcommand -> (stage folder, module under strokeseg.stages, one-line help)
+COMMANDS = {
+    "dataset": ("01_dataset", "dataset", "01: cohort (ATLAS v2.0 or synthetic) and lesion statistics"),
+    "splitting": ("02_splitting", "splitting", "02: stratified 80/20 subject split"),
+    "convert": ("03_convert", "convert", "03: per-plane slice stores of the 80 % subjects"),
+    "cross-validation": ("04_cross_validation", "cross_validation",
+                         "04: subject-level folds shared by all planes, normal slices, balance tests"),
+    "batches": ("05_batch_distribution", "batch_distribution",
+                "05: distribution-matched batch plans and inner validation subjects"),
+    "prepare": ("06_preparation", "preparation", "06: memory-mapped arrays (n_batches, batch, H, W, C)"),
+}
+
+OVERRIDE_HELP = ("override one config value, e.g. --set cv.n_folds=5 --set convert.normalization=slice_max "
+                 "(repeatable; sections: dataset, bins, split, convert, cv, batches, prepare; see "
+                 "strokeseg/config.py for every field and its default)")
+
+
+def build_parser(default_workdir: Path | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="strokeseg", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+    for name, (folder, _, text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("--workdir", type=Path, default=default_workdir or Path.cwd(),
+                         help="root of the output tree; this stage writes <workdir>/%s/ (default: %%(default)s)"
+                              % folder)
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help=OVERRIDE_HELP)
+        sub.add_argument("--workers", type=int, default=None,
+                         help="processes for per-volume work (default: the recorded config, 0 = one per core)")
+        sub.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+        if name == "dataset":
+            sub.add_argument("--profile", choices=sorted(PROFILES), default="paper",
+                             help="named protocol profile: 'paper' = upstream numbers (655 subjects), "
+                                  "'demo' = small CPU-friendly synthetic cohort (default: %(default)s)")
+            sub.add_argument("--atlas-dir", type=Path, default=None,
+                             help="ATLAS v2.0 root (BIDS: Training/R0XX/sub-*/ses-*/anat/...); "
+                                  "omit to build the synthetic ATLAS-like cohort")
+            sub.add_argument("--n-subjects", type=int, default=None,
+                             help="size of the synthetic cohort (default: the profile's)")
+            sub.add_argument("--downsample", type=int, default=None,
+                             help="integer downsampling of the synthetic cohort, for tiny test cohorts (default 1)")
+            sub.add_argument("--binarize-masks", action="store_true",
+                             help="accept masks with values other than 0/1 by taking mask > 0 (default: error)")
+            sub.add_argument("--seed", type=int, default=None, help="protocol seed (default: the profile's, 42)")
+    return parser
+
+
+def stage_overrides(args: argparse.Namespace) -> list[str]:
+    """Dedicated flags, expressed as config overrides (so they are recorded like any other)."""
+    extra = []
+    if getattr(args, "atlas_dir", None) is not None:
+        extra += ["dataset.source=atlas", f"dataset.atlas_dir={Path(args.atlas_dir).expanduser().resolve()}"]
+    if getattr(args, "n_subjects", None) is not None:
+        extra.append(f"dataset.n_subjects={args.n_subjects}")
+    if getattr(args, "downsample", None) is not None:
+        extra.append(f"dataset.downsample={args.downsample}")
+    if getattr(args, "binarize_masks", False):
+        extra.append("dataset.binarize_masks=true")
+    if getattr(args, "seed", None) is not None:
+        extra.append(f"seed={args.seed}")
+    if args.workers is not None:
+        extra.append(f"workers={args.workers}")
+    return extra + list(args.overrides)
+
+
+def main(argv: list[str] | None = None, default_workdir: Path | None = None) -> int:
+    args = build_parser(default_workdir).parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    folder, module, _ = COMMANDS[args.command]
+    try:
+        workdir = args.workdir.expanduser().resolve()
+        if args.command == "dataset":
+            config = load_profile(args.profile, stage_overrides(args))
+        else:
+            config = apply_overrides(stage_config(workdir, previous_stage(folder)), stage_overrides(args)).validate()
+        stage = importlib.import_module(f"strokeseg.stages.{module}")
+        out = stage.run(workdir, config, progress=not args.quiet)
+    except StrokesegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; no outputs were published", file=sys.stderr)
+        return 130
+    log.info("%s finished: outputs in %s", folder, out)
+    return 0
+
+
+def run_stage(command: str, argv: list[str], default_workdir: Path) -> int:
+    """Entry point of ``<stage>/run.py``: the same as ``strokeseg <command> ...``."""
+    return main([command, *argv], default_workdir=default_workdir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Stage orchestration: each module runs one numbered stage by calling the library concepts."""

@@ -1,0 +1,157 @@
+"""The command line: one clear line naming the file and the fault, exit 2, and no partial outputs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from strokeseg.cli import build_parser, main
+
+from conftest import subject_paths, write_tiny_cohort
+
+SUBJECT = "sub-r002s001"   # the second subject write_tiny_cohort makes
+
+
+@pytest.fixture
+def cohort(tmp_path) -> Path:
+    root = tmp_path / "atlas"
+    write_tiny_cohort(root, 3)
+    return root
+
+
+def run_dataset(cohort: Path, workdir: Path, *extra: str) -> int:
+    return main(["dataset", "--atlas-dir", str(cohort), "--workdir", str(workdir), "--workers", "1",
+                 "--quiet", *extra])
+
+
+def damage_t1(cohort: Path, data: np.ndarray, affine=None) -> Path:
+    t1, _ = subject_paths(cohort, SUBJECT)
+    reference = nib.load(t1)
+    nib.save(nib.Nifti1Image(data, reference.affine if affine is None else affine), t1)
+    return t1
+
+
+def damage_mask(cohort: Path, data: np.ndarray, affine=None) -> Path:
+    _, mask = subject_paths(cohort, SUBJECT)
+    reference = nib.load(mask)
+    nib.save(nib.Nifti1Image(data, reference.affine if affine is None else affine), mask)
+    return mask
+
+
+def t1_data(cohort):
+    return np.asarray(nib.load(subject_paths(cohort, SUBJECT)[0]).dataobj)
+
+
+def mask_data(cohort):
+    return np.asarray(nib.load(subject_paths(cohort, SUBJECT)[1]).dataobj)
+
+
+def missing_mask(cohort):
+    path = subject_paths(cohort, SUBJECT)[1]
+    path.unlink()
+    return path, "missing lesion mask"
+
+
+def mismatched_shape(cohort):
+    return damage_mask(cohort, mask_data(cohort)[:, :, :-2]), "shape"
+
+
+def mismatched_affine(cohort):
+    affine = nib.load(subject_paths(cohort, SUBJECT)[1]).affine.copy()
+    affine[0, 3] += 5
+    return damage_mask(cohort, mask_data(cohort), affine), "affine"
+
+
+def four_d(cohort):
+    return damage_t1(cohort, np.stack([t1_data(cohort)] * 2, axis=-1)), "4-D"
+
+
+def nans(cohort):
+    data = t1_data(cohort).astype(np.float32)
+    data[3, 4, 5] = np.nan
+    return damage_t1(cohort, data), "non-finite"
+
+
+def empty_mask(cohort):
+    return damage_mask(cohort, np.zeros_like(mask_data(cohort))), "empty mask"
+
+
+def non_binary_mask(cohort):
+    data = mask_data(cohort).copy()
+    data[data > 0] = 2
+    return damage_mask(cohort, data), "values other than 0 and 1"
+
+
+def corrupt_gzip(cohort):
+    path = subject_paths(cohort, SUBJECT)[0]
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    return path, "gzip"
+
+
+def constant_image(cohort):
+    return damage_t1(cohort, np.full(t1_data(cohort).shape, 7.0, dtype=np.float32)), "constant"
+
+
+@pytest.mark.parametrize("damage", [missing_mask, mismatched_shape, mismatched_affine, four_d, nans, empty_mask,
+                                    non_binary_mask, corrupt_gzip, constant_image])
+def test_bad_input_is_one_line_naming_the_file_and_no_outputs(damage, cohort, tmp_path, capsys):
+    path, fault = damage(cohort)
+    workdir = tmp_path / "work"
+    assert run_dataset(cohort, workdir) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ") and path.name in err[0] and fault in err[0]
+    stage = workdir / "01_dataset"
+    assert not stage.exists() or sorted(p.name for p in stage.iterdir()) == []
+
+
+def test_a_failed_rerun_keeps_the_previous_good_outputs(cohort, tmp_path, capsys):
+    workdir = tmp_path / "work"
+    assert run_dataset(cohort, workdir) == 0
+    before = (workdir / "01_dataset" / "lesion_information_3d.csv").read_bytes()
+    nans(cohort)
+    assert run_dataset(cohort, workdir) == 2
+    assert (workdir / "01_dataset" / "lesion_information_3d.csv").read_bytes() == before
+    assert (workdir / "01_dataset" / "manifest.json").is_file()
+
+
+def test_binarize_masks_is_only_applied_when_asked(cohort, tmp_path):
+    non_binary_mask(cohort)
+    assert run_dataset(cohort, tmp_path / "work", "--binarize-masks") == 0
+
+
+def test_unwritable_workdir(cohort, tmp_path, capsys):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    assert run_dataset(cohort, blocker) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not_a_folder" in err[0] and "not writable" in err[0]
+
+
+def test_later_stage_before_its_input_says_what_to_run(tmp_path, capsys):
+    assert main(["splitting", "--workdir", str(tmp_path), "--quiet"]) == 2
+    assert "run `python 01_dataset/run.py" in capsys.readouterr().err
+
+
+def test_bad_override_is_one_line(cohort, tmp_path, capsys):
+    assert run_dataset(cohort, tmp_path / "w", "--set", "cv.n_folds=many") == 2
+    assert capsys.readouterr().err.strip() == "error: config key 'cv.n_folds': 'many' is not a valid int"
+
+
+def test_every_stage_has_help_that_names_its_defaults(capsys):
+    parser = build_parser(Path("/repo"))
+    for command in ("dataset", "splitting", "convert", "cross-validation", "batches", "prepare"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        text = capsys.readouterr().out
+        assert "--workdir" in text and "--set KEY=VALUE" in text and "default" in text
+
+
+def test_missing_atlas_dir(tmp_path, capsys):
+    assert main(["dataset", "--atlas-dir", str(tmp_path / "nowhere"), "--workdir", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "not found" in err
+

@@ -1,0 +1,135 @@
+"""Stages 01 -> 06 through the real run.py entry points on a tiny cohort written by the test."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from strokeseg.config import PLANES
+from strokeseg.prepared import PreparedSplit
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["01_dataset", "02_splitting", "03_convert", "04_cross_validation", "05_batch_distribution",
+          "06_preparation"]
+# Bins scaled to the tiny volumes so that several strata are populated.
+OVERRIDES = ["bins.volume_edges=[0,150,500,\"inf\"]", "bins.axial_edges=[0,10,30,\"inf\"]",
+             "bins.sagittal_edges=[0,10,30,\"inf\"]", "bins.coronal_edges=[0,10,30,\"inf\"]",
+             "batches.batch_size=8", "batches.lesion_per_batch=4", "prepare.channels=[1,4]"]
+
+
+def run_stage(stage: str, workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(ROOT / stage / "run.py"), "--workdir", str(workdir),
+                             "--quiet", *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def run_all(workdir: Path, cohort: Path) -> None:
+    overrides = [a for o in OVERRIDES for a in ("--set", o)]
+    run_stage("01_dataset", workdir, "--atlas-dir", str(cohort), "--workers", "2", *overrides)
+    for stage in STAGES[1:]:
+        run_stage(stage, workdir)
+
+
+def csv_digests(workdir: Path) -> dict[str, str]:
+    return {str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for stage in STAGES[:5] for p in sorted((workdir / stage).rglob("*.csv"))}
+
+
+@pytest.fixture(scope="module")
+def workdir(tiny_cohort, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("workdir")
+    run_all(folder, tiny_cohort)
+    return folder
+
+
+def test_every_stage_publishes_its_outputs_and_the_config_it_used(workdir):
+    configs = []
+    for stage in STAGES:
+        manifest = json.loads((workdir / stage / "manifest.json").read_text())
+        assert manifest["outputs"] and manifest["synthetic_data"] is False
+        configs.append(json.loads((workdir / stage / "config.json").read_text()))
+    assert all(c == configs[0] for c in configs)           # given once, carried through
+    assert configs[0]["batches"]["batch_size"] == 8
+    subjects = pd.read_csv(workdir / "01_dataset" / "lesion_information_3d.csv")
+    assert len(subjects) == 16
+    assert list(subjects.columns[:5]) == ["subject_name", "site", "number_of_lesion", "sum_voxel", "max_size"]
+    sizes = subjects[[f"lesion_size_{k}" for k in range(1, 11)]].to_numpy()
+    assert np.all(np.diff(sizes, axis=1) <= 0)             # ten largest, in order
+    for plane in PLANES:
+        assert (workdir / "01_dataset" / f"lesion_information_{plane}.csv").is_file()
+        assert (workdir / "01_dataset" / f"lesion_distribution_{plane}.png").stat().st_size > 0
+
+
+def test_split_is_80_20_and_disjoint(workdir):
+    train = pd.read_csv(workdir / "02_splitting" / "subjects_80.csv")
+    holdout = pd.read_csv(workdir / "02_splitting" / "subjects_20.csv")
+    assert not set(train["subject_name"]) & set(holdout["subject_name"])
+    assert len(train) + len(holdout) == 16 and 2 <= len(holdout) <= 5
+    axial_80 = pd.read_csv(workdir / "02_splitting" / "lesion_information_axial_80.csv")
+    assert set(axial_80["subject_name"]) <= set(train["subject_name"])
+    reference = pd.read_csv(workdir / "03_convert" / "holdout.csv")
+    assert sorted(reference["subject_name"]) == sorted(holdout["subject_name"])
+
+
+def test_folds_are_subject_disjoint_across_all_planes_and_splits(workdir):
+    folds = pd.read_csv(workdir / "04_cross_validation" / "folds.csv")
+    fold_of = folds.set_index("subject_name")["fold"]
+    assert fold_of.index.is_unique and sorted(folds["fold"].unique()) == [1, 2, 3, 4, 5]
+    for plane in PLANES:
+        for fold in range(1, 6):
+            for kind in ("lesion", "normal"):
+                frame = pd.read_csv(workdir / "04_cross_validation" / plane / f"fold_{fold}_{kind}.csv")
+                assert set(frame["subject_name"].map(fold_of)) <= {fold}
+            lesion = pd.read_csv(workdir / "04_cross_validation" / plane / f"fold_{fold}_lesion.csv")
+            normal = pd.read_csv(workdir / "04_cross_validation" / plane / f"fold_{fold}_normal.csv")
+            assert not set(zip(lesion.subject_name, lesion.slice)) & set(zip(normal.subject_name, normal.slice))
+            parts = {p: set(pd.read_csv(workdir / "05_batch_distribution" / plane / f"fold_{fold}" /
+                                        f"{p}_batches.csv")["subject_name"]) for p in ("train", "inner_val")}
+            assert parts["train"] | parts["inner_val"] <= set(folds.loc[folds.fold == fold, "subject_name"])
+            assert not parts["train"] & parts["inner_val"]
+    inner = pd.read_csv(workdir / "05_batch_distribution" / "inner_validation.csv")
+    assert (inner["subject_name"].map(fold_of) == inner["fold"]).all()
+    balance = pd.read_csv(workdir / "04_cross_validation" / "balance_tests.csv")
+    assert set(balance["level"]) == {"3d", *PLANES}
+    assert balance["p_value"].between(0, 1).all()
+
+
+def test_no_lesion_slice_is_dropped_from_the_batches(workdir):
+    usage = pd.read_csv(workdir / "05_batch_distribution" / "bin_usage.csv")
+    assert (usage.loc[usage["kind"] == "lesion", "unused"] == 0).all()
+    for plane in PLANES:
+        slices = pd.read_csv(workdir / "02_splitting" / f"lesion_information_{plane}_80.csv")
+        used = set()
+        for fold in range(1, 6):
+            for part in ("train", "inner_val"):
+                plan = pd.read_csv(workdir / "05_batch_distribution" / plane / f"fold_{fold}" / f"{part}_batches.csv")
+                plan = plan[plan["kind"] == "lesion"]
+                used |= set(zip(plan.subject_name, plan.slice))
+                assert (plan.groupby("batch").size() == 4).all()
+        assert used == set(zip(slices.subject_name, slices.slice))
+
+
+def test_prepared_arrays_feed_every_role_of_a_test_fold(workdir):
+    for plane in PLANES:
+        roles = {role: PreparedSplit(workdir / "06_preparation", plane, 2, role, n_folds=5, channels=4)
+                 for role in ("train", "inner_val", "test")}
+        for split in roles.values():
+            images, masks = split.batch(split.n_batches - 1)
+            assert images.shape == (8, 32, 32, 4) and masks.shape == (8, 32, 32, 1)
+            lesion = np.stack([split.batch(i)[1].reshape(8, -1).max(axis=1) > 0 for i in range(split.n_batches)])
+            np.testing.assert_array_equal(lesion, split.is_lesion)
+
+
+def test_rerunning_with_the_same_config_gives_byte_identical_csvs(workdir, tiny_cohort, tmp_path):
+    run_all(tmp_path, tiny_cohort)
+    first, second = csv_digests(workdir), csv_digests(tmp_path)
+    assert len(first) > 40 and first.keys() == second.keys()
+    # Paths to the cohort are the same in both runs, so every CSV must match byte for byte.
+    assert first == second
