@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Benchmark of the data stages 01-06 on a synthetic ATLAS-sized cohort.
+
+Builds (or reuses) a synthetic cohort of N subjects (default 655, ATLAS v2.0's size) in the ATLAS
+layout, measures the floor — reading every volume (T1 and mask) once with nibabel, in one process —
+then runs each stage's real ``run.py`` as a subprocess and prints wall time, peak RSS of the stage's
+process tree (sampled from /proc, workers included), disk written, and the ratio to the floor.
+Targets on the 2-core reference machine: 01-04 within 3x the floor, 01-06 under 20 minutes, peak
+RSS under 3 GB.
+
+    python bench/data_stages.py                 # 655 subjects, cache in bench/cache/
+    python bench/data_stages.py --n-subjects 40 --workdir /tmp/bench40
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from strokeseg import synthetic  # noqa: E402
+from strokeseg.cohort import discover  # noqa: E402
+
+STAGES = ["01_dataset", "02_splitting", "03_convert", "04_cross_validation", "05_batch_distribution",
+          "06_preparation"]
+
+
+def tree_rss_bytes(root_pid: int) -> int:
+    """Resident memory of a process and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            ppid, pages = int(fields[1]), int(fields[21])
+        except (OSError, IndexError, ValueError):
+            continue
+        pid = int(entry.name)
+        children.setdefault(ppid, []).append(pid)
+        rss[pid] = pages * os.sysconf("SC_PAGE_SIZE")
+    total, stack = 0, [root_pid]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def run_measured(command: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak tree RSS of a command (fails loudly on a non-zero exit)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT)
+    peak = 0
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss_bytes(process.pid))
+            done.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    code = process.wait()
+    done.set()
+    sampler.join()
+    elapsed = time.perf_counter() - start
+    if code != 0:
+        raise SystemExit(f"{' '.join(command)} exited with {code}")
+    return elapsed, peak
+
+
+def disk_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def ensure_cohort(folder: Path, n_subjects: int, seed: int, workers: int) -> float | None:
+    wanted = {"n_subjects": n_subjects, "seed": seed, "downsample": 1,
+              "GeneratorVersion": synthetic.GENERATOR_VERSION}
+    found = synthetic.cohort_parameters(folder) if folder.exists() else None
+    if found is not None and all(found.get(k) == v for k, v in wanted.items()):
+        return None
+    shutil.rmtree(folder, ignore_errors=True)
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    start = time.perf_counter()
+    synthetic.generate_cohort(staging, n_subjects, seed, downsample=1, workers=workers, progress=True)
+    staging.rename(folder)
+    return time.perf_counter() - start
+
+
+def read_floor(folder: Path) -> float:
+    """Seconds to read every T1 and mask once with nibabel in one process (the I/O + gunzip floor)."""
+    start = time.perf_counter()
+    for subject in discover(folder):
+        for path in (subject.t1w, subject.mask):
+            np.asanyarray(nib.load(str(path)).dataobj)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-subjects", type=int, default=655)
+    parser.add_argument("--seed", type=int, default=2022, help="synthetic cohort seed")
+    parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "cache")
+    parser.add_argument("--workdir", type=Path, default=None, help="default: <cache>/workdir_<N>")
+    parser.add_argument("--profile", default="paper")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+
+    cohort = args.cache / f"synthetic_{args.n_subjects}"
+    workdir = args.workdir or args.cache / f"workdir_{args.n_subjects}"
+    generated = ensure_cohort(cohort, args.n_subjects, args.seed, os.cpu_count() or 1)
+    print(f"cohort: {cohort} ({args.n_subjects} SYNTHETIC subjects, {disk_bytes(cohort) / 1e9:.2f} GB)"
+          + (f", generated in {generated:.0f} s" if generated is not None else ", reused"))
+    floor = read_floor(cohort)
+    print(f"floor: read every volume once with nibabel (1 process): {floor:.1f} s")
+
+    overrides = [a for o in args.overrides for a in ("--set", o)]
+    rows = []
+    for stage in STAGES:
+        command = [sys.executable, str(ROOT / stage / "run.py"), "--workdir", str(workdir), "--quiet"]
+        if stage == "01_dataset":
+            command += ["--atlas-dir", str(cohort), "--profile", args.profile, *overrides]
+        seconds, peak = run_measured(command)
+        rows.append((stage, seconds, peak, disk_bytes(workdir / stage)))
+        print(f"  {stage:<24} {seconds:8.1f} s  peak RSS {peak / 1e9:5.2f} GB  "
+              f"disk {rows[-1][3] / 1e9:6.2f} GB  {seconds / floor:5.2f}x floor", flush=True)
+
+    first_four = sum(r[1] for r in rows[:4])
+    total = sum(r[1] for r in rows)
+    peak = max(r[2] for r in rows)
+    print()
+    print(f"{'stage':<24} {'wall s':>8} {'x floor':>8} {'peak RSS GB':>12} {'disk GB':>8}")
+    for stage, seconds, rss, disk in rows:
+        print(f"{stage:<24} {seconds:8.1f} {seconds / floor:8.2f} {rss / 1e9:12.2f} {disk / 1e9:8.2f}")
+    print(f"{'01-04':<24} {first_four:8.1f} {first_four / floor:8.2f}   target <= 3.00x floor")
+    print(f"{'01-06':<24} {total:8.1f} {total / floor:8.2f}   target < 1200 s")
+    print(f"peak RSS over all stages: {peak / 1e9:.2f} GB (target < 3 GB); floor {floor:.1f} s; "
+          f"{os.cpu_count()} CPU cores")
+
+
+if __name__ == "__main__":
+    main()
