@@ -35,10 +35,12 @@ def _binary(mask: np.ndarray) -> np.ndarray:
 
 def _crop(binary: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]] | None:
     """The lesion's bounding box and its start index per axis; None for an empty mask."""
-    flat = np.flatnonzero(binary)  # much faster than np.nonzero on a large, sparse volume
+    # NIfTI data arrive Fortran-ordered: ravel in memory order, or every call copies the volume.
+    order = "F" if binary.flags.f_contiguous and not binary.flags.c_contiguous else "C"
+    flat = np.flatnonzero(binary.ravel(order=order))  # much faster than np.nonzero on a sparse volume
     if flat.size == 0:
         return None
-    coords = np.unravel_index(flat, binary.shape)
+    coords = np.unravel_index(flat, binary.shape, order=order)
     starts = tuple(int(c.min()) for c in coords)
     box = tuple(slice(s, int(c.max()) + 1) for s, c in zip(starts, coords))
     return binary[box], starts

@@ -196,3 +196,13 @@ def test_lesion_pixels_per_slice_empty_and_bad_plane():
     assert lesion_pixels_per_slice(np.zeros((3, 4, 5)), "coronal").tolist() == [0] * 4
     with pytest.raises(ValueError):
         lesion_pixels_per_slice(np.zeros((3, 4, 5)), "oblique")
+
+
+def test_statistics_do_not_depend_on_memory_order():
+    # nibabel returns Fortran-ordered arrays; the bounding-box shortcut must handle both orders.
+    rng = np.random.default_rng(3)
+    mask = (rng.random((30, 26, 22)) > 0.97).astype(np.uint8)
+    fortran = np.asfortranarray(mask)
+    assert subject_statistics(fortran) == subject_statistics(mask)
+    for plane in ("axial", "sagittal", "coronal"):
+        pd.testing.assert_frame_equal(slice_statistics(fortran, plane), slice_statistics(mask, plane))
