@@ -104,14 +104,19 @@ def write_stores(folder: Path, subjects: list[SubjectFiles], convert: ConvertCon
 
 
 def _convert_subject(job: _Job) -> dict[str, pd.DataFrame]:
-    """Read one subject, normalise, pad, and write its rows into the three stores (worker side)."""
+    """Read one subject, normalise, and write its rows into the three stores (worker side).
+
+    The memory maps are created zero-filled, so only each slice's region of the canvas is written.
+    """
     volumes = load_pair(job.subject.t1w, job.subject.mask, binarize=job.binarize)
     grid = Grid(job.grid_shape, np.asarray(job.grid_affine).reshape(4, 4))
     grid.check(job.subject.t1w, volumes.t1.shape, volumes.affine)
     brain = brain_mask(volumes.t1, volumes.affine)
+    dtype = job.convert.store_dtype
     robust = None
-    if job.convert.normalization == "volume_robust":
-        robust = normalization.volume_robust(volumes.t1, job.convert.robust_percentiles)
+    if job.convert.normalization == "volume_robust":  # one map for the volume, shared by the planes
+        robust = normalization.to_store_dtype(
+            normalization.volume_robust(volumes.t1, job.convert.robust_percentiles), dtype)
     out = {}
     for plane in PLANES:
         plane_dir = Path(job.folder) / plane
@@ -121,21 +126,23 @@ def _convert_subject(job: _Job) -> dict[str, pd.DataFrame]:
         if robust is not None:
             stack = planes.to_stack(robust, plane)
         else:
-            stack = normalization.slice_max(planes.to_stack(volumes.t1, plane))
-        masks = planes.to_stack(volumes.mask, plane)
+            stack = normalization.to_store_dtype(normalization.slice_max(planes.to_stack(volumes.t1, plane)), dtype)
+        rows, cols = canvas.region
         images_mm = np.load(plane_dir / IMAGES, mmap_mode="r+")
+        images_mm[start:start + count, rows, cols] = stack
+        in_plane = planes.in_plane_axes(plane)
+        lesion_pixels = volumes.mask.sum(axis=in_plane, dtype=np.int64)
+        with_lesion = np.flatnonzero(lesion_pixels)   # other mask rows stay zero as created
         masks_mm = np.load(plane_dir / MASKS, mmap_mode="r+")
-        images_mm[start:start + count] = canvas.pad(normalization.to_store_dtype(stack, job.convert.store_dtype))
-        masks_mm[start:start + count] = np.packbits(canvas.pad(masks.astype(np.uint8)), axis=-1)
-        images_mm.flush()
-        masks_mm.flush()
-        del images_mm, masks_mm
+        masks_mm[start + with_lesion] = np.packbits(
+            canvas.pad(planes.to_stack(volumes.mask, plane)[with_lesion]), axis=-1)
+        del images_mm, masks_mm  # unmapped; the page cache carries the writes to disk
         out[plane] = pd.DataFrame({
             "subject_name": job.subject.subject,
             "slice": np.arange(count),
             "row": start + np.arange(count),
-            "lesion_pixels": masks.reshape(count, -1).sum(axis=1, dtype=np.int64),
-            "brain_pixels": planes.to_stack(brain, plane).reshape(count, -1).sum(axis=1, dtype=np.int64),
+            "lesion_pixels": lesion_pixels,
+            "brain_pixels": brain.sum(axis=in_plane, dtype=np.int64),
         })
     return out
 
