@@ -58,10 +58,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing
 import os
-import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -70,17 +67,16 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.special import ndtr, ndtri
 
+from strokeseg.cohort import MASK_SUFFIX, T1W_SUFFIX
 from strokeseg.config import VOLUME_BIN_EDGES
 from strokeseg.errors import InputError
+from strokeseg.parallel import map_ordered
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC_COHORT_NAME = "strokeseg synthetic ATLAS-like cohort"
 GENERATOR_VERSION = 1
 
-SPACE = "MNI152NLin2009aSym"
-T1W_SUFFIX = f"_space-{SPACE}_T1w.nii.gz"
-MASK_SUFFIX = f"_space-{SPACE}_label-L_desc-T1lesion_mask.nii.gz"
 DESCRIPTION_FILE = "dataset_description.json"
 N_SITES = 30
 MAX_SUBJECTS = N_SITES * 999          # subject numbers have three digits, as in ATLAS
@@ -596,6 +592,10 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, description: 
             tmp.unlink()
 
 
+def _write_subject_job(job: tuple[str, int, int, int]) -> str:
+    return _write_subject(*job)
+
+
 def _write_subject(out_dir: str, seed: int, index: int, downsample: int) -> str:
     subject = synthesize_subject(seed, index, downsample)
     t1_path, mask_path = subject_paths(Path(out_dir), index)
@@ -616,8 +616,8 @@ def generate_cohort(out_dir: Path, n_subjects: int, seed: int, downsample: int =
     """Write a synthetic ATLAS-like cohort of ``n_subjects`` under ``out_dir`` (see module docstring).
 
     ``out_dir`` may exist (empty); the caller makes the whole write atomic. ``workers > 1`` uses a
-    spawn-based process pool; ``progress`` shows a tqdm bar on stderr. The description is written
-    last.
+    process pool (strokeseg.parallel); ``progress`` shows a bar on stderr. The description is
+    written last.
     """
     n_subjects = _check_int("n_subjects", n_subjects, 1, MAX_SUBJECTS)
     seed = _check_int("seed", seed, 0)
@@ -625,29 +625,11 @@ def generate_cohort(out_dir: Path, n_subjects: int, seed: int, downsample: int =
     workers = max(1, min(_check_int("workers", workers, 0) or (os.cpu_count() or 1), n_subjects))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from tqdm import tqdm
-
     log.info("generating %d synthetic subjects (seed %d, downsample %d, %d worker(s)) in %s",
              n_subjects, seed, downsample, workers, out_dir)
-    with tqdm(total=n_subjects, desc="synthetic cohort", unit="subject", file=sys.stderr,
-              disable=not progress) as bar:
-        if workers == 1:
-            for i in range(n_subjects):
-                _write_subject(str(out_dir), seed, i, downsample)
-                bar.update(1)
-        else:
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = [pool.submit(_write_subject, str(out_dir), seed, i, downsample)
-                           for i in range(n_subjects)]
-                try:
-                    for future in as_completed(futures):
-                        future.result()
-                        bar.update(1)
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
+    jobs = [(str(out_dir), seed, i, downsample) for i in range(n_subjects)]
+    for _ in map_ordered(_write_subject_job, jobs, workers, "synthetic cohort", progress):
+        pass
     description = {
         "Name": SYNTHETIC_COHORT_NAME,
         "BIDSVersion": "1.8.0",
