@@ -121,11 +121,11 @@ def canvas_for(volume_shape: tuple[int, ...], plane: str, multiple: int = 16) ->
     return Canvas(plane, shape2d, canvas, offset)
 
 
-def neighbour_indices(index: int, count: int, channels: int) -> np.ndarray:
-    """Slice indices used as channels around ``index``: offsets -(C-1)//2 .. C//2, clamped.
+def neighbour_indices(index, count: int, channels: int) -> np.ndarray:
+    """Slice indices used as channels around ``index`` (scalar or array): offsets -(C-1)//2 .. C//2.
 
     C=1 -> [k]; C=3 -> [k-1, k, k+1] (LCNN); C=4 -> [k-1, k, k+1, k+2] (D-UNet). Near the
-    edge of the volume the nearest existing slice is repeated.
+    edge of the volume the nearest existing slice is repeated. Shape: index.shape + (C,).
     """
     offsets = np.arange(-((channels - 1) // 2), channels // 2 + 1)
-    return np.clip(index + offsets, 0, count - 1)
+    return np.clip(np.asarray(index)[..., None] + offsets, 0, count - 1)

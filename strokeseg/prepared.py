@@ -14,6 +14,7 @@ one batch whatever the cohort size.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -57,21 +58,42 @@ def write_prepared(store: SliceStore, batches: pd.DataFrame, channels: tuple[int
     slots = (batches["kind"].eq("lesion").to_numpy() * LESION_BIT
              + batches["repeat"].to_numpy().astype(bool) * REPEAT_BIT).astype(np.uint8)
     np.save(folder / slots_name(part), slots.reshape(n_batches, batch_size))
-    masks = np.lib.format.open_memmap(folder / masks_name(part), mode="w+", dtype=np.uint8,
-                                      shape=(n_batches, batch_size, height, width, 1))
-    images = {c: np.lib.format.open_memmap(folder / images_name(part, c), mode="w+",
-                                           dtype=store.images.dtype,
-                                           shape=(n_batches, batch_size, height, width, c))
-              for c in channels}
-    for b in range(n_batches):
-        masks[b, ..., 0] = store.masks_at(rows[b])
-        for c, array in images.items():
-            array[b] = store.images_at(rows[b], c)
-    for array in (masks, *images.values()):
-        array.flush()
-    shapes = {masks_name(part): list(masks.shape)}
-    shapes.update({images_name(part, c): list(a.shape) for c, a in images.items()})
+    outputs = {masks_name(part): (np.uint8, 1, store.masks_at)}
+    outputs.update({images_name(part, c): (store.dtype, c, partial(store.images_at, channels=c))
+                    for c in channels})
+    shapes = {}
+    for name, (dtype, depth, read) in outputs.items():
+        shape = (n_batches, batch_size, height, width, depth)
+        with _NpyWriter(folder / name, dtype, shape) as writer:
+            for b in range(n_batches):
+                batch = read(rows[b])
+                writer.write(batch.reshape(shape[1:]))
+        shapes[name] = list(shape)
     return shapes
+
+
+class _NpyWriter:
+    """Writes a .npy file batch by batch, sequentially: no memory map, so the pages written do
+    not count against the writer's resident memory, and the file is complete or an error raised."""
+
+    def __init__(self, path: Path, dtype, shape: tuple[int, ...]):
+        self.path, self.dtype, self.shape = Path(path), np.dtype(dtype), shape
+        self.written = 0
+
+    def __enter__(self) -> "_NpyWriter":
+        self.handle = open(self.path, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_2_0(self.handle, header)
+        return self
+
+    def write(self, block: np.ndarray) -> None:
+        self.handle.write(np.ascontiguousarray(block, dtype=self.dtype).tobytes())
+        self.written += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.handle.close()
+        if exc_type is None and self.written != self.shape[0]:
+            raise InputError(self.path, f"wrote {self.written} of {self.shape[0]} batches")
 
 
 class PreparedPart:

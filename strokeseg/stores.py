@@ -172,7 +172,11 @@ def store_geometry(folder: Path, plane: str) -> StoreGeometry:
 
 
 class SliceStore:
-    """Read access to one plane's store (memory-mapped; nothing is loaded eagerly)."""
+    """Read access to one plane's store.
+
+    The arrays are memory-mapped afresh for every read and unmapped after it, so the pages a long
+    run touches do not pile up in its resident memory whatever the cohort size.
+    """
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -181,10 +185,14 @@ class SliceStore:
         self.plane = self.canvas.plane
         self.n_slices = planes.n_slices(self.geometry.volume_shape, self.plane)
         self.index = read_csv(self.folder / INDEX)
-        self.images = np.load(self.folder / IMAGES, mmap_mode="r")
-        self._masks = np.load(self.folder / MASKS, mmap_mode="r")
-        starts = self.index.groupby("subject_name", sort=False)["row"].min()
-        self._start = starts.to_dict()
+        self.dtype = self._map(IMAGES).dtype
+        self._start = self.index.groupby("subject_name", sort=False)["row"].min().to_dict()
+
+    def _map(self, name: str) -> np.ndarray:
+        try:
+            return np.load(self.folder / name, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise InputError(self.folder / name, f"missing or unreadable store array ({exc})") from exc
 
     @property
     def subjects(self) -> list[str]:
@@ -205,15 +213,13 @@ class SliceStore:
         """(n, H, W, C) images; channel c holds the slice at offset c - (C-1)//2 within the subject."""
         rows = np.asarray(rows, dtype=np.int64)
         slice_index = rows % self.n_slices
-        starts = rows - slice_index
-        neighbours = np.stack([planes.neighbour_indices(s, self.n_slices, channels) for s in slice_index]) \
-            if len(rows) else np.zeros((0, channels), dtype=np.int64)
-        gathered = self.images[(starts[:, None] + neighbours).ravel()]
+        wanted = (rows - slice_index)[:, None] + planes.neighbour_indices(slice_index, self.n_slices, channels)
+        gathered = self._map(IMAGES)[wanted.ravel()]
         return gathered.reshape(len(rows), channels, *self.canvas.shape).transpose(0, 2, 3, 1)
 
     def masks_at(self, rows: np.ndarray) -> np.ndarray:
         """(n, H, W) uint8 {0, 1} masks."""
-        packed = self._masks[np.asarray(rows, dtype=np.int64)]
+        packed = self._map(MASKS)[np.asarray(rows, dtype=np.int64)]
         return np.unpackbits(packed, axis=-1, count=self.canvas.shape[1])
 
 

@@ -27,8 +27,9 @@ def test_every_slice_of_every_subject_is_stored_in_its_canvas(stores):
     for plane, store in opened.items():
         volume = load_pair(subjects[2].t1w, subjects[2].mask)
         n = planes.n_slices(volume.t1.shape, plane)
-        assert store.images.shape == (len(subjects) * n,) + store.canvas.shape
-        assert store.images.dtype == np.uint8
+        images = np.load(folder / plane / "images.npy", mmap_mode="r")
+        assert images.shape == (len(subjects) * n,) + store.canvas.shape
+        assert store.dtype == np.uint8
         assert all(s % 16 == 0 for s in store.canvas.shape)
         rows = store.rows([subjects[2].subject] * n, np.arange(n))
         masks = store.masks_at(rows)
