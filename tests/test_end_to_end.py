@@ -133,3 +133,23 @@ def test_rerunning_with_the_same_config_gives_byte_identical_csvs(workdir, tiny_
     assert len(first) > 40 and first.keys() == second.keys()
     # Paths to the cohort are the same in both runs, so every CSV must match byte for byte.
     assert first == second
+
+
+def test_synthetic_cohort_is_built_reused_and_labelled(tmp_path):
+    args = ["--profile", "demo", "--n-subjects", "12", "--downsample", "4", "--workers", "1"]
+    run_stage("01_dataset", tmp_path, *args)
+    cohort = tmp_path / "01_dataset" / "synthetic_cohort"
+    description = json.loads((cohort / "dataset_description.json").read_text())
+    assert description["Synthetic"] is True and description["n_subjects"] == 12
+    first_t1 = sorted(cohort.rglob("*_T1w.nii.gz"))[0]
+    stamp = first_t1.stat().st_mtime_ns
+    run_stage("01_dataset", tmp_path, *args)                  # same parameters: reused, not rebuilt
+    assert first_t1.stat().st_mtime_ns == stamp
+    run_stage("02_splitting", tmp_path)
+    for stage in ("01_dataset", "02_splitting"):
+        assert json.loads((tmp_path / stage / "manifest.json").read_text())["synthetic_data"] is True
+    config = json.loads((tmp_path / "02_splitting" / "config.json").read_text())
+    assert config["profile"] == "demo" and config["dataset"]["source"] == "synthetic"
+    subjects = pd.read_csv(tmp_path / "01_dataset" / "lesion_information_3d.csv")
+    assert len(subjects) == 12 and (subjects["number_of_lesion"] >= 1).all()
+    assert subjects["volume_ml"].gt(0).all()                  # physical volume from the 4 mm header
