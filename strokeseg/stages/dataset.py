@@ -67,7 +67,7 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
         write_csv(subjects_frame, out.path / SUBJECTS_CSV)
         reports.lesion_distribution_figure(
             subjects_frame["sum_voxel"], subjects_frame["volume_bin"], config.bins.volume_edges,
-            f"3-D lesion volume per subject (n={len(subjects_frame)})", "lesion voxels (log scale)",
+            f"3-D lesion volume per subject (n={len(subjects_frame)})", "lesion voxels",
             out.path / "lesion_distribution_3d.png", is_synthetic)
         for plane in PLANES:
             frame = pd.concat(per_plane[plane], ignore_index=True)
@@ -75,7 +75,7 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
             write_csv(frame, out.path / plane_csv(plane))
             reports.lesion_distribution_figure(
                 frame["sum_voxel"], frame["slice_bin"], config.bins.slice_edges(plane),
-                f"{plane.capitalize()} lesion slices (n={len(frame)})", "lesion pixels per slice (log scale)",
+                f"{plane.capitalize()} lesion slices (n={len(frame)})", "lesion pixels per slice",
                 out.path / f"lesion_distribution_{plane}.png", is_synthetic)
     return stage_dir(workdir, STAGE)
 

@@ -41,6 +41,6 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
         long = pd.concat([frame.assign(set=name)[["set", "sum_voxel"]] for name, frame in groups],
                          ignore_index=True)
         reports.raincloud_figure(long, "set", "sum_voxel", "3-D lesion volume: all subjects, 80 % and 20 % sets",
-                                 "lesion voxels (log scale)", out.path / "lesion_volume_split.png", synthetic,
+                                 "lesion voxels", out.path / "lesion_volume_split.png", synthetic,
                                  order=[g for g, _ in groups], log_y=True)
     return stage_dir(workdir, STAGE)
