@@ -11,6 +11,8 @@ import functools
 
 import numpy as np
 
+from strokeseg.planes import in_plane_axes
+
 FOREGROUND_FRACTION = 0.10
 
 
@@ -23,9 +25,25 @@ def mni_brain_mask() -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(img.dataobj) > 0, np.asarray(img.affine, dtype=float)
 
 
-def brain_mask(t1: np.ndarray, affine: np.ndarray) -> np.ndarray:
+def _on_mni_grid(t1: np.ndarray, affine: np.ndarray) -> bool:
     mask, mni_affine = mni_brain_mask()
-    if t1.shape == mask.shape and np.allclose(affine, mni_affine, atol=1e-3):
-        return mask
+    return t1.shape == mask.shape and np.allclose(affine, mni_affine, atol=1e-3)
+
+
+def brain_mask(t1: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    if _on_mni_grid(t1, affine):
+        return mni_brain_mask()[0]
     threshold = FOREGROUND_FRACTION * np.percentile(t1, 99)
     return t1 > threshold
+
+
+@functools.lru_cache(maxsize=3)
+def _mni_brain_pixels(plane: str) -> np.ndarray:
+    return np.count_nonzero(mni_brain_mask()[0], axis=in_plane_axes(plane)).astype(np.int64)
+
+
+def brain_pixels_per_slice(t1: np.ndarray, affine: np.ndarray, plane: str) -> np.ndarray:
+    """Brain pixels in every slice of a plane (the template's counts are computed once per process)."""
+    if _on_mni_grid(t1, affine):
+        return _mni_brain_pixels(plane)
+    return np.count_nonzero(brain_mask(t1, affine), axis=in_plane_axes(plane)).astype(np.int64)

@@ -23,31 +23,41 @@ def slice_max(stack: np.ndarray) -> np.ndarray:
     return out
 
 
-def robust_range(volume: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
-    """The intensity window of a volume: percentiles of its non-zero voxels (the head)."""
-    voxels = volume[volume != 0]
-    if voxels.size == 0:
-        voxels = volume.ravel()
-    lo, hi = np.percentile(voxels, percentiles)
+def robust_range(values: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """The intensity window: percentiles of the given (head) voxel values."""
+    lo, hi = np.percentile(values, percentiles)
     if not hi > lo:  # nearly constant head: fall back to the full range
-        lo, hi = float(voxels.min()), float(voxels.max())
+        lo, hi = float(values.min()), float(values.max())
     if not hi > lo:
         hi = lo + 1.0
     return float(lo), float(hi)
 
 
-def volume_robust(volume: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
-    """Per-volume percentile window mapped linearly to 0..255 and clipped; background stays 0."""
+def volume_robust(volume: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5),
+                  dtype: str = "float32") -> np.ndarray:
+    """Per-volume percentile window of the non-zero (head) voxels mapped to 0..255 and clipped.
+
+    Background (exactly 0) stays 0. Only head voxels are touched (about a fifth of an ATLAS
+    volume), and the result comes out directly in the store dtype (see :func:`to_store_dtype`).
+    """
     volume = np.asarray(volume, dtype=np.float32)
-    lo, hi = robust_range(volume, percentiles)
-    out = (volume - np.float32(lo)) * np.float32(SCALE / (hi - lo))
-    np.clip(out, 0.0, SCALE, out=out)
-    out[volume == 0] = 0.0
+    order = "F" if volume.flags.f_contiguous and not volume.flags.c_contiguous else "C"
+    flat = volume.ravel(order=order)                  # a view for NIfTI's Fortran-ordered arrays
+    head = np.flatnonzero(flat)
+    out = np.zeros(volume.shape, dtype=dtype, order=order)
+    if head.size == 0:
+        return out
+    values = flat[head]
+    lo, hi = robust_range(values, percentiles)
+    values -= np.float32(lo)
+    values *= np.float32(SCALE / (hi - lo))
+    out.ravel(order=order)[head] = to_store_dtype(values, dtype)
     return out
 
 
 def to_store_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
-    """Store values on the 0..255 scale; uint8 rounds to the nearest step (1/255 of the window)."""
+    """Values clipped to the 0..255 scale in the store dtype; uint8 rounds half up (1/255 steps)."""
+    clipped = np.clip(values, 0.0, SCALE).astype(np.float32, copy=False)
     if dtype == "uint8":
-        return np.rint(np.clip(values, 0.0, SCALE)).astype(np.uint8)
-    return np.asarray(values).astype(dtype)
+        clipped += np.float32(0.5)
+    return clipped.astype(dtype)

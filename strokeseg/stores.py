@@ -21,10 +21,11 @@ import numpy as np
 import pandas as pd
 
 from strokeseg import normalization, planes
-from strokeseg.brain import brain_mask
+from strokeseg.brain import brain_pixels_per_slice
 from strokeseg.cohort import SubjectFiles
 from strokeseg.config import PLANES, ConvertConfig
 from strokeseg.errors import InputError
+from strokeseg.lesions import lesion_pixels_per_slice
 from strokeseg.nifti import load_pair, same_affine
 from strokeseg.parallel import map_ordered
 from strokeseg.workdir import read_csv, write_csv
@@ -111,12 +112,10 @@ def _convert_subject(job: _Job) -> dict[str, pd.DataFrame]:
     volumes = load_pair(job.subject.t1w, job.subject.mask, binarize=job.binarize)
     grid = Grid(job.grid_shape, np.asarray(job.grid_affine).reshape(4, 4))
     grid.check(job.subject.t1w, volumes.t1.shape, volumes.affine)
-    brain = brain_mask(volumes.t1, volumes.affine)
     dtype = job.convert.store_dtype
     robust = None
     if job.convert.normalization == "volume_robust":  # one map for the volume, shared by the planes
-        robust = normalization.to_store_dtype(
-            normalization.volume_robust(volumes.t1, job.convert.robust_percentiles), dtype)
+        robust = normalization.volume_robust(volumes.t1, job.convert.robust_percentiles, dtype)
     out = {}
     for plane in PLANES:
         plane_dir = Path(job.folder) / plane
@@ -130,8 +129,7 @@ def _convert_subject(job: _Job) -> dict[str, pd.DataFrame]:
         rows, cols = canvas.region
         images_mm = np.load(plane_dir / IMAGES, mmap_mode="r+")
         images_mm[start:start + count, rows, cols] = stack
-        in_plane = planes.in_plane_axes(plane)
-        lesion_pixels = volumes.mask.sum(axis=in_plane, dtype=np.int64)
+        lesion_pixels = lesion_pixels_per_slice(volumes.mask, plane)
         with_lesion = np.flatnonzero(lesion_pixels)   # other mask rows stay zero as created
         masks_mm = np.load(plane_dir / MASKS, mmap_mode="r+")
         masks_mm[start + with_lesion] = np.packbits(
@@ -142,7 +140,7 @@ def _convert_subject(job: _Job) -> dict[str, pd.DataFrame]:
             "slice": np.arange(count),
             "row": start + np.arange(count),
             "lesion_pixels": lesion_pixels,
-            "brain_pixels": brain.sum(axis=in_plane, dtype=np.int64),
+            "brain_pixels": brain_pixels_per_slice(volumes.t1, volumes.affine, plane),
         })
     return out
 

@@ -39,4 +39,5 @@ def test_volume_robust_maps_equal_intensities_equally_in_every_slice_unlike_slic
 def test_store_dtype_rounds_and_clips_to_uint8():
     values = np.array([-3.0, 0.4, 0.6, 254.6, 300.0])
     np.testing.assert_array_equal(normalization.to_store_dtype(values, "uint8"), [0, 0, 1, 255, 255])
+    np.testing.assert_array_equal(normalization.to_store_dtype(np.array([0.5, 1.5, 2.49]), "uint8"), [1, 2, 2])
     assert normalization.to_store_dtype(values, "float16").dtype == np.float16
