@@ -127,8 +127,11 @@ def _convert_subject(job: _Job) -> dict[str, pd.DataFrame]:
         else:
             stack = normalization.to_store_dtype(normalization.slice_max(planes.to_stack(volumes.t1, plane)), dtype)
         rows, cols = canvas.region
+        # Empty slices (outside a skull-stripped head) stay as created: their pages are never
+        # dirtied, which spares ~20 % of the writes on such cohorts.
+        filled = np.flatnonzero(np.any(stack, axis=(1, 2)))
         images_mm = np.load(plane_dir / IMAGES, mmap_mode="r+")
-        images_mm[start:start + count, rows, cols] = stack
+        images_mm[start + filled, rows, cols] = stack[filled]
         lesion_pixels = lesion_pixels_per_slice(volumes.mask, plane)
         with_lesion = np.flatnonzero(lesion_pixels)   # other mask rows stay zero as created
         masks_mm = np.load(plane_dir / MASKS, mmap_mode="r+")
