@@ -40,14 +40,14 @@ def volume_robust(volume: np.ndarray, percentiles: tuple[float, float] = (0.5, 9
     Background (exactly 0) stays 0. Only head voxels are touched (about a fifth of an ATLAS
     volume), and the result comes out directly in the store dtype (see :func:`to_store_dtype`).
     """
-    volume = np.asarray(volume, dtype=np.float32)
+    volume = np.asarray(volume)                       # any numeric type: only head voxels are converted
     order = "F" if volume.flags.f_contiguous and not volume.flags.c_contiguous else "C"
     flat = volume.ravel(order=order)                  # a view for NIfTI's Fortran-ordered arrays
     head = np.flatnonzero(flat)
     out = np.zeros(volume.shape, dtype=dtype, order=order)
     if head.size == 0:
         return out
-    values = flat[head]
+    values = flat[head].astype(np.float32)
     lo, hi = robust_range(values, percentiles)
     values -= np.float32(lo)
     values *= np.float32(SCALE / (hi - lo))

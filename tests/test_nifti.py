@@ -57,6 +57,19 @@ def fault(info, path: Path, text: str):
 
 
 # ---------------------------------------------------------------- loading and validation
+def test_integer_t1_stays_as_stored_and_scaled_data_become_float32(tmp_path):
+    ints = np.arange(np.prod(SHAPE), dtype=np.int16).reshape(SHAPE) % 900
+    data, _ = load_t1(save(tmp_path / "int16.nii.gz", ints))
+    assert data.dtype == np.int16
+    np.testing.assert_array_equal(data, ints)
+    img = nib.Nifti1Image(ints, AFFINE)
+    img.header.set_slope_inter(0.5, 10)
+    nib.save(img, tmp_path / "scaled.nii.gz")
+    scaled, _ = load_t1(tmp_path / "scaled.nii.gz")
+    assert scaled.dtype == np.float32
+    np.testing.assert_allclose(scaled, ints * 0.5 + 10)
+
+
 def test_load_t1_roundtrip(t1_file):
     data, img = load_t1(t1_file)
     assert data.dtype == np.float32 and data.shape == SHAPE

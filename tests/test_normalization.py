@@ -41,3 +41,15 @@ def test_store_dtype_rounds_and_clips_to_uint8():
     np.testing.assert_array_equal(normalization.to_store_dtype(values, "uint8"), [0, 0, 1, 255, 255])
     np.testing.assert_array_equal(normalization.to_store_dtype(np.array([0.5, 1.5, 2.49]), "uint8"), [1, 2, 2])
     assert normalization.to_store_dtype(values, "float16").dtype == np.float16
+
+
+def test_volume_robust_gives_the_same_result_for_integer_and_float_volumes():
+    rng = np.random.default_rng(1)
+    ints = np.zeros((12, 10, 8), dtype=np.int16)
+    ints[2:10, 2:8, 1:7] = rng.integers(50, 900, (8, 6, 6))
+    for dtype in ("uint8", "float32"):
+        np.testing.assert_array_equal(normalization.volume_robust(ints, (1, 99), dtype),
+                                      normalization.volume_robust(ints.astype(np.float32), (1, 99), dtype))
+    assert np.asfortranarray(ints).flags.f_contiguous
+    np.testing.assert_array_equal(normalization.volume_robust(np.asfortranarray(ints)),
+                                  normalization.volume_robust(ints))
