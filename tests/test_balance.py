@@ -90,3 +90,47 @@ def test_bad_input_raises():
         fold_balance_tests(values.assign(sum_voxel=np.nan), 6, "axial")
     with pytest.raises(StrokesegError, match="column"):
         fold_balance_tests(values.drop(columns="bin"), 6, "axial")
+
+
+def clustered_slices(n_subjects=40, slices_per_subject=30, seed=0):
+    """Each subject has its own lesion scale; its slices cluster around it (as real slices do)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_subjects):
+        scale = rng.lognormal(7, 1.2)
+        for k in range(slices_per_subject):
+            rows.append((f"s{s:03d}", 1 + s % 5, scale * rng.lognormal(0, 0.2)))
+    frame = pd.DataFrame(rows, columns=["subject_name", "fold", "sum_voxel"])
+    frame["bin"] = np.digitize(frame["sum_voxel"], [500, 1500, 4000])
+    return frame
+
+
+def test_subject_permutation_p_values_account_for_clustered_slices():
+    frame = clustered_slices()
+    out = fold_balance_tests(frame, 4, "axial", groups="subject_name", n_permutations=499, seed=1)
+    assert out["p_value_subject_permutation"].between(1 / 500, 1).all()
+    # Random subject-level folds: the naive slice-level tests reject often, the permutation p-values
+    # (which know slices come in subjects) mostly do not.
+    naive = out.loc[out.test != "mannwhitney_fold_vs_pool", "p_value"]
+    permuted = out.loc[out.test != "mannwhitney_fold_vs_pool", "p_value_subject_permutation"]
+    assert (naive < 0.05).sum() > (permuted < 0.05).sum()
+    assert (permuted >= 0.05).mean() >= 0.8
+    again = fold_balance_tests(frame, 4, "axial", groups="subject_name", n_permutations=499, seed=1)
+    pd.testing.assert_frame_equal(out, again)
+
+
+def test_subject_permutation_detects_a_fold_of_large_lesions():
+    frame = clustered_slices()
+    big = frame["subject_name"].isin([f"s{s:03d}" for s in range(0, 40, 5)])   # fold 1's subjects
+    frame.loc[big, "sum_voxel"] *= 50
+    frame["bin"] = np.digitize(frame["sum_voxel"], [500, 1500, 4000])
+    out = fold_balance_tests(frame, 4, "axial", groups="subject_name", n_permutations=499, seed=2)
+    fold1 = out[(out.fold == 1) & (out.test == "mannwhitney_fold_vs_rest")]
+    assert fold1["p_value_subject_permutation"].iloc[0] < 0.01
+
+
+def test_subject_permutation_refuses_a_subject_split_over_folds():
+    frame = clustered_slices(n_subjects=10)
+    frame.loc[0, "fold"] = 2 if frame.loc[0, "fold"] != 2 else 3
+    with pytest.raises(StrokesegError, match="several folds"):
+        fold_balance_tests(frame, 4, "axial", groups="subject_name", n_permutations=9)

@@ -4,7 +4,9 @@ Writes ``folds.csv`` (subject_name, volume_bin, fold) — the one assignment eve
 then per plane ``<plane>/fold_<k>_lesion.csv`` (the fold subjects' lesion slices) and
 ``<plane>/fold_<k>_normal.csv`` (lesion-free, brain-containing slices of the same subjects, 1:1
 per subject), and ``balance_tests.csv`` + ``balance_tests.png`` (Mann-Whitney U fold vs rest and
-upstream's fold vs pool on ``sum_voxel``, chi-squared on bin counts; 3-D and per plane).
+upstream's fold vs pool on ``sum_voxel``, chi-squared on bin counts; 3-D and per plane), each
+with its textbook p-value and a subject-level permutation p-value (slices of one subject are not
+independent; see strokeseg.balance).
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
     folds = subject_folds(subjects, config.cv.n_folds, config.seed)
     fold_of = folds.set_index("subject_name")["fold"]
     per_subject = subjects.assign(fold=subjects["subject_name"].map(fold_of), bin=subjects["volume_bin"])
-    tests = [fold_balance_tests(per_subject, len(config.bins.volume_edges) - 1, "3d")]
+    tests = [fold_balance_tests(per_subject, len(config.bins.volume_edges) - 1, "3d", groups="subject_name",
+                                seed=derive_seed(config.seed, "balance", "3d"))]
     with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir)) as out:
         write_csv(folds, out.path / FOLDS_CSV)
         for plane in PLANES:
@@ -61,8 +64,9 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
                 write_csv(fold_lesions, out.path / lesion_csv(plane, fold))
                 write_csv(normals, out.path / normal_csv(plane, fold))
             n_slice_bins = len(config.bins.slice_edges(plane)) - 1
-            tests.append(fold_balance_tests(lesion_slices.rename(columns={"slice_bin": "bin"}),
-                                            n_slice_bins, plane))
+            tests.append(fold_balance_tests(lesion_slices.rename(columns={"slice_bin": "bin"}), n_slice_bins,
+                                            plane, groups="subject_name",
+                                            seed=derive_seed(config.seed, "balance", plane)))
         check_subject_disjoint(out.path, config.cv.n_folds)
         table = pd.concat(tests, ignore_index=True)
         write_csv(table, out.path / BALANCE_CSV)
