@@ -1,0 +1,50 @@
+"""The model zoo: one module per architecture, one registry.
+
+Every architecture module defines ``build(input_shape, **options) -> keras.Model`` and the
+constants ``CANONICAL_INPUT`` (the input shape of its published build), ``CANONICAL_PARAMS``
+(``model.count_params()`` of that build: trainable weights plus batch-norm statistics) and
+``SIZE_MULTIPLE`` (H and W must be multiples of it). Models are written with ``keras.ops`` only,
+so they run on TensorFlow here and on JAX or PyTorch where those are the backend, and they output a
+float32 sigmoid probability map of the input's height and width, also under mixed precision.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import keras
+
+from strokeseg.errors import ConfigError
+
+# registry name -> module under strokeseg.models
+MODULES = {
+    "raxnet": "raxnet",
+    "xnet": "xnet",
+    "clci": "clci",
+    "dunet": "dunet",
+    "lcnn": "lcnn",
+    "unet": "unet",
+    "resunet": "resunet",
+    "attention_unet": "attention_unet",
+}
+
+
+def model_names() -> list[str]:
+    return list(MODULES)
+
+
+def architecture(name: str) -> ModuleType:
+    if name not in MODULES:
+        raise ConfigError(f"unknown model {name!r}; choose one of {model_names()}")
+    return importlib.import_module(f"strokeseg.models.{MODULES[name]}")
+
+
+def build_model(name: str, input_shape: tuple[int, int, int], **options) -> keras.Model:
+    """Build a registered model for inputs of shape (H, W, C)."""
+    module = architecture(name)
+    height, width, channels = input_shape
+    multiple = module.SIZE_MULTIPLE
+    if height % multiple or width % multiple or channels < 1:
+        raise ConfigError(f"{name}: input shape {tuple(input_shape)} must have H and W multiples of "
+                          f"{multiple} and C >= 1")
+    return module.build(tuple(input_shape), **options)
