@@ -194,7 +194,7 @@ def raincloud_figure(data: pd.DataFrame, group: str, value: str, title: str, yla
 
 
 def fold_balance_figure(tests: pd.DataFrame, path: Path, synthetic: bool, alpha: float = 0.05,
-                        dpi: int = DEFAULT_DPI) -> None:
+                        dpi: int = DEFAULT_DPI, title: str = "Fold balance: per-fold test p-values") -> None:
     """p-value of each fold's balance test, one panel per test, folds grouped by level.
 
     ``tests`` has columns level, fold, test, statistic, p_value, one row per (level, fold, test).
@@ -260,7 +260,7 @@ def fold_balance_figure(tests: pd.DataFrame, path: Path, synthetic: bool, alpha:
         handles.append(Line2D([], [], marker="o", linestyle="", markersize=6, color="white",
                               markeredgecolor="black", label="p < α"))
         fig.legend(handles=handles, loc="outside right upper", frameon=False)
-        fig.suptitle(_title(title="Fold balance: per-fold test p-values", synthetic=synthetic))
+        fig.suptitle(_title(title=title, synthetic=synthetic))
         _save(fig, path, dpi)
     finally:
         plt.close(fig)

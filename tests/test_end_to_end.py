@@ -99,6 +99,8 @@ def test_folds_are_subject_disjoint_across_all_planes_and_splits(workdir):
     balance = pd.read_csv(workdir / "04_cross_validation" / "balance_tests.csv")
     assert set(balance["level"]) == {"3d", *PLANES}
     assert balance["p_value"].between(0, 1).all()
+    assert balance["p_value_subject_permutation"].between(0, 1).all()
+    assert (workdir / "04_cross_validation" / "balance_tests_subject_permutation.png").stat().st_size > 0
 
 
 def test_no_lesion_slice_is_dropped_from_the_batches(workdir):

@@ -3,10 +3,10 @@
 Writes ``folds.csv`` (subject_name, volume_bin, fold) — the one assignment every plane uses —
 then per plane ``<plane>/fold_<k>_lesion.csv`` (the fold subjects' lesion slices) and
 ``<plane>/fold_<k>_normal.csv`` (lesion-free, brain-containing slices of the same subjects, 1:1
-per subject), and ``balance_tests.csv`` + ``balance_tests.png`` (Mann-Whitney U fold vs rest and
-upstream's fold vs pool on ``sum_voxel``, chi-squared on bin counts; 3-D and per plane), each
-with its textbook p-value and a subject-level permutation p-value (slices of one subject are not
-independent; see strokeseg.balance).
+per subject), and ``balance_tests.csv`` (Mann-Whitney U fold vs rest and upstream's fold vs pool
+on ``sum_voxel``, chi-squared on bin counts; 3-D and per plane), each with its textbook p-value and
+a subject-level permutation p-value (slices of one subject are not independent; see
+strokeseg.balance), drawn in ``balance_tests.png`` and ``balance_tests_subject_permutation.png``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from strokeseg import reports
-from strokeseg.balance import fold_balance_tests
+from strokeseg.balance import PERMUTATION_COLUMN, fold_balance_tests
 from strokeseg.config import PLANES, Config, derive_seed
 from strokeseg.errors import StrokesegError
 from strokeseg.splits import select_normal_slices, subject_folds
@@ -70,7 +70,12 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
         check_subject_disjoint(out.path, config.cv.n_folds)
         table = pd.concat(tests, ignore_index=True)
         write_csv(table, out.path / BALANCE_CSV)
-        reports.fold_balance_figure(table, out.path / "balance_tests.png", is_synthetic_run(workdir))
+        synthetic = is_synthetic_run(workdir)
+        reports.fold_balance_figure(table, out.path / "balance_tests.png", synthetic,
+                                    title="Fold balance: textbook p-values (items treated as independent)")
+        reports.fold_balance_figure(table.assign(p_value=table[PERMUTATION_COLUMN]),
+                                    out.path / "balance_tests_subject_permutation.png", synthetic,
+                                    title="Fold balance: subject-level permutation p-values")
     return stage_dir(workdir, STAGE)
 
 
