@@ -296,7 +296,7 @@ def _save(fig, path: Path, dpi: int) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    log.info("wrote %s", path)
+    log.debug("wrote %s", path)
 
 
 def _png_path(path) -> Path:
