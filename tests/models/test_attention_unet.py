@@ -1,0 +1,112 @@
+"""2-D attention U-Net (reference/upstream-other-seeds.md C.3 in 2-D): gates, size, contract."""
+from __future__ import annotations
+
+import collections
+
+import keras
+import numpy as np
+import pytest
+
+from strokeseg.errors import ConfigError
+from strokeseg.models import attention_unet, build_model
+
+CANVASES = [(208, 240, 1), (240, 208, 1), (208, 208, 1)]
+
+
+@pytest.fixture(scope="module")
+def canonical():
+    return attention_unet.build(attention_unet.CANONICAL_INPUT)
+
+
+@pytest.fixture(scope="module")
+def small():
+    keras.utils.set_random_seed(0)
+    return attention_unet.build((32, 32, 2), base_filters=8)
+
+
+def test_canonical_size(canonical):
+    assert attention_unet.CANONICAL_INPUT == (208, 240, 1)
+    assert canonical.count_params() == attention_unet.CANONICAL_PARAMS == 31_387_049
+    # instance norm keeps no moving statistics: every parameter is trainable
+    assert sum(int(np.prod(w.shape)) for w in canonical.trainable_weights) == 31_387_049
+
+
+def test_every_skip_is_gated(canonical):
+    kinds = collections.Counter(type(layer).__name__ for layer in canonical.layers)
+    assert kinds["Multiply"] == 4 and kinds["Concatenate"] == 4
+    assert kinds["BatchNormalization"] == 0
+    assert kinds["SpatialDropout2D"] == 2 * 9
+    for level, filters in zip((1, 2, 3, 4), (64, 128, 256, 512)):
+        assert canonical.get_layer(f"dec{level}_gate_wx").filters == filters // 2  # F_int = out / 2
+        assert canonical.get_layer(f"dec{level}_gate_coefficients").output.shape[-1] == 1
+    assert canonical.get_layer("bridge_conv2").output.shape[1:] == (13, 15, 1024)
+
+
+def test_attention_coefficients_are_in_unit_interval(small):
+    probe = keras.Model(small.input, [small.get_layer(f"dec{i}_gate_coefficients").output
+                                      for i in (1, 2, 3, 4)])
+    x = np.random.default_rng(0).random((2, 32, 32, 2), dtype=np.float32)
+    for psi in probe(x):
+        psi = keras.ops.convert_to_numpy(psi)
+        assert psi.shape[-1] == 1 and np.all((psi >= 0) & (psi <= 1))
+
+
+def test_dropout_option():
+    model = attention_unet.build((32, 32, 1), base_filters=4, dropout=0.0)
+    assert not any(isinstance(layer, keras.layers.SpatialDropout2D) for layer in model.layers)
+
+
+@pytest.mark.parametrize("canvas", CANVASES)
+def test_canvases_build(canvas):
+    model = build_model("attention_unet", canvas)
+    assert model.output_shape == (None, *canvas[:2], 1)
+    assert model.count_params() == attention_unet.CANONICAL_PARAMS
+
+
+def test_full_size_forward_is_a_float32_probability_map(canonical):
+    x = np.random.default_rng(0).random((1, *attention_unet.CANONICAL_INPUT), dtype=np.float32)
+    y = keras.ops.convert_to_numpy(canonical(x, training=False))
+    assert y.shape == (1, 208, 240, 1) and y.dtype == np.float32
+    assert np.all((y >= 0) & (y <= 1))
+
+
+def test_mixed_precision_output_stays_float32():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = attention_unet.build((32, 32, 2), base_filters=8)
+        assert model.get_layer("enc1_conv1").compute_dtype == "float16"
+        y = model(np.random.default_rng(1).random((2, 32, 32, 2), dtype=np.float32))
+        assert keras.backend.standardize_dtype(y.dtype) == "float32"
+        y = keras.ops.convert_to_numpy(y)
+        assert np.all((y >= 0) & (y <= 1))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_a_few_training_steps_lower_the_loss():
+    keras.utils.set_random_seed(42)
+    rng = np.random.default_rng(42)
+    x = rng.random((4, 32, 32, 1), dtype=np.float32)
+    y = (x > 0.7).astype(np.float32)
+    model = attention_unet.build((32, 32, 1), base_filters=8)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
+                  run_eagerly=True)  # tracing the step costs more than a few eager steps
+    losses = [float(np.ravel(model.train_on_batch(x, y))[0]) for _ in range(6)]
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("shape", [(200, 240, 1), (208, 232, 1), (208, 240, 0)])
+def test_bad_input_shape_is_a_clear_error(shape):
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        attention_unet.build(shape)
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        build_model("attention_unet", shape)
+
+
+def test_bad_options_are_clear_errors():
+    with pytest.raises(ConfigError, match="unknown option.*deep_supervision"):
+        attention_unet.build((32, 32, 1), deep_supervision=True)
+    with pytest.raises(ConfigError, match="base_filters"):
+        attention_unet.build((32, 32, 1), base_filters=1)
+    with pytest.raises(ConfigError, match="dropout"):
+        attention_unet.build((32, 32, 1), dropout=1.5)

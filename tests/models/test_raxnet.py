@@ -1,0 +1,103 @@
+"""RAX-Net: the layer list and size of reference/upstream-raxnet.md §7, and the model contract."""
+from __future__ import annotations
+
+import collections
+
+import keras
+import numpy as np
+import pytest
+
+from strokeseg.errors import ConfigError
+from strokeseg.models import build_model, raxnet
+
+CANVASES = [(208, 240, 1), (240, 208, 1), (208, 208, 1)]
+
+
+@pytest.fixture(scope="module")
+def canonical():
+    return raxnet.build(raxnet.CANONICAL_INPUT)
+
+
+def _trainable(model) -> int:
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+def test_canonical_size_is_upstreams(canonical):
+    assert raxnet.CANONICAL_INPUT == (208, 240, 1)
+    assert canonical.count_params() == raxnet.CANONICAL_PARAMS == 4_837_473
+    assert _trainable(canonical) == 4_829_665  # the other 7,808 are BN moving statistics
+
+
+def test_layer_list_is_upstreams(canonical):
+    kinds = collections.Counter(type(layer).__name__ for layer in canonical.layers)
+    assert len(canonical.layers) == 116
+    assert kinds["Conv2D"] == 22 and kinds["Conv2DTranspose"] == 12
+    assert kinds["SeparableConv2D"] == 5 and kinds["BatchNormalization"] == 27
+    assert kinds["Add"] == 11 and kinds["UpSampling2D"] == 8 and kinds["MaxPooling2D"] == 3
+    # the decoder's transposed convolutions have stride 1: plain 3x3 convolutions
+    assert all(layer.strides == (1, 1) for layer in canonical.layers
+               if isinstance(layer, keras.layers.Conv2DTranspose))
+
+
+def test_last_decoder_block_fuses_the_raw_image(canonical):
+    skip_proj = canonical.get_layer("dec32_fuse_skip_proj")
+    assert skip_proj.input is canonical.input
+
+
+@pytest.mark.parametrize("canvas", CANVASES)
+def test_canvases_build_with_the_same_count(canvas):
+    model = build_model("raxnet", canvas)
+    assert model.output_shape == (None, *canvas[:2], 1)
+    assert model.count_params() == raxnet.CANONICAL_PARAMS
+
+
+def test_full_size_forward_is_a_float32_probability_map(canonical):
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).random((1, *raxnet.CANONICAL_INPUT), dtype=np.float32)
+    y = keras.ops.convert_to_numpy(canonical(x, training=False))
+    assert y.shape == (1, 208, 240, 1) and y.dtype == np.float32
+    assert np.all((y >= 0) & (y <= 1))
+
+
+def test_adjacent_slices_as_channels():
+    model = raxnet.build((32, 48, 3))
+    y = model(np.zeros((2, 32, 48, 3), np.float32))
+    assert tuple(y.shape) == (2, 32, 48, 1)
+
+
+def test_mixed_precision_output_stays_float32():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = raxnet.build((32, 32, 1))
+        assert model.get_layer("stem_conv").compute_dtype == "float16"
+        y = model(np.random.default_rng(1).random((2, 32, 32, 1), dtype=np.float32))
+        assert keras.backend.standardize_dtype(y.dtype) == "float32"
+        y = keras.ops.convert_to_numpy(y)
+        assert np.all((y >= 0) & (y <= 1))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_a_few_training_steps_lower_the_loss():
+    keras.utils.set_random_seed(42)
+    rng = np.random.default_rng(42)
+    x = rng.random((4, 32, 32, 1), dtype=np.float32)
+    y = (x > 0.7).astype(np.float32)
+    model = raxnet.build((32, 32, 1))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
+                  run_eagerly=True)  # tracing the step costs more than a few eager steps
+    losses = [float(np.ravel(model.train_on_batch(x, y))[0]) for _ in range(6)]
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("shape", [(200, 240, 1), (208, 232, 1), (208, 240, 0)])
+def test_bad_input_shape_is_a_clear_error(shape):
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        raxnet.build(shape)
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        build_model("raxnet", shape)
+
+
+def test_unknown_option_is_a_clear_error():
+    with pytest.raises(ConfigError, match="unknown option.*filters"):
+        raxnet.build((32, 32, 1), filters=16)

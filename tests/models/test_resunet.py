@@ -1,0 +1,112 @@
+"""U-Net with a ResNet-50 encoder (reference/upstream-other-seeds.md B.2): size, padding to 32,
+local encoder weights, and the model contract."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from strokeseg.errors import ConfigError, InputError
+from strokeseg.models import build_model, resunet
+
+CANVASES = [(208, 240, 1), (240, 208, 1), (208, 208, 1)]
+
+
+@pytest.fixture(scope="module")
+def canonical():
+    return resunet.build(resunet.CANONICAL_INPUT)
+
+
+def test_canonical_size(canonical):
+    assert resunet.CANONICAL_INPUT == (208, 240, 1)
+    assert canonical.count_params() == resunet.CANONICAL_PARAMS == 32_602_775
+    trainable = sum(int(np.prod(w.shape)) for w in canonical.trainable_weights)
+    assert trainable == 32_547_671  # the other 55,104 are BN moving statistics
+    # smp's ResNet-50 U-Net has 32,521,105 parameters; Keras's ResNet-50 convs add 26,560 biases
+    assert trainable - 26_560 - 6 == 32_521_105
+    assert canonical.get_layer("resnet50_encoder").count_params() == 23_587_712
+
+
+def test_canvas_is_padded_to_the_encoders_multiple_and_cropped_back(canonical):
+    assert canonical.get_layer("pad_to_encoder").output.shape[1:3] == (224, 256)
+    assert canonical.get_layer("crop_to_input").output.shape[1:3] == (208, 240)
+    aligned = resunet.build((64, 96, 1))
+    assert not any(isinstance(layer, (keras.layers.ZeroPadding2D, keras.layers.Cropping2D))
+                   for layer in aligned.layers)
+
+
+@pytest.mark.parametrize("canvas", CANVASES)
+def test_canvases_build(canvas):
+    model = build_model("resunet", canvas)
+    assert model.output_shape == (None, *canvas[:2], 1)
+    assert model.count_params() == resunet.CANONICAL_PARAMS
+
+
+def test_full_size_forward_is_a_float32_probability_map(canonical):
+    x = np.random.default_rng(0).random((1, *resunet.CANONICAL_INPUT), dtype=np.float32)
+    y = keras.ops.convert_to_numpy(canonical(x, training=False))
+    assert y.shape == (1, 208, 240, 1) and y.dtype == np.float32
+    assert np.all((y >= 0) & (y <= 1))
+
+
+def test_adjacent_slices_as_channels():
+    model = resunet.build((48, 32, 5))
+    assert model.get_layer("channels_to_rgb").output.shape[-1] == 3
+    y = model(np.zeros((1, 48, 32, 5), np.float32))
+    assert tuple(y.shape) == (1, 48, 32, 1)
+
+
+def test_mixed_precision_output_stays_float32():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = resunet.build((32, 32, 1))
+        assert model.get_layer("dec1_conv1").compute_dtype == "float16"
+        y = model(np.random.default_rng(1).random((2, 32, 32, 1), dtype=np.float32))
+        assert keras.backend.standardize_dtype(y.dtype) == "float32"
+        y = keras.ops.convert_to_numpy(y)
+        assert np.all((y >= 0) & (y <= 1))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_a_few_training_steps_lower_the_loss():
+    keras.utils.set_random_seed(42)
+    rng = np.random.default_rng(42)
+    x = rng.random((2, 32, 32, 1), dtype=np.float32)
+    y = (x > 0.7).astype(np.float32)
+    model = resunet.build((32, 32, 1))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
+                  run_eagerly=True)  # tracing the step costs more than a few eager steps
+    losses = [float(np.ravel(model.train_on_batch(x, y))[0]) for _ in range(4)]
+    assert losses[-1] < losses[0]
+
+
+def test_encoder_weights_load_from_a_local_file(tmp_path):
+    keras.utils.set_random_seed(1)
+    source = resunet.build((32, 32, 1)).get_layer("resnet50_encoder")
+    path = tmp_path / "encoder.weights.h5"
+    source.save_weights(path)
+    keras.utils.set_random_seed(2)
+    loaded = resunet.build((64, 32, 3), encoder_weights=str(path)).get_layer("resnet50_encoder")
+    for expected, got in zip(source.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got),
+                                      keras.ops.convert_to_numpy(expected))
+
+
+def test_missing_encoder_weights_name_the_file(tmp_path):
+    missing = tmp_path / "resnet50_notop.h5"
+    with pytest.raises(InputError, match="resnet50_notop.h5.*not found"):
+        resunet.build((32, 32, 1), encoder_weights=missing)
+
+
+@pytest.mark.parametrize("shape", [(200, 240, 1), (208, 232, 1), (208, 240, 0)])
+def test_bad_input_shape_is_a_clear_error(shape):
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        resunet.build(shape)
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        build_model("resunet", shape)
+
+
+def test_unknown_option_is_a_clear_error():
+    with pytest.raises(ConfigError, match="unknown option.*accepted: encoder_weights"):
+        resunet.build((32, 32, 1), weights="imagenet")
