@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= .
 
-.PHONY: demo test venv clean-outputs
+.PHONY: demo test venv models-table clean-outputs
 
 venv: $(STAMP)
 
@@ -24,6 +24,11 @@ demo: $(STAMP)
 	$(PY) 04_cross_validation/run.py --workdir $(WORKDIR)
 	$(PY) 05_batch_distribution/run.py --workdir $(WORKDIR)
 	$(PY) 06_preparation/run.py --workdir $(WORKDIR)
+	$(PY) 07_models/run.py --workdir $(WORKDIR) --quick --models raxnet
+
+# The full model table: every model on every plane, measured (about 12 minutes on 2 CPU cores).
+models-table: $(STAMP)
+	$(PY) 07_models/run.py --workdir $(WORKDIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests

@@ -28,7 +28,11 @@ COMMANDS = {
     "batches": ("05_batch_distribution", "batch_distribution",
                 "05: distribution-matched batch plans and inner validation subjects"),
     "prepare": ("06_preparation", "preparation", "06: memory-mapped arrays (n_batches, batch, H, W, C)"),
+    "models": ("07_models", "models", "07: the model zoo table (parameters, GFLOPs, measured speed per slice)"),
 }
+
+# Stages whose module adds flags of its own (add_arguments / run_options); their modules import light.
+OWN_ARGUMENTS = {"models"}
 
 OVERRIDE_HELP = ("override one config value, e.g. --set cv.n_folds=5 --set convert.normalization=slice_max "
                  "(repeatable; sections: dataset, bins, split, convert, cv, batches, prepare; see "
@@ -62,7 +66,13 @@ def build_parser(default_workdir: Path | None = None) -> argparse.ArgumentParser
             sub.add_argument("--binarize-masks", action="store_true",
                              help="accept masks with values other than 0/1 by taking mask > 0 (default: error)")
             sub.add_argument("--seed", type=int, default=None, help="protocol seed (default: the profile's, 42)")
+        if name in OWN_ARGUMENTS:  # imported only here: other stage modules load plotting libraries
+            _stage_module(name).add_arguments(sub)
     return parser
+
+
+def _stage_module(command: str):
+    return importlib.import_module(f"strokeseg.stages.{COMMANDS[command][1]}")
 
 
 def stage_overrides(args: argparse.Namespace) -> list[str]:
@@ -87,15 +97,18 @@ def main(argv: list[str] | None = None, default_workdir: Path | None = None) -> 
     args = build_parser(default_workdir).parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
-    folder, module, _ = COMMANDS[args.command]
+    folder = COMMANDS[args.command][0]
     try:
         workdir = args.workdir.expanduser().resolve()
+        stage = _stage_module(args.command)
         if args.command == "dataset":
             config = load_profile(args.profile, stage_overrides(args))
+        elif hasattr(stage, "starting_config"):  # a stage that can run without its predecessor
+            config = stage.starting_config(workdir, stage_overrides(args))
         else:
             config = apply_overrides(stage_config(workdir, previous_stage(folder)), stage_overrides(args)).validate()
-        stage = importlib.import_module(f"strokeseg.stages.{module}")
-        out = stage.run(workdir, config, progress=not args.quiet)
+        extra = stage.run_options(args) if hasattr(stage, "run_options") else {}
+        out = stage.run(workdir, config, progress=not args.quiet, **extra)
     except StrokesegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
