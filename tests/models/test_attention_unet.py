@@ -10,6 +10,8 @@ import pytest
 from strokeseg.errors import ConfigError
 from strokeseg.models import attention_unet, build_model
 
+from model_checks import assert_float32_under_mixed_precision, assert_training_lowers_loss
+
 CANVASES = [(208, 240, 1), (240, 208, 1), (208, 208, 1)]
 
 
@@ -71,29 +73,12 @@ def test_full_size_forward_is_a_float32_probability_map(canonical):
 
 
 def test_mixed_precision_output_stays_float32():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        model = attention_unet.build((32, 32, 2), base_filters=8)
-        assert model.get_layer("enc1_conv1").compute_dtype == "float16"
-        y = model(np.random.default_rng(1).random((2, 32, 32, 2), dtype=np.float32))
-        assert keras.backend.standardize_dtype(y.dtype) == "float32"
-        y = keras.ops.convert_to_numpy(y)
-        assert np.all((y >= 0) & (y <= 1))
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
+    assert_float32_under_mixed_precision(lambda: attention_unet.build((32, 32, 2), base_filters=8),
+                                         (32, 32, 2), "enc1_conv1")
 
 def test_a_few_training_steps_lower_the_loss():
-    keras.utils.set_random_seed(42)
-    rng = np.random.default_rng(42)
-    x = rng.random((4, 32, 32, 1), dtype=np.float32)
-    y = (x > 0.7).astype(np.float32)
-    model = attention_unet.build((32, 32, 1), base_filters=8)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
-                  run_eagerly=True)  # tracing the step costs more than a few eager steps
-    losses = [float(np.ravel(model.train_on_batch(x, y))[0]) for _ in range(6)]
-    assert losses[-1] < losses[0]
-
+    assert_training_lowers_loss(lambda: attention_unet.build((32, 32, 1), base_filters=8),
+                                (32, 32, 1), n=4, steps=6, seed=42, threshold=0.7)
 
 @pytest.mark.parametrize("shape", [(200, 240, 1), (208, 232, 1), (208, 240, 0)])
 def test_bad_input_shape_is_a_clear_error(shape):

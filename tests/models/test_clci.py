@@ -12,20 +12,10 @@ import pytest
 from strokeseg.errors import ConfigError
 from strokeseg.models import build_model, clci
 
+from model_checks import (assert_float32_under_mixed_precision, assert_training_lowers_loss,
+                          tiny_batch as _batch, probability_map as _probabilities)
+
 CANVASES = [(208, 240), (240, 208), (208, 208)]
-
-
-def _batch(shape, n=2, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.random((n, *shape)).astype("float32")
-    return x, (x[..., :1] > 0.6).astype("float32")
-
-
-def _probabilities(model, x):
-    y = keras.ops.convert_to_numpy(model(x, training=False))
-    assert y.shape == (*x.shape[:3], 1) and y.dtype == np.float32
-    assert np.all((y >= 0) & (y <= 1))
-    return y
 
 
 def test_canonical_parameter_count():
@@ -50,23 +40,10 @@ def test_adjacent_slices_as_channels_and_non_square_input():
 
 
 def test_mixed_precision_output_is_float32():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        model = clci.build((32, 32, 1))
-        _probabilities(model, _batch((32, 32, 1))[0])
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
+    assert_float32_under_mixed_precision(lambda: clci.build((32, 32, 1)), (32, 32, 1))
 
 def test_training_steps_lower_the_loss():
-    keras.utils.set_random_seed(0)
-    model = clci.build((32, 32, 1))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
-                  run_eagerly=True)  # tracing costs more than four tiny eager steps
-    x, y = _batch((32, 32, 1))
-    losses = [float(model.train_on_batch(x, y)) for _ in range(4)]
-    assert losses[-1] < losses[0]
-
+    assert_training_lowers_loss(lambda: clci.build((32, 32, 1)), (32, 32, 1))
 
 @pytest.mark.parametrize("shape", [(30, 32, 1), (32, 8, 1), (32, 32, 0), (32, 32)])
 def test_bad_input_shape_is_a_config_error(shape):

@@ -8,25 +8,15 @@ import pytest
 from strokeseg.errors import ConfigError
 from strokeseg.models import build_model, dunet
 
+from model_checks import (assert_float32_under_mixed_precision, assert_training_lowers_loss,
+                          tiny_batch as _batch, probability_map as _probabilities)
+
 CANVASES = [(208, 240), (240, 208), (208, 208)]
 
 
 @pytest.fixture(scope="module")
 def canonical():
     return dunet.build(dunet.CANONICAL_INPUT)
-
-
-def _batch(shape, n=2, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.random((n, *shape)).astype("float32")
-    return x, (x[..., :1] > 0.6).astype("float32")
-
-
-def _probabilities(model, x):
-    y = keras.ops.convert_to_numpy(model(x, training=False))
-    assert y.shape == (*x.shape[:3], 1) and y.dtype == np.float32
-    assert np.all((y >= 0) & (y <= 1))
-    return y
 
 
 def test_canonical_parameter_count(canonical):
@@ -56,24 +46,10 @@ def test_other_slice_counts_pool_the_depth_with_ceiling(slices):
 
 
 def test_mixed_precision_output_is_float32():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        model = dunet.build((32, 32, 4))
-        x = _batch((32, 32, 4))[0]
-        _probabilities(model, x)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
+    assert_float32_under_mixed_precision(lambda: dunet.build((32, 32, 4)), (32, 32, 4))
 
 def test_training_steps_lower_the_loss():
-    keras.utils.set_random_seed(0)
-    model = dunet.build((32, 32, 4))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
-                  run_eagerly=True)  # tracing costs more than four tiny eager steps
-    x, y = _batch((32, 32, 4))
-    losses = [float(model.train_on_batch(x, y)) for _ in range(4)]
-    assert losses[-1] < losses[0]
-
+    assert_training_lowers_loss(lambda: dunet.build((32, 32, 4)), (32, 32, 4))
 
 @pytest.mark.parametrize("shape", [(30, 32, 4), (32, 24, 4), (32, 32, 0), (32, 32)])
 def test_bad_input_shape_is_a_config_error(shape):

@@ -8,6 +8,9 @@ import pytest
 from strokeseg.errors import ConfigError
 from strokeseg.models import build_model, xnet
 
+from model_checks import (assert_float32_under_mixed_precision, assert_training_lowers_loss,
+                          tiny_batch as _batch)
+
 CANVASES = [(208, 240), (240, 208), (208, 208)]
 
 
@@ -20,12 +23,6 @@ def canonical():
 def tiny():
     keras.utils.set_random_seed(0)
     return xnet.build((32, 32, 3))
-
-
-def _batch(shape, n=2, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.random((n, *shape)).astype("float32")
-    return x, (x[..., :1] > 0.6).astype("float32")
 
 
 def test_canonical_parameter_count(canonical):
@@ -66,25 +63,10 @@ def test_similarity_aggregation_matches_reference():
 
 
 def test_mixed_precision_output_is_float32():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        model = xnet.build((32, 32, 1))
-        y = model(_batch((32, 32, 1))[0], training=False)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    y = keras.ops.convert_to_numpy(y)
-    assert y.dtype == np.float32 and np.all((y >= 0) & (y <= 1))
-
+    assert_float32_under_mixed_precision(lambda: xnet.build((32, 32, 1)), (32, 32, 1))
 
 def test_training_steps_lower_the_loss():
-    keras.utils.set_random_seed(0)
-    model = xnet.build((32, 32, 1))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
-                  run_eagerly=True)  # tracing costs more than four tiny eager steps
-    x, y = _batch((32, 32, 1))
-    losses = [float(model.train_on_batch(x, y)) for _ in range(4)]
-    assert losses[-1] < losses[0]
-
+    assert_training_lowers_loss(lambda: xnet.build((32, 32, 1)), (32, 32, 1))
 
 def test_save_and_reload_keep_the_outputs(tiny, tmp_path):
     path = tmp_path / "xnet.keras"
