@@ -39,12 +39,20 @@ def architecture(name: str) -> ModuleType:
     return importlib.import_module(f"strokeseg.models.{MODULES[name]}")
 
 
+def check_input_shape(name: str, input_shape, multiple: int) -> tuple[int, int, int]:
+    """(H, W, C) as ints, or a ConfigError naming the model: three dimensions, H and W multiples
+    of ``multiple``, C >= 1. Every model's ``build`` calls it, so direct builds are checked too."""
+    shape = tuple(input_shape)
+    if len(shape) != 3:
+        raise ConfigError(f"{name}: input shape must be (H, W, C), got {shape}")
+    height, width, channels = (int(s) for s in shape)
+    if height % multiple or width % multiple or channels < 1:
+        raise ConfigError(f"{name}: input shape {shape} must have H and W multiples of {multiple} and C >= 1")
+    return height, width, channels
+
+
 def build_model(name: str, input_shape: tuple[int, int, int], **options) -> keras.Model:
     """Build a registered model for inputs of shape (H, W, C)."""
     module = architecture(name)
-    height, width, channels = input_shape
-    multiple = module.SIZE_MULTIPLE
-    if height % multiple or width % multiple or channels < 1:
-        raise ConfigError(f"{name}: input shape {tuple(input_shape)} must have H and W multiples of "
-                          f"{multiple} and C >= 1")
+    check_input_shape(name, input_shape, module.SIZE_MULTIPLE)
     return module.build(tuple(input_shape), **options)

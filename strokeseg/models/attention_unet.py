@@ -30,6 +30,7 @@ import keras
 from keras import layers
 
 from strokeseg.errors import ConfigError
+from strokeseg.models import check_input_shape
 
 CANONICAL_INPUT = (208, 240, 1)
 CANONICAL_PARAMS = 31_387_049
@@ -77,10 +78,7 @@ def build(input_shape: tuple[int, int, int], *, base_filters: int = 64, dropout:
                           f"got {base_filters!r}")
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ConfigError(f"attention_unet: dropout must be in [0, 1), got {dropout!r}")
-    height, width, channels = input_shape
-    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE or channels < 1:
-        raise ConfigError(f"attention_unet: input shape {tuple(input_shape)} must have H and W "
-                          f"multiples of {SIZE_MULTIPLE} and C >= 1")
+    height, width, channels = check_input_shape("attention_unet", input_shape, SIZE_MULTIPLE)
 
     image = keras.Input(shape=tuple(input_shape), name="image")
     x, skips = image, []

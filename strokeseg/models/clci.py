@@ -26,7 +26,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from strokeseg.errors import ConfigError
+from strokeseg.models import check_input_shape
 
 CANONICAL_INPUT = (224, 176, 1)
 CANONICAL_PARAMS = 36_838_305
@@ -96,18 +96,9 @@ def context_inference(x, skip, filters, name):
     return _double_conv(x, filters, name)
 
 
-def _check_input_shape(input_shape):
-    if len(input_shape) != 3:
-        raise ConfigError(f"clci: input shape must be (H, W, C), got {tuple(input_shape)}")
-    height, width, channels = input_shape
-    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE or channels < 1:
-        raise ConfigError(f"clci: input shape {tuple(input_shape)} must have H and W multiples of "
-                          f"{SIZE_MULTIPLE} (four 2× poolings) and C >= 1")
-
-
 def build(input_shape, name: str = "clci") -> keras.Model:
     """CLCI-Net for inputs (H, W, C); H and W multiples of 16. Returns a float32 sigmoid map."""
-    _check_input_shape(input_shape)
+    check_input_shape("clci", input_shape, SIZE_MULTIPLE)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
 
     encoder = [_double_conv(inputs, LEVEL_FILTERS[0], "enc1")]

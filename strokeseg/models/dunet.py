@@ -29,7 +29,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from strokeseg.errors import ConfigError
+from strokeseg.models import check_input_shape
 
 CANONICAL_INPUT = (192, 192, 4)
 CANONICAL_PARAMS = 8_640_163
@@ -75,20 +75,9 @@ def d_se_add(volume, plane, name):
     return layers.Add(name=f"{name}_add")([x, plane])
 
 
-def _check_input_shape(input_shape):
-    if len(input_shape) != 3:
-        raise ConfigError(f"dunet: input shape must be (H, W, C) with C adjacent slices, "
-                          f"got {tuple(input_shape)}")
-    height, width, channels = input_shape
-    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE or channels < 1:
-        raise ConfigError(f"dunet: input shape {tuple(input_shape)} must have H and W multiples of "
-                          f"{SIZE_MULTIPLE} (four 2× poolings) and C >= 1 adjacent slices")
-
-
 def build(input_shape, name: str = "dunet") -> keras.Model:
     """D-UNet for (H, W, C) inputs, C adjacent slices (4 in the paper); float32 sigmoid output."""
-    _check_input_shape(input_shape)
-    height, width, channels = input_shape
+    height, width, channels = check_input_shape("dunet", input_shape, SIZE_MULTIPLE)
     inputs = keras.Input(shape=tuple(input_shape), name="slices")
 
     volume = layers.Reshape((height, width, channels, 1), name="slices_as_depth")(inputs)

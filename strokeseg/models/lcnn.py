@@ -82,6 +82,7 @@ import numpy as np
 from keras import layers, ops
 
 from strokeseg.errors import ConfigError
+from strokeseg.models import check_input_shape
 
 CANONICAL_INPUT = (208, 240, 3)
 CANONICAL_PARAMS = 96_138_154
@@ -379,15 +380,10 @@ def _resnext50(centre, width_mult):
 
 def build(input_shape, width=1.0, partitions=None, mirror_axis="height"):
     """LCNN for (H, W, 3) inputs; see the module docstring for the options."""
-    if len(tuple(input_shape)) != 3:
-        raise ConfigError(f"lcnn: input shape must be (H, W, C), got {tuple(input_shape)}")
-    height, width_px, channels = (int(s) for s in input_shape)
+    height, width_px, channels = check_input_shape("lcnn", input_shape, SIZE_MULTIPLE)
     if channels != SLICES:
         raise ConfigError(f"lcnn: input must hold {SLICES} adjacent slices as channels (centre ±1), "
                           f"got C = {channels}")
-    if height % SIZE_MULTIPLE or width_px % SIZE_MULTIPLE:
-        raise ConfigError(f"lcnn: input shape {tuple(input_shape)} must have H and W multiples of "
-                          f"{SIZE_MULTIPLE} (four in-plane poolings)")
     if not isinstance(width, (int, float)) or not 0 < width <= 4:
         raise ConfigError(f"lcnn: width must be a channel multiplier in (0, 4], got {width!r}")
     if mirror_axis not in MIRROR_AXES:

@@ -33,6 +33,7 @@ import keras
 from keras import layers
 
 from strokeseg.errors import ConfigError
+from strokeseg.models import check_input_shape
 
 CANONICAL_INPUT = (208, 240, 1)
 CANONICAL_PARAMS = 4_837_473
@@ -81,10 +82,7 @@ def build(input_shape: tuple[int, int, int], **options) -> keras.Model:
     """RAX-Net for inputs of shape (H, W, C); H and W multiples of 16. Takes no options."""
     if options:
         raise ConfigError(f"raxnet: unknown option(s) {sorted(options)}; RAX-Net takes none")
-    height, width, channels = input_shape
-    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE or channels < 1:
-        raise ConfigError(f"raxnet: input shape {tuple(input_shape)} must have H and W "
-                          f"multiples of {SIZE_MULTIPLE} and C >= 1")
+    height, width, channels = check_input_shape("raxnet", input_shape, SIZE_MULTIPLE)
 
     image = keras.Input(shape=tuple(input_shape), name="image")
     x = layers.Conv2D(32, 3, strides=2, padding="same", name="stem_conv")(image)

@@ -39,6 +39,7 @@ import keras
 from keras import layers
 
 from strokeseg.errors import ConfigError, InputError
+from strokeseg.models import check_input_shape
 
 CANONICAL_INPUT = (208, 240, 1)
 CANONICAL_PARAMS = 32_602_775
@@ -86,10 +87,7 @@ def build(input_shape: tuple[int, int, int], *, encoder_weights: str | None = No
     if unknown:
         raise ConfigError(f"resunet: unknown option(s) {sorted(unknown)}; "
                           "accepted: encoder_weights")
-    height, width, channels = input_shape
-    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE or channels < 1:
-        raise ConfigError(f"resunet: input shape {tuple(input_shape)} must have H and W multiples "
-                          f"of {SIZE_MULTIPLE} and C >= 1")
+    height, width, channels = check_input_shape("resunet", input_shape, SIZE_MULTIPLE)
     if encoder_weights is not None:
         encoder_weights = os.fspath(encoder_weights)
 

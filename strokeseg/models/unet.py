@@ -21,6 +21,7 @@ import keras
 from keras import layers
 
 from strokeseg.errors import ConfigError
+from strokeseg.models import check_input_shape
 
 CANONICAL_INPUT = (256, 256, 3)
 CANONICAL_PARAMS = 7_768_929
@@ -45,10 +46,7 @@ def build(input_shape: tuple[int, int, int], *, base_filters: int = 32, **unknow
         raise ConfigError(f"unet: unknown option(s) {sorted(unknown)}; accepted: base_filters")
     if not isinstance(base_filters, int) or base_filters < 1:
         raise ConfigError(f"unet: base_filters must be a positive integer, got {base_filters!r}")
-    height, width, channels = input_shape
-    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE or channels < 1:
-        raise ConfigError(f"unet: input shape {tuple(input_shape)} must have H and W multiples of "
-                          f"{SIZE_MULTIPLE} and C >= 1")
+    height, width, channels = check_input_shape("unet", input_shape, SIZE_MULTIPLE)
 
     image = keras.Input(shape=tuple(input_shape), name="image")
     x, skips = image, []

@@ -21,7 +21,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from strokeseg.errors import ConfigError
+from strokeseg.models import check_input_shape
 
 CANONICAL_INPUT = (224, 192, 1)
 CANONICAL_PARAMS = 15_117_646
@@ -98,18 +98,9 @@ def feature_similarity_module(x, name="fsm"):
     return layers.Add(name=f"{name}_add")([y, x])
 
 
-def _check_input_shape(input_shape):
-    if len(input_shape) != 3:
-        raise ConfigError(f"xnet: input shape must be (H, W, C), got {tuple(input_shape)}")
-    height, width, channels = input_shape
-    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE or channels < 1:
-        raise ConfigError(f"xnet: input shape {tuple(input_shape)} must have H and W multiples of "
-                          f"{SIZE_MULTIPLE} (four 2× poolings) and C >= 1")
-
-
 def build(input_shape, name: str = "xnet") -> keras.Model:
     """X-Net for inputs (H, W, C), H and W multiples of 16; outputs a float32 sigmoid map."""
-    _check_input_shape(input_shape)
+    check_input_shape("xnet", input_shape, SIZE_MULTIPLE)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
 
     skips = []
