@@ -119,7 +119,7 @@ def _convert_subject(job: _Job) -> dict[str, pd.DataFrame]:
     out = {}
     for plane in PLANES:
         plane_dir = Path(job.folder) / plane
-        canvas = StoreGeometry.read(plane_dir).canvas
+        canvas = planes.canvas_for(grid.shape, plane, job.convert.canvas_multiple)  # as write_stores made it
         count = planes.n_slices(grid.shape, plane)
         start = job.position * count
         if robust is not None:
@@ -194,10 +194,6 @@ class SliceStore:
             return np.load(self.folder / name, mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise InputError(self.folder / name, f"missing or unreadable store array ({exc})") from exc
-
-    @property
-    def subjects(self) -> list[str]:
-        return list(self._start)
 
     def rows(self, subjects, slices) -> np.ndarray:
         """Store rows of (subject, slice) pairs."""
