@@ -10,9 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
 import typing
+import zlib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+
+import numpy as np
 
 from strokeseg.errors import ConfigError
 
@@ -186,7 +190,7 @@ def _parse(raw: str):
 def _coerce(value, hint, key):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
@@ -257,7 +261,5 @@ def read_config(path: Path) -> Config:
 
 def derive_seed(seed: int, *parts: object) -> int:
     """A stable sub-seed for one purpose (e.g. ("normals", "axial", 3)), independent of call order."""
-    import zlib
-
     words = [seed] + [zlib.crc32(str(p).encode()) for p in parts]
-    return int(__import__("numpy").random.SeedSequence(words).generate_state(1)[0])
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
