@@ -99,8 +99,15 @@ ALIGN_POOL = 16             # the alignment CNN's adaptive pooling grid
 ALIGNMENT_WEIGHTS = {"symmetry": 1.0, "regularisation": 0.1, "edge": 0.5}  # §A.4
 MIRROR_AXES = {"height": 1, "width": 2}
 
-CONV_INIT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")  # Kaiming fan-out
-DENSE_INIT = keras.initializers.RandomNormal(stddev=0.01)
+# Initializers are made per layer, not shared module constants: an unseeded Keras initializer
+# fixes its seed when constructed, so one made at import time ignores keras.utils.set_random_seed
+# and gave different weights in every process.
+def _conv_init():
+    return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")  # Kaiming fan-out
+
+
+def _dense_init():
+    return keras.initializers.RandomNormal(stddev=0.01)
 
 
 @keras.saving.register_keras_serializable(package="strokeseg")
@@ -175,12 +182,12 @@ class SymmetryEnhancedAttention(layers.Layer):
             raise ConfigError(f"SEA partitions {self.partitions} must divide the bottleneck "
                               f"{height}×{width}")
         key_dim = self.key_dim or channels // 2
-        self.query = layers.Dense(key_dim, kernel_initializer=CONV_INIT, name="theta")
-        self.key = layers.Dense(key_dim, kernel_initializer=CONV_INIT, name="phi")
-        self.value_self = layers.Dense(key_dim, kernel_initializer=CONV_INIT, name="g")
-        self.value_mirror = layers.Dense(key_dim, kernel_initializer=CONV_INIT, name="h")
+        self.query = layers.Dense(key_dim, kernel_initializer=_conv_init(), name="theta")
+        self.key = layers.Dense(key_dim, kernel_initializer=_conv_init(), name="phi")
+        self.value_self = layers.Dense(key_dim, kernel_initializer=_conv_init(), name="g")
+        self.value_mirror = layers.Dense(key_dim, kernel_initializer=_conv_init(), name="h")
         self.norm = layers.LayerNormalization(name="norm")
-        self.project = layers.Dense(channels, kernel_initializer=CONV_INIT, name="project")
+        self.project = layers.Dense(channels, kernel_initializer=_conv_init(), name="project")
         for dense in (self.query, self.key, self.value_self, self.value_mirror):
             dense.build((None, channels))
         self.norm.build((None, 2 * key_dim))
@@ -270,14 +277,14 @@ def _alignment_cnn(height, width, width_mult):
     inputs = keras.Input((height, width, 1), name="slice")
     x = inputs
     for i, kernel in enumerate((7, 5), start=1):
-        x = layers.Conv2D(filters, kernel, padding="same", kernel_initializer=CONV_INIT,
+        x = layers.Conv2D(filters, kernel, padding="same", kernel_initializer=_conv_init(),
                           name=f"align_conv{i}")(x)
         x = layers.GroupNormalization(groups, name=f"align_gn{i}")(x)
         x = layers.Activation("relu", name=f"align_relu{i}")(x)
         x = layers.MaxPooling2D(2, name=f"align_pool{i}")(x)
     x = layers.AdaptiveAveragePooling2D((ALIGN_POOL, ALIGN_POOL), name="align_adaptive_pool")(x)
     x = layers.Flatten(name="align_flatten")(x)
-    x = layers.Dense(_channels(128, width_mult), activation="relu", kernel_initializer=DENSE_INIT,
+    x = layers.Dense(_channels(128, width_mult), activation="relu", kernel_initializer=_dense_init(),
                      name="align_dense")(x)
     x = layers.Dropout(0.3, name="align_dropout")(x)
     # zero head: the network starts at the identity transform and learns away from it
@@ -289,7 +296,7 @@ def _alignment_cnn(height, width, width_mult):
 
 def _conv3d_block(x, filters, dropout, name):
     for i in (1, 2):
-        x = layers.Conv3D(filters, 3, padding="same", kernel_initializer=CONV_INIT,
+        x = layers.Conv3D(filters, 3, padding="same", kernel_initializer=_conv_init(),
                           name=f"{name}_conv{i}")(x)
         x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
@@ -299,7 +306,7 @@ def _conv3d_block(x, filters, dropout, name):
 
 
 def _conv2d_bn_relu(x, filters, name):
-    x = layers.Conv2D(filters, 3, padding="same", kernel_initializer=CONV_INIT, name=f"{name}_conv")(x)
+    x = layers.Conv2D(filters, 3, padding="same", kernel_initializer=_conv_init(), name=f"{name}_conv")(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
@@ -324,31 +331,31 @@ def _sean(volume, width_mult, partitions, mirror_axis):
                                   name="symmetry_attention")(x)
     for level in range(len(ENCODER_FILTERS), 0, -1):
         filters = _channels(ENCODER_FILTERS[level - 1], width_mult)
-        x = layers.Conv2DTranspose(filters, 2, strides=2, kernel_initializer=CONV_INIT,
+        x = layers.Conv2DTranspose(filters, 2, strides=2, kernel_initializer=_conv_init(),
                                    name=f"dec{level}_up")(x)
         skip = _centre_slice(skips[level - 1], f"dec{level}_skip")
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skip])
         x = _conv2d_bn_relu(x, filters, f"dec{level}_a")
         x = _conv2d_bn_relu(x, filters, f"dec{level}_b")
-    return layers.Conv2D(1, 1, kernel_initializer=CONV_INIT, name="local_logits")(x)
+    return layers.Conv2D(1, 1, kernel_initializer=_conv_init(), name="local_logits")(x)
 
 
 def _resnext_bottleneck(x, group_width, groups, out_filters, strides, dilation, project, name):
     shortcut = x
     if project:
         shortcut = layers.Conv2D(out_filters, 1, strides=strides, use_bias=False,
-                                 kernel_initializer=CONV_INIT, name=f"{name}_proj")(x)
+                                 kernel_initializer=_conv_init(), name=f"{name}_proj")(x)
         shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
-    y = layers.Conv2D(groups * group_width, 1, use_bias=False, kernel_initializer=CONV_INIT,
+    y = layers.Conv2D(groups * group_width, 1, use_bias=False, kernel_initializer=_conv_init(),
                       name=f"{name}_reduce")(x)
     y = layers.BatchNormalization(name=f"{name}_reduce_bn")(y)
     y = layers.Activation("relu", name=f"{name}_reduce_relu")(y)
     y = layers.Conv2D(groups * group_width, 3, strides=strides, dilation_rate=dilation, groups=groups,
-                      padding="same", use_bias=False, kernel_initializer=CONV_INIT,
+                      padding="same", use_bias=False, kernel_initializer=_conv_init(),
                       name=f"{name}_grouped")(y)
     y = layers.BatchNormalization(name=f"{name}_grouped_bn")(y)
     y = layers.Activation("relu", name=f"{name}_grouped_relu")(y)
-    y = layers.Conv2D(out_filters, 1, use_bias=False, kernel_initializer=CONV_INIT,
+    y = layers.Conv2D(out_filters, 1, use_bias=False, kernel_initializer=_conv_init(),
                       name=f"{name}_expand")(y)
     y = layers.BatchNormalization(name=f"{name}_expand_bn")(y)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
@@ -359,7 +366,7 @@ def _resnext50(centre, width_mult):
     groups = _channels(RESNEXT_CARDINALITY, width_mult)
     x = layers.Conv2D(3, 1, use_bias=False, kernel_initializer="ones", name="global_to_rgb")(centre)
     x = layers.Conv2D(_channels(64, width_mult), 7, strides=2, padding="same", use_bias=False,
-                      kernel_initializer=CONV_INIT, name="resnext_stem")(x)
+                      kernel_initializer=_conv_init(), name="resnext_stem")(x)
     x = layers.BatchNormalization(name="resnext_stem_bn")(x)
     x = layers.Activation("relu", name="resnext_stem_relu")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="resnext_stem_pool")(x)
@@ -373,7 +380,7 @@ def _resnext50(centre, width_mult):
             x = _resnext_bottleneck(x, group_width, groups, out_filters, strides,
                                     dilation=2 if last else 1, project=block == 0,
                                     name=f"resnext_s{stage + 1}b{block + 1}")
-    x = layers.Conv2DTranspose(1, 8, strides=4, padding="same", kernel_initializer=CONV_INIT,
+    x = layers.Conv2DTranspose(1, 8, strides=4, padding="same", kernel_initializer=_conv_init(),
                                name="global_head")(x)
     return layers.UpSampling2D(4, interpolation="bilinear", name="global_logits")(x)
 
@@ -410,8 +417,8 @@ def build(input_shape, width=1.0, partitions=None, mirror_axis="height"):
 
     logits = layers.Concatenate(name="fusion_logits")([global_, local])
     gates = layers.Conv2D(_channels(64, width), 3, padding="same", activation="relu",
-                          kernel_initializer=CONV_INIT, name="fusion_conv")(logits)
-    gates = layers.Conv2D(2, 1, kernel_initializer=CONV_INIT, name="fusion_gates")(gates)
+                          kernel_initializer=_conv_init(), name="fusion_conv")(logits)
+    gates = layers.Conv2D(2, 1, kernel_initializer=_conv_init(), name="fusion_gates")(gates)
     fused = GatedLogitFusion(name="fused_logits")([logits, gates])
     outputs = layers.Activation("sigmoid", dtype="float32", name="probabilities")(fused)
     return keras.Model(inputs, outputs, name="lcnn")
