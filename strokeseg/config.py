@@ -87,6 +87,56 @@ class PrepareConfig:
 
 
 @dataclass(frozen=True)
+class TrainingConfig:
+    """Stage 08 (and the defaults stage 09 starts from). Paper: upstream-raxnet.md §8, §8.1, §14.14."""
+    model: str = "raxnet"
+    model_options: dict = field(default_factory=dict)   # passed to build_model, e.g. {"width": 0.125}
+    loss: str = "tversky_plus_focal"     # upstream's "FocalTverskyLoss" = (1 − Tversky) + focal BCE
+    loss_options: dict = field(default_factory=dict)
+    optimizer: str = "adamw"             # adamw, adam or sgd
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.004          # adamw only
+    momentum: float = 0.0                # sgd only
+    clipnorm: float = 0.0                # 0 = no gradient-norm clipping
+    schedule: str = "exponential"        # constant, exponential, cosine, cosine_restarts
+    decay_steps: int = 100_000           # exponential: lr · decay_rate^(step / decay_steps)
+    decay_rate: float = 0.9
+    restart_epochs: int = 10             # cosine_restarts: first period in epochs (doubles each time)
+    min_learning_rate: float = 0.0       # cosine schedules' floor
+    plateau_factor: float = 1.0          # < 1: multiply lr by this after plateau_patience epochs without
+    plateau_patience: int = 0            # a better validation loss (constant schedule only)
+    max_epochs: int = 500
+    patience: int = 50                   # early stopping on the inner-validation loss (upstream ignored it)
+    min_delta: float = 0.0
+    steps_per_epoch: int = 0             # 0 = every batch of the training folds once per epoch
+    validation_steps: int = 0            # 0 = every inner-validation batch
+    augment: bool = False                # upstream had none (§14.14)
+    flip_probability: float = 0.5        # left-right flip
+    max_rotation_degrees: float = 10.0
+    max_scaling: float = 0.1             # zoom factor drawn from [1 − s, 1 + s]
+    precision: str = "auto"              # auto (mixed_float16 on GPU, else float32), float32, mixed_float16,
+                                         # mixed_bfloat16
+    planes: tuple[str, ...] = PLANES
+    folds: tuple[int, ...] = ()          # () = every fold
+    eval_batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class ComparisonConfig:
+    """Stage 09: comparison models and the loss comparison (upstream-raxnet.md §9, §10, §14.17–19)."""
+    models: tuple[str, ...] = ("xnet", "clci", "dunet", "lcnn", "unet", "resunet", "attention_unet")
+    recipe: str = "published"            # each model's published loss/optimiser, or "raxnet" for RAX-Net's
+    model_options: dict = field(default_factory=dict)   # per model, e.g. {"lcnn": {"width": 0.125}}
+    planes: tuple[str, ...] = PLANES
+    folds: tuple[int, ...] = ()          # () = every fold
+    max_epochs: int = 500
+    losses: tuple[str, ...] = ("dice", "binary_focal", "tversky", "tversky_plus_focal", "focal_tversky")
+    loss_planes: tuple[str, ...] = ("axial",)
+    loss_folds: tuple[int, ...] = (3,)   # upstream: axial, validation fold 3, 150 epochs each
+    loss_max_epochs: int = 150
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str = "paper"
     seed: int = 42
@@ -98,6 +148,8 @@ class Config:
     cv: CrossValidationConfig = field(default_factory=CrossValidationConfig)
     batches: BatchConfig = field(default_factory=BatchConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    comparison: ComparisonConfig = field(default_factory=ComparisonConfig)
 
     def validate(self) -> "Config":
         _check(self.dataset.source in ("synthetic", "atlas"), "dataset.source must be 'synthetic' or 'atlas'")
@@ -125,11 +177,44 @@ class Config:
             edges = getattr(self.bins, name)
             _check(len(edges) >= 2 and all(a < b for a, b in zip(edges, edges[1:])),
                    f"bins.{name} must be strictly increasing")
+        self._validate_training()
         return self
+
+    def _validate_training(self) -> None:
+        t, c = self.training, self.comparison
+        _check(t.optimizer in OPTIMIZERS, f"training.optimizer must be one of {OPTIMIZERS}")
+        _check(t.schedule in SCHEDULES, f"training.schedule must be one of {SCHEDULES}")
+        _check(t.precision in PRECISIONS, f"training.precision must be one of {PRECISIONS}")
+        _check(t.learning_rate > 0, "training.learning_rate must be > 0")
+        _check(t.max_epochs >= 1 and c.max_epochs >= 1 and c.loss_max_epochs >= 1, "max_epochs must be >= 1")
+        _check(t.patience >= 1, "training.patience must be >= 1")
+        _check(t.steps_per_epoch >= 0 and t.validation_steps >= 0, "steps must be >= 0 (0 = all batches)")
+        _check(0.0 < t.plateau_factor <= 1.0, "training.plateau_factor must be in (0, 1]")
+        _check(t.plateau_factor == 1.0 or (t.plateau_patience >= 1 and t.schedule == "constant"),
+               "training.plateau_factor < 1 needs plateau_patience >= 1 and schedule=constant")
+        _check(0.0 <= t.flip_probability <= 1.0, "training.flip_probability must be in [0, 1]")
+        _check(0.0 <= t.max_scaling < 1.0, "training.max_scaling must be in [0, 1)")
+        _check(t.eval_batch_size >= 1, "training.eval_batch_size must be >= 1")
+        _check(c.recipe in ("published", "raxnet"), "comparison.recipe must be 'published' or 'raxnet'")
+        for name, planes in (("training.planes", t.planes), ("comparison.planes", c.planes),
+                             ("comparison.loss_planes", c.loss_planes)):
+            _check(len(planes) > 0 and all(p in PLANES for p in planes), f"{name} must be among {PLANES}")
+        for name, folds in (("training.folds", t.folds), ("comparison.folds", c.folds),
+                            ("comparison.loss_folds", c.loss_folds)):
+            _check(all(1 <= k <= self.cv.n_folds for k in folds), f"{name} must be within 1..cv.n_folds")
+
+    def training_folds(self, folds: tuple[int, ...] = ()) -> tuple[int, ...]:
+        """The folds a stage trains: the given ones, or every fold when none are given."""
+        return tuple(folds) or tuple(range(1, self.cv.n_folds + 1))
 
     @property
     def synthetic(self) -> bool:
         return self.dataset.source == "synthetic"
+
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("constant", "exponential", "cosine", "cosine_restarts")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -143,7 +228,12 @@ def _check(ok: bool, message: str) -> None:
 # "demo": the same protocol on a small synthetic cohort that runs on a 2-core CPU.
 PROFILES: dict[str, dict[str, object]] = {
     "paper": {},
-    "demo": {"dataset.n_subjects": 40},
+    "demo": {"dataset.n_subjects": 40,
+             "training.max_epochs": 3, "training.patience": 3, "training.steps_per_epoch": 10,
+             "training.validation_steps": 5, "training.folds": [1], "training.augment": True,
+             "comparison.models": ["unet"], "comparison.folds": [1], "comparison.max_epochs": 2,
+             "comparison.losses": ["dice", "tversky_plus_focal"], "comparison.loss_folds": [1],
+             "comparison.loss_max_epochs": 2},
 }
 
 
@@ -195,6 +285,10 @@ def _coerce(value, hint, key):
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
+    if hint is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"config key {key!r}: {value!r} is not a JSON object")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             value = [value]

@@ -64,6 +64,11 @@ def scores_from_counts(tp, fp, fn, smooth=0.0) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------- helpers
+def average_score(dice, recall, precision):
+    """Upstream README's "Average Score" = (Dice + Recall + Precision) / 3 (§10.1); works on arrays."""
+    return (np.asarray(dice) + np.asarray(recall) + np.asarray(precision)) / 3.0
+
+
 def _binary(mask) -> np.ndarray:
     mask = np.asarray(mask)
     return mask if mask.dtype == np.bool_ else mask > 0

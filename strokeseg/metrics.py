@@ -26,7 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from strokeseg.evaluation import scores_from_counts
+from strokeseg.evaluation import average_score, scores_from_counts  # noqa: F401  (re-exported)
 
 
 class _ThresholdedScore(keras.metrics.Metric):
@@ -140,8 +140,3 @@ def precision_score(pred, truth, smooth=0.0, threshold=0.5) -> float:
 
 def recall_score(pred, truth, smooth=0.0, threshold=0.5) -> float:
     return slice_scores(pred, truth, smooth, threshold)["recall"]
-
-
-def average_score(dice, recall, precision):
-    """Upstream README's "Average Score" = (Dice + Recall + Precision) / 3 (§10.1); works on arrays."""
-    return (np.asarray(dice) + np.asarray(recall) + np.asarray(precision)) / 3.0

@@ -7,28 +7,51 @@ images arrive as float32 on the 0..255 scale (upstream's input range), masks as 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import tensorflow as tf
 
 from strokeseg.batches import epoch_batch_order
+from strokeseg.config import derive_seed
 from strokeseg.prepared import PreparedSplit
 
 
-def batch_dataset(split: PreparedSplit, epoch: int = 0, seed: int = 0,
-                  fixed_order: bool = False) -> tf.data.Dataset:
-    """One epoch of (images (B, H, W, C), masks (B, H, W, 1)) float32 batches."""
-    order = epoch_batch_order(split.n_batches, epoch, seed, fixed_order).astype(np.int64)
+def epoch_indices(n_batches: int, epoch: int, seed: int, fixed_order: bool = False, steps: int = 0,
+                  replicas: int = 1) -> np.ndarray:
+    """The batch indices visited in ``epoch``: the epoch's order, cut to ``steps × replicas``
+    batches when ``steps`` > 0, then continued from its start (wrap-around) up to a multiple of
+    ``replicas``, so every replica gets a whole batch at every step and no batch is dropped."""
+    order = epoch_batch_order(n_batches, epoch, seed, fixed_order)
+    if steps > 0:
+        order = order[:steps * replicas]
+    short = -len(order) % replicas
+    return np.concatenate([order, np.resize(order, short)]) if short else order
+
+
+def batch_dataset(split: PreparedSplit, epoch: int = 0, seed: int = 0, fixed_order: bool = False,
+                  steps: int = 0, replicas: int = 1,
+                  augment: Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None = None,
+                  ) -> tf.data.Dataset:
+    """One epoch of (images (B, H, W, C), masks (B, H, W, 1)) float32 batches.
+
+    ``augment(images, masks, seed_pair)`` is applied per batch with a stateless seed made of the
+    epoch's seed and the batch's position in the epoch (see strokeseg.augmentation)."""
+    order = epoch_indices(split.n_batches, epoch, seed, fixed_order, steps, replicas)
     image_shape, mask_shape = split.batch_shape
+    epoch_seed = derive_seed(seed, "augment", epoch) % (2 ** 62)
 
     def read(index):
         return split.batch(int(index))
 
-    def to_float(x, y):
-        x = tf.ensure_shape(x, image_shape)
-        y = tf.ensure_shape(y, mask_shape)
-        return tf.cast(x, tf.float32), tf.cast(y, tf.float32)
+    def to_float(position, index):
+        x, y = tf.numpy_function(read, [index], (tf.as_dtype(split.dtype), tf.uint8))
+        x = tf.cast(tf.ensure_shape(x, image_shape), tf.float32)
+        y = tf.cast(tf.ensure_shape(y, mask_shape), tf.float32)
+        if augment is not None:
+            x, y = augment(x, y, tf.stack([tf.constant(epoch_seed, tf.int64), position]))
+        return x, y
 
-    dataset = tf.data.Dataset.from_tensor_slices(order)
-    dataset = dataset.map(lambda i: tf.numpy_function(read, [i], (tf.as_dtype(split.dtype), tf.uint8)),
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    positions = np.arange(len(order), dtype=np.int64)
+    dataset = tf.data.Dataset.from_tensor_slices((positions, order.astype(np.int64)))
+    return dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

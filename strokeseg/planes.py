@@ -129,3 +129,10 @@ def neighbour_indices(index, count: int, channels: int) -> np.ndarray:
     """
     offsets = np.arange(-((channels - 1) // 2), channels // 2 + 1)
     return np.clip(np.asarray(index)[..., None] + offsets, 0, count - 1)
+
+
+def left_right_axis(plane: str) -> int | None:
+    """The canvas axis (0 = rows, 1 = columns) that runs left–right (the volume's x axis), or
+    None for sagittal slices, which have no left–right direction to mirror."""
+    axes = in_plane_axes(plane)
+    return axes.index(0) if 0 in axes else None

@@ -28,6 +28,16 @@ MODULES = {
     "attention_unet": "attention_unet",
 }
 
+# Adjacent slices a model reads as channels on our T1 data: D-UNet 4 (its 3-D branch), LCNN 3
+# (its slice alignment); every other model one slice (U-Net's published 3 channels are MR
+# sequences, which a T1-only cohort does not have).
+SLICE_CHANNELS = {"dunet": 4, "lcnn": 3}
+
+
+def slice_channels(name: str) -> int:
+    architecture(name)  # unknown names fail here with the list of models
+    return SLICE_CHANNELS.get(name, 1)
+
 
 def model_names() -> list[str]:
     return list(MODULES)
