@@ -29,13 +29,17 @@ COMMANDS = {
                 "05: distribution-matched batch plans and inner validation subjects"),
     "prepare": ("06_preparation", "preparation", "06: memory-mapped arrays (n_batches, batch, H, W, C)"),
     "models": ("07_models", "models", "07: the model zoo table (parameters, GFLOPs, measured speed per slice)"),
+    "training": ("08_training", "training",
+                 "08: train the configured model per (plane, fold) with resume; test-fold tables"),
+    "comparison": ("09_comparison", "comparison",
+                   "09: comparison models and loss comparison under the same protocol; Wilcoxon tests, figures"),
 }
 
 # Stages whose module adds flags of its own (add_arguments / run_options); their modules import light.
-OWN_ARGUMENTS = {"models"}
+OWN_ARGUMENTS = {"models", "training", "comparison"}
 
 OVERRIDE_HELP = ("override one config value, e.g. --set cv.n_folds=5 --set convert.normalization=slice_max "
-                 "(repeatable; sections: dataset, bins, split, convert, cv, batches, prepare; see "
+                 "(repeatable; sections: dataset, bins, split, convert, cv, batches, prepare, training, comparison; see "
                  "strokeseg/config.py for every field and its default)")
 
 

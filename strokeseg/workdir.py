@@ -76,8 +76,12 @@ class StageWriter:
     ...     write_csv(frame, out.path / "subjects_80.csv")
     """
 
-    def __init__(self, workdir: Path, stage: str, config: Config, synthetic: bool | None = None):
+    def __init__(self, workdir: Path, stage: str, config: Config, synthetic: bool | None = None,
+                 kept: tuple[str, ...] = ()):
         self.final = stage_dir(workdir, stage)
+        # Outputs that live in the final folder already and are written incrementally (training
+        # runs that must survive a killed stage): listed in the manifest, never moved or removed.
+        self.kept = tuple(kept)
         self.stage = stage
         self.config = config
         self.synthetic = config.synthetic if synthetic is None else synthetic
@@ -103,7 +107,8 @@ class StageWriter:
         return False
 
     def _publish(self) -> None:
-        outputs = sorted(p.name for p in self.path.iterdir())
+        staged = sorted(p.name for p in self.path.iterdir())
+        outputs = sorted(set(staged) | {k for k in self.kept if (self.final / k).exists()})
         (self.path / CONFIG).write_text(to_json(self.config))
         record = {"stage": self.stage, "synthetic_data": self.synthetic, "outputs": outputs, **self.extra}
         old_outputs = []
@@ -118,7 +123,7 @@ class StageWriter:
         try:
             for name in sorted(set(old_outputs) - set(outputs)):
                 _move_aside(self.final / name, trash)
-            for name in outputs + [CONFIG]:
+            for name in staged + [CONFIG]:
                 _move_aside(self.final / name, trash)
                 os.replace(self.path / name, self.final / name)
         finally:

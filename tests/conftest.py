@@ -60,3 +60,30 @@ def tiny_cohort(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_atlas")
     write_tiny_cohort(root, 16)
     return root
+
+
+# Bins scaled to the tiny volumes so that several strata are populated; small batches.
+TINY_OVERRIDES = ["bins.volume_edges=[0,150,500,\"inf\"]", "bins.axial_edges=[0,10,30,\"inf\"]",
+                  "bins.sagittal_edges=[0,10,30,\"inf\"]", "bins.coronal_edges=[0,10,30,\"inf\"]",
+                  "batches.batch_size=8", "batches.lesion_per_batch=4", "cv.n_folds=3",
+                  "prepare.channels=[1,3,4]"]
+DATA_STAGES = ("dataset", "splitting", "convert", "cross-validation", "batches", "prepare")
+
+
+def run_data_stages(workdir: Path, cohort: Path, overrides=TINY_OVERRIDES) -> Path:
+    """Stages 01 -> 06 in-process on an ATLAS-layout cohort; returns the workdir."""
+    from strokeseg.cli import main
+
+    settings = [a for o in overrides for a in ("--set", o)]
+    first = ["--atlas-dir", str(cohort), "--workers", "1", *settings]
+    for stage in DATA_STAGES:
+        code = main([stage, "--workdir", str(workdir), "--quiet", *(first if stage == "dataset" else [])])
+        assert code == 0, stage
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def prepared_workdir(tiny_cohort, tmp_path_factory) -> Path:
+    """A workdir with stages 01-06 done on the tiny cohort (3 folds, batches of 8, channels 1/3/4);
+    read-only: tests that write stages 08+ copy it or use their own workdir."""
+    return run_data_stages(tmp_path_factory.mktemp("prepared"), tiny_cohort)
