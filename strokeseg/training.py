@@ -261,7 +261,9 @@ def train(spec: RunSpec, progress: bool = True) -> RunState:
     folder = Path(spec.folder) if chief else Path(spec.folder) / f".worker-{worker_info()[1]}"
     folder.mkdir(parents=True, exist_ok=True)
     state = RunState.load_or_new(folder, spec.settings())
-    if state.stopped and (folder / BEST_MODEL).is_file():
+    if state.stopped:  # finished; killed at most before best.keras, which needs no strategy
+        if chief and not (folder / BEST_MODEL).is_file():
+            _write_best_model(spec, spec.split("train").batch_shape[0][1:], folder, state)
         log.info("%s: already trained (%d epochs, best %d)", folder, state.epochs_done, state.best_epoch)
         return state
 

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from strokeseg import planes
-from strokeseg.batches import compose_batches
 from strokeseg.cohort import discover
 from strokeseg.config import PLANES, ConvertConfig
 from strokeseg.evaluation import METRIC_KEYS
@@ -20,6 +19,7 @@ from strokeseg.stages.batch_distribution import batches_csv
 from strokeseg.stores import SliceStore, write_stores
 
 from conftest import write_tiny_cohort
+from test_prepared import plan_for
 
 BATCH = 8  # slots per prepared batch: 4 lesion + 4 normal
 
@@ -64,16 +64,6 @@ def by_call_order(truths):
         return truths[start:state["at"]].reshape(x.shape[:3] + (1,)).astype(np.float32)
 
     return predict
-
-
-def plan_for(store, subject, seed):
-    index = store.index[store.index["subject_name"] == subject]
-    lesions = index[index["lesion_pixels"] > 0].rename(columns={"lesion_pixels": "sum_voxel"})
-    lesions = lesions.assign(slice_bin=(lesions["sum_voxel"] > 20).astype(int))
-    normals = index[(index["lesion_pixels"] == 0) & (index["brain_pixels"] > 0)]
-    plan, _ = compose_batches(lesions[["subject_name", "slice", "sum_voxel", "slice_bin"]],
-                              normals[["subject_name", "slice"]], 2, 4, 4, seed=seed)
-    return plan
 
 
 @pytest.fixture(scope="module")

@@ -35,3 +35,15 @@ def test_batch_order_changes_per_epoch_and_is_reproducible(prepared):  # noqa: F
     assert order(0) == order(0)
     assert order(0) != order(1) or split.n_batches < 3
     assert order(2, fixed=True) == list(range(split.n_batches))
+
+
+def test_epoch_indices_cap_steps_and_wrap_to_whole_replica_groups():
+    from strokeseg.pipeline import epoch_indices
+
+    full = epoch_indices(7, epoch=2, seed=5)
+    assert sorted(full) == list(range(7))
+    assert list(epoch_indices(7, 2, 5, steps=2)) == list(full[:2])
+    grouped = epoch_indices(7, 2, 5, replicas=3)                       # 7 -> 9: two batches reused
+    assert len(grouped) == 9 and list(grouped[:7]) == list(full) and list(grouped[7:]) == list(full[:2])
+    assert list(epoch_indices(7, 2, 5, steps=2, replicas=2)) == list(full[:4])
+    assert list(epoch_indices(7, 0, 5, fixed_order=True)) == list(range(7))

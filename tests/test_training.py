@@ -2,7 +2,6 @@
 resumes exactly, settings are guarded, and best models load in safe mode."""
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -83,6 +82,9 @@ def test_a_finished_run_is_reused_and_other_settings_are_refused(prepared_workdi
     stamp = (spec.folder / "best.keras").stat().st_mtime_ns
     training.train(spec, progress=False)
     assert (spec.folder / "best.keras").stat().st_mtime_ns == stamp
+    (spec.folder / "best.keras").unlink()  # as if killed between the last state and best.keras
+    training.train(spec, progress=False)
+    assert training.load_best_model(spec.folder) is not None
     other = replace(spec, training=replace(spec.training, learning_rate=0.5))
     with pytest.raises(training.RunSettingsError, match="learning_rate|training"):
         training.train(other, progress=False)
@@ -134,4 +136,3 @@ def test_fresh_discards_a_run(prepared_workdir, tmp_path):
         training.train(spec, progress=False)
     assert train_and_evaluate(spec, Inputs.of(prepared_workdir), fresh=True, progress=False)
     assert (spec.folder / "test_subjects.csv").is_file()
-    shutil.rmtree(spec.folder)

@@ -22,7 +22,6 @@ Outputs under ``09_comparison/``:
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
@@ -30,6 +29,7 @@ from typing import Iterable
 import pandas as pd
 
 from strokeseg.config import Config, apply_overrides
+from strokeseg.stages import training as training_stage
 from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_config, stage_dir, write_csv
 
 STAGE = "09_comparison"
@@ -146,12 +146,5 @@ def _loss_figures(losses: pd.DataFrame, names: list[str], out: StageWriter) -> N
                              title=f"{plane}: per-subject 3-D Dice by training loss", model_column="loss")
 
 
-# Command line (used by strokeseg.cli) ----------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fresh", action="store_true",
-                        help="discard existing comparison runs and train from scratch (default: resume "
-                             "unfinished runs, reuse finished ones)")
-
-
-def run_options(args: argparse.Namespace) -> dict:
-    return {"fresh": args.fresh}
+# Command line (used by strokeseg.cli): the same --fresh flag as stage 08.
+add_arguments, run_options = training_stage.add_arguments, training_stage.run_options

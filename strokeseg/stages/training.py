@@ -70,8 +70,8 @@ def _figure(subjects, path: Path, synthetic: bool, model: str) -> None:
 # Command line (used by strokeseg.cli) ----------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fresh", action="store_true",
-                        help="discard existing runs and train from scratch (default: resume unfinished runs, "
-                             "reuse finished ones)")
+                        help="discard this stage's existing runs and train from scratch (default: resume "
+                             "unfinished runs, reuse finished ones)")
 
 
 def run_options(args: argparse.Namespace) -> dict:
