@@ -221,8 +221,10 @@ class RunState:
         atomic_write_text(folder / STATE, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
 
 
-class _EpochTimer(keras.callbacks.Callback):
-    """Seconds spent training (up to the start of validation) and in the whole epoch."""
+class _OneEpoch(keras.callbacks.Callback):
+    """Times one epoch (training up to the start of validation, and the whole epoch) and ends
+    ``fit`` after it, so ``fit(epochs=max_epochs, initial_epoch=e)`` runs epoch e alone while
+    Keras' progress bar still says "Epoch e+1/max_epochs"."""
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.perf_counter()
@@ -236,6 +238,7 @@ class _EpochTimer(keras.callbacks.Callback):
         self.epoch_seconds = time.perf_counter() - self.start
         if self.train_seconds is None:
             self.train_seconds = self.epoch_seconds
+        self.model.stop_training = True
 
 
 def read_history(folder: Path) -> pd.DataFrame:
@@ -289,7 +292,7 @@ def train(spec: RunSpec, progress: bool = True) -> RunState:
             log.info("%s: resuming after epoch %d", folder, state.epochs_done)
     # Rows of an epoch that state.json never confirmed (killed in between) are dropped and redone.
     history = [row for row in read_history(folder).to_dict("records") if row["epoch"] <= state.epochs_done]
-    timer = _EpochTimer()
+    timer = _OneEpoch()
 
     for epoch in range(state.epochs_done, training.max_epochs):
         _set_warmup(model, loss, epoch)
@@ -298,7 +301,7 @@ def train(spec: RunSpec, progress: bool = True) -> RunState:
         val_data = batch_dataset(val_split, 0, spec.data_seed, True, training.validation_steps, replicas)
         lr = _current_lr(model.optimizer)  # at the epoch's first step (a schedule moves on per step)
         result = model.fit(global_batches(train_data, replicas), validation_data=global_batches(val_data, replicas),
-                           epochs=epoch + 1, initial_epoch=epoch, shuffle=False, callbacks=[timer],
+                           epochs=training.max_epochs, initial_epoch=epoch, shuffle=False, callbacks=[timer],
                            verbose=_verbosity(progress))
         logs = {k: float(v[-1]) for k, v in result.history.items()}
         if not np.isfinite(logs["loss"]):
