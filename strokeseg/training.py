@@ -264,9 +264,10 @@ def train(spec: RunSpec, progress: bool = True) -> RunState:
     folder = Path(spec.folder) if chief else Path(spec.folder) / f".worker-{worker_info()[1]}"
     folder.mkdir(parents=True, exist_ok=True)
     state = RunState.load_or_new(folder, spec.settings())
+    input_shape = tuple(spec.split("train").batch_shape[0][1:])
     if state.stopped:  # finished; killed at most before best.keras, which needs no strategy
         if chief and not (folder / BEST_MODEL).is_file():
-            _write_best_model(spec, spec.split("train").batch_shape[0][1:], folder, state)
+            _write_best_model(spec, input_shape, folder, state)
         log.info("%s: already trained (%d epochs, best %d)", folder, state.epochs_done, state.best_epoch)
         return state
 
@@ -274,47 +275,20 @@ def train(spec: RunSpec, progress: bool = True) -> RunState:
     set_precision(training.precision)
     strategy = process_strategy()
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-    train_split, val_split = spec.split("train"), spec.split("inner_val")
-    steps = _steps(train_split.n_batches, training.steps_per_epoch, replicas)
-    input_shape = tuple(train_split.batch_shape[0][1:])
-    augment = Augmentation.from_training(spec.plane, training) if training.augment else None
-
-    keras.utils.set_random_seed(derive_seed(spec.seed, "init", spec.plane, spec.test_fold))
-    with strategy_scope(strategy):
-        loss = get_loss(training.loss, **training.loss_options)
-        model, _ = build_models(training, input_shape, loss)
-        if replicas > 1:
-            _synchronize_batch_norm(model)
-        model.compile(optimizer=build_optimizer(training, steps), loss=loss, metrics=training_metrics())
-        model.optimizer.build(model.trainable_variables)
-        if state.checkpoint:
-            load_variables(folder / state.checkpoint, _state_variables(model))
-            log.info("%s: resuming after epoch %d", folder, state.epochs_done)
+    model, loss = _compiled_model(spec, state, folder, strategy, replicas, input_shape)
     # Rows of an epoch that state.json never confirmed (killed in between) are dropped and redone.
     history = [row for row in read_history(folder).to_dict("records") if row["epoch"] <= state.epochs_done]
-    timer = _OneEpoch()
-
     for epoch in range(state.epochs_done, training.max_epochs):
         _set_warmup(model, loss, epoch)
-        train_data = batch_dataset(train_split, epoch, spec.data_seed, spec.fixed_order, training.steps_per_epoch,
-                                   replicas, augment)
-        val_data = batch_dataset(val_split, 0, spec.data_seed, True, training.validation_steps, replicas)
-        lr = _current_lr(model.optimizer)  # at the epoch's first step (a schedule moves on per step)
-        result = model.fit(global_batches(train_data, replicas), validation_data=global_batches(val_data, replicas),
-                           epochs=training.max_epochs, initial_epoch=epoch, shuffle=False, callbacks=[timer],
-                           verbose=_verbosity(progress))
-        logs = {k: float(v[-1]) for k, v in result.history.items()}
-        if not np.isfinite(logs["loss"]):
-            raise StrokesegError(f"{folder}: training loss is {logs['loss']} at epoch {epoch + 1}; lower "
+        row = _fit_epoch(model, spec, epoch, replicas, progress)
+        if not np.isfinite(row["loss"]):
+            raise StrokesegError(f"{folder}: training loss is {row['loss']} at epoch {epoch + 1}; lower "
                                  "training.learning_rate or use training.precision=float32")
-        row = {"epoch": epoch + 1, **{k: logs.get(k, np.nan) for k in HISTORY_COLUMNS[1:9]},
-               "learning_rate": lr,
-               "train_seconds": timer.train_seconds, "epoch_seconds": timer.epoch_seconds}
         _end_of_epoch(model, state, folder, row, training)
         history.append(row)
         write_csv(pd.DataFrame(history, columns=list(HISTORY_COLUMNS)), folder / f".{HISTORY}.tmp")
         os.replace(folder / f".{HISTORY}.tmp", folder / HISTORY)
-        state.save(folder)
+        state.save(folder)            # last: it confirms the epoch's checkpoint and history row
         _remove_stale(folder, state)
         log.info("%s epoch %d/%d: loss %.4f val_loss %.4f val_dice %.4f (%.1f s)%s", folder.name, epoch + 1,
                  training.max_epochs, row["loss"], row["val_loss"], row["val_dice"], row["epoch_seconds"],
@@ -327,6 +301,41 @@ def train(spec: RunSpec, progress: bool = True) -> RunState:
     if chief:
         _write_best_model(spec, input_shape, folder, state)
     return state
+
+
+def _compiled_model(spec: RunSpec, state: RunState, folder: Path, strategy, replicas: int, input_shape):
+    """(compiled training model, loss) inside the strategy's scope, restored from the checkpoint."""
+    training = spec.training
+    steps = _steps(spec.split("train").n_batches, training.steps_per_epoch, replicas)
+    keras.utils.set_random_seed(derive_seed(spec.seed, "init", spec.plane, spec.test_fold))
+    with strategy_scope(strategy):
+        loss = get_loss(training.loss, **training.loss_options)
+        model, _ = build_models(training, input_shape, loss)
+        if replicas > 1:
+            _synchronize_batch_norm(model)
+        model.compile(optimizer=build_optimizer(training, steps), loss=loss, metrics=training_metrics())
+        model.optimizer.build(model.trainable_variables)
+        if state.checkpoint:
+            load_variables(folder / state.checkpoint, _state_variables(model))
+            log.info("%s: resuming after epoch %d", folder, state.epochs_done)
+    return model, loss
+
+
+def _fit_epoch(model: keras.Model, spec: RunSpec, epoch: int, replicas: int, progress: bool) -> dict:
+    """Train epoch ``epoch`` (from 0) and validate; the history row."""
+    training = spec.training
+    augment = Augmentation.from_training(spec.plane, training) if training.augment else None
+    train_data = batch_dataset(spec.split("train"), epoch, spec.data_seed, spec.fixed_order,
+                               training.steps_per_epoch, replicas, augment)
+    val_data = batch_dataset(spec.split("inner_val"), 0, spec.data_seed, True, training.validation_steps, replicas)
+    lr = _current_lr(model.optimizer)  # at the epoch's first step (a schedule moves on per step)
+    timer = _OneEpoch()
+    result = model.fit(global_batches(train_data, replicas), validation_data=global_batches(val_data, replicas),
+                       epochs=training.max_epochs, initial_epoch=epoch, shuffle=False, callbacks=[timer],
+                       verbose=_verbosity(progress))
+    logs = {k: float(v[-1]) for k, v in result.history.items()}
+    return {"epoch": epoch + 1, **{k: logs.get(k, np.nan) for k in HISTORY_COLUMNS[1:9]}, "learning_rate": lr,
+            "train_seconds": timer.train_seconds, "epoch_seconds": timer.epoch_seconds}
 
 
 @functools.cache
