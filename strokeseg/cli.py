@@ -33,6 +33,8 @@ COMMANDS = {
                  "08: train the configured model per (plane, fold) with resume; test-fold tables"),
     "comparison": ("09_comparison", "comparison",
                    "09: comparison models and loss comparison under the same protocol; Wilcoxon tests, figures"),
+    "fusion": ("10_fusion", "fusion",
+               "10: tri-planar inference and fusion of the held-out volumes; 3-D evaluation, tables, figures"),
 }
 
 # Stages whose module adds flags of its own (add_arguments / run_options); their modules import light.
@@ -72,6 +74,10 @@ def build_parser(default_workdir: Path | None = None) -> argparse.ArgumentParser
             sub.add_argument("--seed", type=int, default=None, help="protocol seed (default: the profile's, 42)")
         if name in OWN_ARGUMENTS:  # imported only here: other stage modules load plotting libraries
             _stage_module(name).add_arguments(sub)
+    from strokeseg import predict  # imports no Keras until it runs
+
+    text = "tri-planar inference on T1 NIfTI volumes with trained models (the Docker entrypoint)"
+    predict.add_arguments(commands.add_parser("predict", help=text, description=text))
     return parser
 
 
@@ -101,6 +107,10 @@ def main(argv: list[str] | None = None, default_workdir: Path | None = None) -> 
     args = build_parser(default_workdir).parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
+    if args.command == "predict":
+        from strokeseg import predict
+
+        return predict.run_from_args(args)
     folder = COMMANDS[args.command][0]
     try:
         workdir = args.workdir.expanduser().resolve()

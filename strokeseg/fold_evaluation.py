@@ -34,6 +34,7 @@ import pandas as pd
 
 from strokeseg import planes
 from strokeseg.evaluation import METRIC_KEYS, scores_from_counts, subject_metrics
+from strokeseg.inference import check_batch_size, predict_chunk, predict_slices
 from strokeseg.prepared import PreparedSplit
 from strokeseg.splits import fold_parts
 from strokeseg.stores import SliceStore
@@ -47,24 +48,9 @@ UPSTREAM_SMOOTH = 1.0
 
 
 # ------------------------------------------------------------------------------------ prediction
-def _check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
-
-
-def _predict_chunk(predict: Predict, chunk: np.ndarray) -> np.ndarray:
-    """``predict`` on one chunk (converted to float32), checked to be (n, H, W, 1) float32."""
-    chunk = np.asarray(chunk, dtype=np.float32)
-    if chunk.ndim != 4:
-        raise ValueError(f"images must be (n, H, W, C), got shape {chunk.shape}")
-    out = np.asarray(predict(chunk), dtype=np.float32)
-    if out.ndim == 3:
-        out = out[..., None]
-    expected = chunk.shape[:3] + (1,)
-    if out.shape != expected:
-        raise ValueError(f"predict returned shape {out.shape} for input {chunk.shape}; expected {expected}")
-    return out
+# The chunk/crop core is shared with whole-volume inference (strokeseg.inference, framework-free).
+_check_batch_size = check_batch_size
+_predict_chunk = predict_chunk
 
 
 def predict_in_batches(predict: Predict, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -181,13 +167,10 @@ def plane_probability_volume(predict: Predict, store: SliceStore, subject: str, 
     adjacent slices per input, as in training), predicted, cropped out of its canvas with
     ``store.canvas.crop`` and restacked with :func:`strokeseg.planes.from_stack`.
     """
-    batch_size = _check_batch_size(batch_size)
     rows = _subject_rows(store, subject)
     stack = np.empty((len(rows),) + tuple(store.canvas.slice_shape), dtype=np.float32)
-    for start in range(0, len(rows), batch_size):
-        stop = min(start + batch_size, len(rows))
-        prob = _predict_chunk(predict, store.images_at(rows[start:stop], channels=channels))
-        stack[start:stop] = store.canvas.crop(prob[..., 0])
+    predict_slices(predict, np.arange(len(rows)), lambda chunk: store.images_at(rows[chunk], channels=channels),
+                   store.canvas, batch_size, stack)
     volume = planes.from_stack(stack, store.plane)
     _check_volume_shape(store, volume)
     return volume
