@@ -38,7 +38,7 @@ COMMANDS = {
 }
 
 # Stages whose module adds flags of its own (add_arguments / run_options); their modules import light.
-OWN_ARGUMENTS = {"models", "training", "comparison"}
+OWN_ARGUMENTS = {"models", "training", "comparison", "fusion"}
 
 OVERRIDE_HELP = ("override one config value, e.g. --set cv.n_folds=5 --set convert.normalization=slice_max "
                  "(repeatable; sections: dataset, bins, split, convert, cv, batches, prepare, training, comparison; see "
