@@ -202,13 +202,13 @@ def _check_model(path: Path, model, canvas_shape: tuple[int, int] | None) -> int
 
 def load_model(path) -> "keras.Model":
     """One ``.keras`` model in safe mode, uncompiled; faults are an :class:`InputError` naming the file."""
-    import keras
+    from strokeseg.models import load_model as load_safely
 
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "model file not found")
     try:
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
+        return load_safely(path)
     except Exception as exc:  # Keras raises ValueError, zipfile/OSError, TypeError ... for bad files
         text = " ".join(str(exc).split())[:300] or exc.__class__.__name__
         raise InputError(path, f"not a loadable Keras model ({exc.__class__.__name__}: {text})") from None

@@ -46,7 +46,7 @@ from strokeseg.distribute import choose_strategy, global_batches, set_precision,
 from strokeseg.errors import StrokesegError
 from strokeseg.losses import LCNNLoss, get_loss
 from strokeseg.metrics import training_metrics
-from strokeseg.models import build_model, slice_channels
+from strokeseg.models import build_model, load_model, slice_channels
 from strokeseg.pipeline import batch_dataset
 from strokeseg.prepared import PreparedSplit
 from strokeseg.workdir import atomic_write_text, write_csv
@@ -445,4 +445,4 @@ def _wrap_lcnn(model: keras.Model, loss) -> tuple[keras.Model, keras.Model]:
 
 def load_best_model(folder: Path) -> keras.Model:
     """The run's ``best.keras`` in safe mode (no arbitrary code runs on load)."""
-    return keras.saving.load_model(Path(folder) / BEST_MODEL, safe_mode=True, compile=False)
+    return load_model(Path(folder) / BEST_MODEL)

@@ -243,3 +243,18 @@ def test_bad_model_folders_name_the_file(tmp_path, fault):
         load_plane_models(folder)
     with pytest.raises(InputError, match="models folder not found"):
         load_plane_models(tmp_path / "nowhere")
+
+
+def test_models_with_custom_layers_load_in_safe_mode_in_a_fresh_process(tmp_path):
+    """X-Net registers custom layers: a process that never built one must still load its file."""
+    import subprocess
+    import sys
+
+    from strokeseg.models import build_model
+
+    build_model("xnet", (32, 32, 1)).save(tmp_path / "axial.keras")
+    code = ("import sys; from strokeseg.inference import load_model; "
+            "print(load_model(sys.argv[1]).name)")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "axial.keras")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "xnet", result.stderr[-2000:]

@@ -61,6 +61,14 @@ def check_input_shape(name: str, input_shape, multiple: int) -> tuple[int, int, 
     return height, width, channels
 
 
+def load_model(path) -> keras.Model:
+    """A saved ``.keras`` model in safe mode (no arbitrary code runs), uncompiled. Every model module
+    is imported first, so the custom layers it registers (X-Net, LCNN) resolve in a fresh process."""
+    for name in MODULES:
+        architecture(name)
+    return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
 def build_model(name: str, input_shape: tuple[int, int, int], **options) -> keras.Model:
     """Build a registered model for inputs of shape (H, W, C)."""
     module = architecture(name)
