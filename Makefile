@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(PY) 07_models/run.py --workdir $(WORKDIR) --quick --models raxnet
 	$(PY) 08_training/run.py --workdir $(WORKDIR)
 	$(PY) 09_comparison/run.py --workdir $(WORKDIR)
+	$(PY) 10_fusion/run.py --workdir $(WORKDIR)
 
 # The full model table: every model on every plane, measured (about 12 minutes on 2 CPU cores).
 models-table: $(STAMP)
