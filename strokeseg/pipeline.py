@@ -4,6 +4,11 @@ Each epoch visits the batches of a role in the order ``batches.epoch_batch_order
 epoch (a fresh seeded permutation, or upstream's fixed order), so an interrupted run can rebuild
 exactly the epoch it stopped in. Batches are read from the memory maps in parallel and prefetched;
 images arrive as float32 on the 0..255 scale (upstream's input range), masks as float32 {0, 1}.
+
+Parallelism and prefetch depth are fixed, with tf.data autotuning off: a read costs ~10 ms
+against seconds per training step, so autotuning gains nothing, and its background thread made
+``fit`` wait up to seconds (minutes under load) when releasing each epoch's iterator
+(measured with bench/train_throughput.py).
 """
 from __future__ import annotations
 
@@ -15,6 +20,9 @@ import tensorflow as tf
 from strokeseg.batches import epoch_batch_order
 from strokeseg.config import derive_seed
 from strokeseg.prepared import PreparedSplit
+
+PARALLEL_READS = 2   # batches read (and augmented) concurrently
+PREFETCH = 2         # batches ready ahead of the training step
 
 
 def epoch_indices(n_batches: int, epoch: int, seed: int, fixed_order: bool = False, steps: int = 0,
@@ -54,4 +62,7 @@ def batch_dataset(split: PreparedSplit, epoch: int = 0, seed: int = 0, fixed_ord
 
     positions = np.arange(len(order), dtype=np.int64)
     dataset = tf.data.Dataset.from_tensor_slices((positions, order.astype(np.int64)))
-    return dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.map(to_float, num_parallel_calls=PARALLEL_READS, deterministic=True).prefetch(PREFETCH)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)

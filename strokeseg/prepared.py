@@ -145,7 +145,7 @@ class PreparedSplit:
         """(images, masks) of batch ``index`` of this role, copied out of the memory maps."""
         which = int(np.searchsorted(self._offsets, index, side="right") - 1)
         part, local = self.parts[which], index - int(self._offsets[which])
-        return np.asarray(part.images[local]), np.asarray(part.masks[local])
+        return np.array(part.images[local]), np.array(part.masks[local])
 
     @property
     def slots(self) -> np.ndarray:

@@ -47,6 +47,7 @@ from strokeseg.errors import StrokesegError
 from strokeseg.losses import LCNNLoss, get_loss
 from strokeseg.metrics import training_metrics
 from strokeseg.models import build_model, load_model, slice_channels
+from strokeseg.optimizers import build_optimizer
 from strokeseg.pipeline import batch_dataset
 from strokeseg.prepared import PreparedSplit
 from strokeseg.workdir import atomic_write_text, write_csv
@@ -98,31 +99,6 @@ class RunSpec:
 
 
 # Building ------------------------------------------------------------------------------------------
-def learning_rate(training: TrainingConfig, steps_per_epoch: int):
-    """A float (constant, adjustable on plateaus) or a per-step Keras schedule."""
-    lr, floor = training.learning_rate, training.min_learning_rate / training.learning_rate
-    schedules = keras.optimizers.schedules
-    if training.schedule == "exponential":
-        return schedules.ExponentialDecay(lr, training.decay_steps, training.decay_rate, staircase=False)
-    if training.schedule == "cosine":
-        return schedules.CosineDecay(lr, decay_steps=training.max_epochs * steps_per_epoch, alpha=floor)
-    if training.schedule == "cosine_restarts":
-        return schedules.CosineDecayRestarts(lr, first_decay_steps=training.restart_epochs * steps_per_epoch,
-                                             t_mul=2.0, m_mul=1.0, alpha=floor)
-    return lr
-
-
-def build_optimizer(training: TrainingConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    lr = learning_rate(training, steps_per_epoch)
-    clip = {"clipnorm": training.clipnorm} if training.clipnorm > 0 else {}
-    if training.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=training.weight_decay, beta_1=0.9, beta_2=0.999,
-                                      epsilon=1e-7, **clip)
-    if training.optimizer == "adam":
-        return keras.optimizers.Adam(lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **clip)
-    return keras.optimizers.SGD(lr, momentum=training.momentum, **clip)
-
-
 @keras.saving.register_keras_serializable(package="strokeseg")
 class AlignmentPenalty(keras.layers.Layer):
     """Adds LCNN's alignment term to the training loss and passes the probabilities through.

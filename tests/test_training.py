@@ -115,17 +115,6 @@ def test_checkpoints_refuse_a_different_model(tmp_path):
         training.load_variables(tmp_path / "bad.npz", small.variables)
 
 
-def test_learning_rate_schedules():
-    base = training.TrainingConfig()
-    exp = training.learning_rate(base, steps_per_epoch=10)
-    assert float(exp(100_000)) == pytest.approx(1e-3 * 0.9)
-    cosine = training.learning_rate(replace(base, schedule="cosine", max_epochs=2, min_learning_rate=1e-4), 10)
-    assert float(cosine(0)) == pytest.approx(1e-3) and float(cosine(20)) == pytest.approx(1e-4)
-    restarts = training.learning_rate(replace(base, schedule="cosine_restarts", restart_epochs=1), 10)
-    assert float(restarts(10)) == pytest.approx(1e-3)  # the restart after one epoch
-    assert training.learning_rate(replace(base, schedule="constant"), 10) == 1e-3
-
-
 def test_fresh_discards_a_run(prepared_workdir, tmp_path):
     from strokeseg.experiments import Inputs, train_and_evaluate
 
