@@ -64,6 +64,8 @@ CSV_COLUMNS = ("case", "input", "status", "message", "resampled", "lesion_volume
 MASK_SUFFIX = "_mask.nii.gz"
 PROBABILITY_SUFFIX = "_probability.nii.gz"
 CONFIG_NAME = "config.json"
+FUSION_NAME = "fusion.json"         # stage 10's fusion settings, exported with its models
+FUSION_DEFAULTS = {"fusion": "mean", "threshold": 0.5, "weights": None, "flip_tta": False, "min_lesion_voxels": 0}
 CONVERT_KEYS = ("normalization", "robust_percentiles", "canvas_multiple", "store_dtype")
 COUNT_CONNECTIVITY = 6
 DEFAULT_BATCH_SIZE = 8     # CPU: small batches keep activations in cache; use 32+ on a GPU
@@ -99,17 +101,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--ensemble", action="store_true",
                         help="average every <plane>_fold<k>.keras even where <plane>.keras exists "
                              "(without it, <plane>.keras is used when present, else the fold set)")
-    parser.add_argument("--fusion", choices=fusion.FUSION_RULES, default="mean",
+    # Fusion settings default to the models folder's fusion.json (written by stage 10), so that
+    # `strokeseg predict --models 10_fusion/models` fuses exactly as stage 10 did; flags override it.
+    parser.add_argument("--fusion", choices=fusion.FUSION_RULES, default=None,
                         help="mean: mean probability >= threshold (upstream); majority: >= 2 of 3 planes "
-                             "with probability > threshold; weighted_mean: needs --weights (default: %(default)s)")
+                             "with probability > threshold; weighted_mean: needs weights (default: the models "
+                             f"folder's {FUSION_NAME}, else {FUSION_DEFAULTS['fusion']})")
     parser.add_argument("--weights", type=float, nargs=3, metavar=("AXIAL", "SAGITTAL", "CORONAL"),
-                        default=None, help="plane weights of --fusion weighted_mean")
-    parser.add_argument("--threshold", type=float, default=0.5, help="fusion threshold (default: %(default)s)")
-    parser.add_argument("--flip-tta", action="store_true",
-                        help="left-right flip test-time augmentation (twice the prediction time)")
-    parser.add_argument("--min-lesion-voxels", type=int, default=0, metavar="N",
+                        default=None, help=f"plane weights of weighted_mean (default: {FUSION_NAME})")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help=f"fusion threshold (default: {FUSION_NAME}, else {FUSION_DEFAULTS['threshold']})")
+    parser.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="left-right flip test-time augmentation, twice the prediction time "
+                             f"(default: {FUSION_NAME}, else off)")
+    parser.add_argument("--min-lesion-voxels", type=int, default=None, metavar="N",
                         help="remove lesions (6-connected components) smaller than N voxels of the "
-                             "1 mm MNI grid, i.e. N mm3; 0 keeps all (default: %(default)s)")
+                             f"1 mm MNI grid, i.e. N mm3; 0 keeps all (default: {FUSION_NAME}, else 0)")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <case>_probability.nii.gz (float32 fused probability)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
@@ -157,24 +164,51 @@ def convert_config(models_dir: Path, args: argparse.Namespace | None = None) -> 
         raise UsageError(f"{path}: {exc}" if path.is_file() else str(exc)) from None
 
 
+def fusion_settings(models_dir: Path, args: argparse.Namespace) -> dict:
+    """Package defaults, then ``<models>/fusion.json`` if present, then the flags given."""
+    settings = dict(FUSION_DEFAULTS)
+    path = Path(models_dir) / FUSION_NAME
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UsageError(f"{path}: unreadable fusion settings ({exc.__class__.__name__}: {exc})") from None
+        if not isinstance(record, dict):
+            raise UsageError(f"{path}: not a JSON object")
+        settings.update({k: record[k] for k in FUSION_DEFAULTS if record.get(k) is not None})
+        if isinstance(settings["weights"], dict):
+            settings["weights"] = [settings["weights"].get(p) for p in PLANES]
+        log.info("fusion settings from %s", path)
+    for key in FUSION_DEFAULTS:
+        if getattr(args, key, None) is not None:
+            settings[key] = getattr(args, key)
+    if settings["fusion"] not in fusion.FUSION_RULES:
+        raise UsageError(f"{path}: unknown fusion rule {settings['fusion']!r}")
+    if settings["fusion"] != "weighted_mean":
+        if args.weights is not None:
+            raise UsageError("--weights is only used with --fusion weighted_mean")
+        settings["weights"] = None
+    return settings
+
+
 def options_from_args(args: argparse.Namespace) -> Options:
+    settings = fusion_settings(args.models, args)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not 0.0 <= args.threshold <= 1.0:
-        raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
-    if args.min_lesion_voxels < 0:
-        raise UsageError(f"--min-lesion-voxels must be >= 0, got {args.min_lesion_voxels}")
+    if not 0.0 <= settings["threshold"] <= 1.0:
+        raise UsageError(f"--threshold must be in [0, 1], got {settings['threshold']}")
+    if settings["min_lesion_voxels"] < 0:
+        raise UsageError(f"--min-lesion-voxels must be >= 0, got {settings['min_lesion_voxels']}")
     weights = None
-    if args.fusion == "weighted_mean":
-        if args.weights is None:
+    if settings["fusion"] == "weighted_mean":
+        if settings["weights"] is None or None in settings["weights"]:
             raise UsageError("--fusion weighted_mean needs --weights AXIAL SAGITTAL CORONAL")
-        weights = dict(zip(PLANES, args.weights))
+        weights = dict(zip(PLANES, (float(w) for w in settings["weights"])))
         if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-            raise UsageError(f"--weights must be >= 0 and not all 0, got {args.weights}")
-    elif args.weights is not None:
-        raise UsageError("--weights is only used with --fusion weighted_mean")
-    return Options(convert=convert_config(args.models, args), fusion=args.fusion, threshold=args.threshold,
-                   weights=weights, flip_tta=args.flip_tta, min_lesion_voxels=args.min_lesion_voxels,
+            raise UsageError(f"--weights must be >= 0 and not all 0, got {settings['weights']}")
+    return Options(convert=convert_config(args.models, args), fusion=settings["fusion"],
+                   threshold=float(settings["threshold"]), weights=weights, flip_tta=bool(settings["flip_tta"]),
+                   min_lesion_voxels=int(settings["min_lesion_voxels"]),
                    save_probabilities=args.save_probabilities, batch_size=args.batch_size,
                    skip_empty=args.skip_empty_slices)
 

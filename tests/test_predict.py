@@ -206,6 +206,30 @@ def test_config_json_in_the_models_folder_sets_the_normalisation(tmp_path, capsy
     assert "convert.normalization" in capsys.readouterr().err
 
 
+def test_fusion_json_in_the_models_folder_sets_the_fusion_and_flags_override_it(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    parser = predict.add_arguments(argparse.ArgumentParser())
+
+    def options(*flags):
+        return predict.options_from_args(parser.parse_args(["in.nii", "--models", str(folder), "--output", "o",
+                                                            *flags]))
+
+    assert (options().fusion, options().threshold, options().flip_tta) == ("mean", 0.5, False)
+    (folder / "fusion.json").write_text(json.dumps({   # as stage 10 exports it
+        "fusion": "weighted_mean", "threshold": 0.4, "flip_tta": True, "min_lesion_voxels": 12,
+        "weights": {"axial": 0.7, "sagittal": 0.5, "coronal": 0.6}, "ensemble": False}))
+    chosen = options()
+    assert (chosen.fusion, chosen.threshold, chosen.flip_tta, chosen.min_lesion_voxels) == \
+        ("weighted_mean", 0.4, True, 12)
+    assert chosen.weights == {"axial": 0.7, "sagittal": 0.5, "coronal": 0.6}
+    flagged = options("--fusion", "mean", "--no-flip-tta", "--min-lesion-voxels", "0")
+    assert (flagged.fusion, flagged.weights, flagged.flip_tta, flagged.min_lesion_voxels) == ("mean", None, False, 0)
+    (folder / "fusion.json").write_text("{broken")
+    with pytest.raises(predict.UsageError, match="fusion.json"):
+        options()
+
+
 def test_case_names_and_input_discovery(tmp_path):
     assert predict.case_name("a/sub-r001s001_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz") == \
         "sub-r001s001_ses-1_space-MNI152NLin2009aSym"
