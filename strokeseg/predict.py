@@ -319,12 +319,17 @@ def _remove(*paths: Path) -> None:
             pass
 
 
+def _failed_row(path: Path, message: str) -> dict:
+    return {"case": case_name(path), "input": str(path), "status": "failed", "message": message,
+            "resampled": None, "lesion_volume_ml": np.nan, "lesion_count": np.nan, "voxels": np.nan,
+            "seconds": np.nan}
+
+
 def predict_case(path: Path, predictor: Predictor, options: Options, output: Path) -> dict:
     """One CSV row; the case's files are written only when everything before succeeded."""
     case = case_name(path)
     mask_path, probability_path = _outputs(output, case)
-    row = {"case": case, "input": str(path), "status": "failed", "message": "", "resampled": None,
-           "lesion_volume_ml": np.nan, "lesion_count": np.nan, "voxels": np.nan, "seconds": np.nan}
+    row = _failed_row(path, "")
     start = time.perf_counter()
     written: list[Path] = []
     try:
@@ -394,11 +399,15 @@ def run(inputs, models: Path, output: Path, options: Options, ensemble: bool = F
     if output.exists() and not output.is_dir():
         raise UsageError(f"{output}: output exists and is not a folder")
     paths = find_inputs(inputs, output)
-    predictor = load_predictor(models, options.convert, options.batch_size, ensemble)
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"{output}: cannot create the output folder ({exc.__class__.__name__}: {exc})") from None
+    try:
+        predictor = load_predictor(models, options.convert, options.batch_size, ensemble)
+    except InputError as exc:  # a missing or mismatched model fails every case: say so per case, too
+        write_table([_failed_row(path, f"models: {exc}") for path in paths], output / CSV_NAME)
+        raise
     rows = []
     for i, path in enumerate(paths, 1):
         log.info("case %d/%d: %s", i, len(paths), path)

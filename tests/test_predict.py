@@ -144,7 +144,7 @@ def small_input(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("fault", ["no_folder", "missing_plane", "mixed_channels", "not_keras"])
-def test_model_problems_are_usage_errors_before_any_case(tmp_path, capsys, fault):
+def test_model_problems_fail_every_case_with_a_clear_message(tmp_path, capsys, fault):
     folder = tmp_path / "models"
     if fault != "no_folder":
         save_models(folder, PLANE_MODELS)
@@ -164,7 +164,9 @@ def test_model_problems_are_usage_errors_before_any_case(tmp_path, capsys, fault
     assert run_cli([small_input(tmp_path / "in"), "--models", folder, "--output", out]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err and err.count("\n") == 1
-    assert not out.exists()
+    table = pd.read_csv(out / "predictions.csv")               # every case marked failed, no mask
+    assert list(table["status"]) == ["failed"] and expected in table["message"].iloc[0]
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.csv"]
 
 
 def test_usage_errors(tmp_path, models, capsys):
