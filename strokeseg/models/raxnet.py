@@ -26,6 +26,9 @@ Despite its name (Residual *Attention* Xception), the network has **no attention
 "Xception" stands for the separable convolutions and strided 1×1 shortcuts. The stride-1
 Conv2DTranspose layers are plain 3×3 convolutions; they are kept as transposed convolutions so
 that the layer list (22 Conv2D, 12 Conv2DTranspose, 5 SeparableConv2D, 27 BN, ...) is upstream's.
+
+Option: ``width`` (default 1.0, upstream's network) multiplies every filter count, for CPU-sized
+runs with the same topology.
 """
 from __future__ import annotations
 
@@ -46,9 +49,14 @@ ENCODER_PAIRS = {64: 1, 128: 2, 256: 2}
 DECODER_DEPTH = {256: 4, 128: 4, 64: 2, 32: 2}
 
 
-def _encoder_block(x, filters: int, name: str):
+def _scaled(filters: int, width: float) -> int:
+    return max(1, int(round(filters * width)))
+
+
+def _encoder_block(x, canonical: int, width: float, name: str):
+    filters = _scaled(canonical, width)
     shortcut = layers.Conv2D(filters, 1, strides=2, padding="same", name=f"{name}_shortcut")(x)
-    for i in range(1, ENCODER_PAIRS[filters] + 1):
+    for i in range(1, ENCODER_PAIRS[canonical] + 1):
         x = layers.Activation("relu", name=f"{name}_relu{i}a")(x)
         x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv{i}")(x)
         x = layers.BatchNormalization(name=f"{name}_bn{i}a")(x)
@@ -59,9 +67,10 @@ def _encoder_block(x, filters: int, name: str):
     return layers.Add(name=f"{name}_out")([x, shortcut])
 
 
-def _decoder_block(prev, skip, filters: int, name: str):
+def _decoder_block(prev, skip, canonical: int, width: float, name: str):
+    filters = _scaled(canonical, width)
     x = prev
-    for i in range(1, DECODER_DEPTH[filters] + 1):
+    for i in range(1, DECODER_DEPTH[canonical] + 1):
         x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
         x = layers.Conv2DTranspose(filters, 3, padding="same", name=f"{name}_convt{i}")(x)
         x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
@@ -78,23 +87,28 @@ def _decoder_block(prev, skip, filters: int, name: str):
     return layers.Add(name=f"{name}_out")([main, r])
 
 
-def build(input_shape: tuple[int, int, int], **options) -> keras.Model:
-    """RAX-Net for inputs of shape (H, W, C); H and W multiples of 16. Takes no options."""
-    if options:
-        raise ConfigError(f"raxnet: unknown option(s) {sorted(options)}; RAX-Net takes none")
-    height, width, channels = check_input_shape("raxnet", input_shape, SIZE_MULTIPLE)
+def build(input_shape: tuple[int, int, int], *, width: float = 1.0, **unknown) -> keras.Model:
+    """RAX-Net for inputs of shape (H, W, C); H and W multiples of 16.
+
+    ``width`` multiplies every layer's filter count (rounded, at least 1): 1.0 is upstream's
+    network exactly; smaller widths are for CPU-sized runs (the demo), with the same topology."""
+    if unknown:
+        raise ConfigError(f"raxnet: unknown option(s) {sorted(unknown)}; accepted: width")
+    if not width > 0:
+        raise ConfigError(f"raxnet: width must be > 0, got {width}")
+    check_input_shape("raxnet", input_shape, SIZE_MULTIPLE)
 
     image = keras.Input(shape=tuple(input_shape), name="image")
-    x = layers.Conv2D(32, 3, strides=2, padding="same", name="stem_conv")(image)
+    x = layers.Conv2D(_scaled(32, width), 3, strides=2, padding="same", name="stem_conv")(image)
     x = layers.BatchNormalization(name="stem_bn")(x)
     skip_a = layers.Activation("relu", name="stem_relu")(x)
 
-    skip_b = _encoder_block(skip_a, 64, "enc64")
-    skip_c = _encoder_block(skip_b, 128, "enc128")
-    x = _encoder_block(skip_c, 256, "enc256")
+    skip_b = _encoder_block(skip_a, 64, width, "enc64")
+    skip_c = _encoder_block(skip_b, 128, width, "enc128")
+    x = _encoder_block(skip_c, 256, width, "enc256")
 
     for filters, skip in zip(DECODER_FILTERS, (skip_c, skip_b, skip_a, image)):
-        x = _decoder_block(x, skip, filters, f"dec{filters}")
+        x = _decoder_block(x, skip, filters, width, f"dec{filters}")
 
     # float32 head so the probabilities stay float32 under a mixed-precision policy
     probabilities = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="head")(x)

@@ -86,3 +86,14 @@ def test_bad_input_shape_is_a_clear_error(shape):
 def test_unknown_option_is_a_clear_error():
     with pytest.raises(ConfigError, match="unknown option.*filters"):
         raxnet.build((32, 32, 1), filters=16)
+
+
+def test_width_scales_every_layer_and_one_is_upstream_exactly():
+    from strokeseg.models import raxnet
+
+    assert raxnet.build((32, 32, 1), width=1.0).count_params() == raxnet.build((32, 32, 1)).count_params()
+    narrow = raxnet.build((32, 32, 1), width=0.25)
+    assert narrow.get_layer("stem_conv").filters == 8 and narrow.get_layer("enc256_conv1").filters == 64
+    assert narrow.count_params() < raxnet.build((32, 32, 1)).count_params() / 10
+    with pytest.raises(ConfigError, match="width"):
+        raxnet.build((32, 32, 1), width=0)
