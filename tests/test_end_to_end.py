@@ -1,4 +1,5 @@
-"""Stages 01 -> 06 through the real run.py entry points on a tiny cohort written by the test."""
+"""The whole study, stages 01 -> 10, through the real run.py entry points on a tiny cohort written
+by the test (the training budget is one step: this checks that the stages fit together)."""
 from __future__ import annotations
 
 import hashlib
@@ -135,6 +136,33 @@ def test_rerunning_with_the_same_config_gives_byte_identical_csvs(workdir, tiny_
     assert len(first) > 40 and first.keys() == second.keys()
     # Paths to the cohort are the same in both runs, so every CSV must match byte for byte.
     assert first == second
+
+
+# One step of training per run, a narrow RAX-Net, one comparison model and one loss: enough for
+# every stage to read what the previous one wrote.
+STUDY = ["training.folds=[1]", "training.max_epochs=1", "training.steps_per_epoch=1",
+         "training.validation_steps=1", "training.model_options={\"width\": 0.25}",
+         "comparison.models=[\"unet\"]", "comparison.planes=[\"axial\"]", "comparison.folds=[1]",
+         "comparison.max_epochs=1", "comparison.losses=[\"dice\"]", "comparison.loss_folds=[1]",
+         "comparison.loss_max_epochs=1"]
+
+
+def test_stages_07_to_10_complete_the_study(workdir):
+    run_stage("07_models", workdir, "--quick", "--models", "raxnet")
+    run_stage("08_training", workdir, *[a for o in STUDY for a in ("--set", o)])
+    run_stage("09_comparison", workdir)
+    run_stage("10_fusion", workdir)
+    for stage in ("07_models", "08_training", "09_comparison", "10_fusion"):
+        manifest = json.loads((workdir / stage / "manifest.json").read_text())
+        assert manifest["outputs"] and manifest["synthetic_data"] is False
+    recorded = json.loads((workdir / "10_fusion" / "config.json").read_text())
+    assert recorded["training"]["model_options"] == {"width": 0.25}      # given once, carried to 10
+    holdout = pd.read_csv(workdir / "03_convert" / "holdout.csv")["subject_name"]
+    fused = pd.read_csv(workdir / "10_fusion" / "subjects.csv")
+    assert sorted(fused.loc[fused["mask"] == "fused", "subject_name"]) == sorted(holdout)
+    assert set(fused["mask"]) == {"axial", "sagittal", "coronal", "fused"}
+    assert len(list((workdir / "10_fusion" / "masks").glob("*_fused_mask.nii.gz"))) == len(holdout)
+    assert set(pd.read_csv(workdir / "09_comparison" / "wilcoxon.csv")["model"]) == {"unet"}
 
 
 def test_synthetic_cohort_is_built_reused_and_labelled(tmp_path):
