@@ -138,10 +138,10 @@ def test_rerunning_with_the_same_config_gives_byte_identical_csvs(workdir, tiny_
     assert first == second
 
 
-# One step of training per run, a narrow RAX-Net, one comparison model and one loss: enough for
-# every stage to read what the previous one wrote.
+# One step of training per run, one comparison model and one loss: enough for every stage to read
+# what the previous one wrote. (A model option is given to check it is carried from 08 to 10.)
 STUDY = ["training.folds=[1]", "training.max_epochs=1", "training.steps_per_epoch=1",
-         "training.validation_steps=1", "training.model_options={\"width\": 0.25}",
+         "training.validation_steps=1", "training.model_options={\"width\": 1.0}",
          "comparison.models=[\"unet\"]", "comparison.planes=[\"axial\"]", "comparison.folds=[1]",
          "comparison.max_epochs=1", "comparison.losses=[\"dice\"]", "comparison.loss_folds=[1]",
          "comparison.loss_max_epochs=1"]
@@ -156,7 +156,7 @@ def test_stages_07_to_10_complete_the_study(workdir):
         manifest = json.loads((workdir / stage / "manifest.json").read_text())
         assert manifest["outputs"] and manifest["synthetic_data"] is False
     recorded = json.loads((workdir / "10_fusion" / "config.json").read_text())
-    assert recorded["training"]["model_options"] == {"width": 0.25}      # given once, carried to 10
+    assert recorded["training"]["model_options"] == {"width": 1.0}       # given once, carried to 10
     holdout = pd.read_csv(workdir / "03_convert" / "holdout.csv")["subject_name"]
     fused = pd.read_csv(workdir / "10_fusion" / "subjects.csv")
     assert sorted(fused.loc[fused["mask"] == "fused", "subject_name"]) == sorted(holdout)
