@@ -16,8 +16,8 @@ Strategy (`choose_strategy`), TensorFlow backend only:
 On the JAX or torch backends, tf.distribute does not apply, so `choose_strategy` returns None.
 Callers use ``strategy_scope(strategy)``, which is a null context for None.
 
-Keras 3.15 needs a fix for ``model.fit`` under multi-worker MWMS (keras-team/keras#20585,
-tensorflow/tensorflow#72388). Keras' TF trainer calls ``strategy.reduce("MEAN", (x, y), axis=None)``
+Keras 3.15 needs a fix for ``model.fit`` under multi-worker MWMS (observed here with TF 2.21:
+both errors below, on every worker). Keras' TF trainer calls ``strategy.reduce("MEAN", (x, y), axis=None)``
 on the first distributed batch (``_maybe_symbolic_build``), but MWMS's reduce accepts only a
 single value, not a tuple ("Attempt to convert a value (PerReplica...)"). Keras then reduces the
 scalar step logs with ``strategy.reduce("MEAN", loss, axis=0)``, which fails on rank-0 values
