@@ -173,7 +173,7 @@ def warm_up(predictor, batch_size: int) -> float:
     start = time.perf_counter()
     for plane in PLANES:
         canvas = planes.canvas_for(resample.MNI_SHAPE, plane).shape
-        predictor.predict[plane](np.zeros((batch_size,) + tuple(canvas) + (predictor.channels[plane],), np.float32))
+        predictor[plane].predict(np.zeros((batch_size,) + tuple(canvas) + (predictor[plane].channels,), np.float32))
     return time.perf_counter() - start
 
 

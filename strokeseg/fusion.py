@@ -104,6 +104,13 @@ def _labels(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray
     return labels, np.bincount(labels.ravel(), minlength=n + 1)
 
 
+def fused_mask(probabilities: dict[str, np.ndarray], rule: str = "mean", threshold: float = 0.5,
+               weights: dict[str, float] | None = None, min_voxels: int = 0, connectivity: int = 6) -> np.ndarray:
+    """:func:`fuse`, then :func:`remove_small_components` when ``min_voxels`` > 1."""
+    mask = fuse(probabilities, rule, threshold, weights)
+    return remove_small_components(mask, min_voxels, connectivity) if min_voxels > 1 else mask
+
+
 def remove_small_components(mask: np.ndarray, min_voxels: int, connectivity: int = 6) -> np.ndarray:
     """uint8 {0, 1} copy of ``mask > 0`` without the components of fewer than ``min_voxels`` voxels.
 

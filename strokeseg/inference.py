@@ -22,6 +22,7 @@ Models are loaded in Keras safe mode (no arbitrary code runs on load) and withou
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -170,6 +171,22 @@ def plane_probability(predict: Predict, t1: np.ndarray, plane: str, convert: Con
     return probability
 
 
+@dataclass(frozen=True)
+class PlanePredictor:
+    """One plane's ``predict`` (one model, or the mean of a fold set) and the channels it reads."""
+    predict: Predict
+    channels: int
+
+
+def volume_probabilities(volume: np.ndarray, predictors: dict[str, PlanePredictor], convert: ConvertConfig,
+                         batch_size: int, flip_tta: bool = False, skip_empty: bool = False) -> dict[str, np.ndarray]:
+    """Per plane, the float32 probability volume of ``volume`` (normalised once for all planes)."""
+    normalized = normalized_volume(volume, convert)
+    return {plane: plane_probability(p.predict, volume, plane, convert, p.channels, batch_size, flip_tta=flip_tta,
+                                     normalized=normalized, skip_empty=skip_empty)
+            for plane, p in predictors.items()}
+
+
 # ------------------------------------------------------------------------------------- models
 def model_channels(model: "keras.Model") -> int:
     """The number of input channels (adjacent slices) a single-input (n, H, W, C) model reads."""
@@ -291,3 +308,9 @@ def ensemble_predict(models: list["keras.Model"], batch_size: int) -> Predict:
         return total
 
     return predict
+
+
+def plane_predictors(models: dict[str, list["keras.Model"]], batch_size: int) -> dict[str, PlanePredictor]:
+    """:class:`PlanePredictor` per plane from :func:`load_plane_models`' members."""
+    return {plane: PlanePredictor(ensemble_predict(members, batch_size), model_channels(members[0]))
+            for plane, members in models.items()}

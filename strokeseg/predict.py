@@ -52,6 +52,7 @@ from strokeseg import fusion, planes, resample
 from strokeseg.config import PLANES, ConvertConfig, from_dict
 from strokeseg.errors import InputError, StrokesegError
 from strokeseg.evaluation import voxel_volume_ml
+from strokeseg.inference import PlanePredictor
 from strokeseg.lesions import component_sizes
 from strokeseg.nifti import load_t1, write_nifti
 from strokeseg.workdir import write_csv
@@ -260,23 +261,16 @@ def find_inputs(paths, output: Path | None = None) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------ one case
-@dataclass
-class Predictor:
-    """Per plane: the predict callable (one model or the mean of a fold set) and its input channels."""
-
-    predict: dict
-    channels: dict
-
-
-def load_predictor(models_dir: Path, convert: ConvertConfig, batch_size: int, ensemble: bool = False) -> Predictor:
-    from strokeseg.inference import ensemble_predict, load_plane_models, model_channels
+def load_predictor(models_dir: Path, convert: ConvertConfig, batch_size: int,
+                   ensemble: bool = False) -> dict[str, PlanePredictor]:
+    from strokeseg.inference import load_plane_models, plane_predictors
 
     canvases = {p: planes.canvas_for(resample.MNI_SHAPE, p, convert.canvas_multiple).shape for p in PLANES}
     models = load_plane_models(models_dir, ensemble=ensemble, canvas_shapes=canvases)
-    for plane, members in models.items():
-        log.info("%s: %d model(s), %d input channel(s)", plane, len(members), model_channels(members[0]))
-    return Predictor({p: ensemble_predict(m, batch_size) for p, m in models.items()},
-                     {p: model_channels(m[0]) for p, m in models.items()})
+    predictors = plane_predictors(models, batch_size)
+    for plane, predictor in predictors.items():
+        log.info("%s: %d model(s), %d input channel(s)", plane, len(models[plane]), predictor.channels)
+    return predictors
 
 
 def _describe_grid(shape, affine) -> str:
@@ -287,23 +281,17 @@ def _describe_grid(shape, affine) -> str:
             f"{''.join(nib.aff2axcodes(affine))}")
 
 
-def predict_volume(volume: np.ndarray, predictor: Predictor, options: Options) -> tuple[np.ndarray, np.ndarray | None]:
+def predict_volume(volume: np.ndarray, predictor: dict[str, PlanePredictor],
+                   options: Options) -> tuple[np.ndarray, np.ndarray | None]:
     """Fused uint8 mask (and the fused probability when asked for) of a volume on the model grid."""
-    from strokeseg.inference import normalized_volume, plane_probability
+    from strokeseg.inference import volume_probabilities
 
-    normalized = normalized_volume(volume, options.convert)   # once for the three planes
-    probabilities = {}
-    for plane in PLANES:
-        probabilities[plane] = plane_probability(
-            predictor.predict[plane], volume, plane, options.convert, predictor.channels[plane],
-            options.batch_size, flip_tta=options.flip_tta, normalized=normalized, skip_empty=options.skip_empty)
-    del normalized
-    mask = fusion.fuse(probabilities, options.fusion, options.threshold, options.weights)
+    probabilities = volume_probabilities(volume, predictor, options.convert, options.batch_size,
+                                         flip_tta=options.flip_tta, skip_empty=options.skip_empty)
+    mask = fusion.fused_mask(probabilities, options.fusion, options.threshold, options.weights,
+                             options.min_lesion_voxels, COUNT_CONNECTIVITY)
     probability = (fusion.fused_probability(probabilities, options.fusion, options.weights)
                    if options.save_probabilities else None)
-    del probabilities
-    if options.min_lesion_voxels > 1:
-        mask = fusion.remove_small_components(mask, options.min_lesion_voxels, COUNT_CONNECTIVITY)
     return mask, probability
 
 
@@ -325,7 +313,7 @@ def _failed_row(path: Path, message: str) -> dict:
             "seconds": np.nan}
 
 
-def predict_case(path: Path, predictor: Predictor, options: Options, output: Path) -> dict:
+def predict_case(path: Path, predictor: dict[str, PlanePredictor], options: Options, output: Path) -> dict:
     """One CSV row; the case's files are written only when everything before succeeded."""
     case = case_name(path)
     mask_path, probability_path = _outputs(output, case)

@@ -18,6 +18,7 @@ import pytest
 
 from strokeseg.config import PLANES, apply_overrides, read_config
 from strokeseg.errors import StageOrderError, StrokesegError
+from strokeseg.inference import PlanePredictor
 from strokeseg.workdir import stage_config
 
 TRAINING = ["training.model=unet", "training.model_options={\"base_filters\": 4}", "training.folds=[1]",
@@ -233,6 +234,6 @@ def test_cross_validation_volumes_are_predicted_exactly_as_stage_08_evaluated_th
     model = inference.load_model(trained / "08_training" / "runs" / "unet" / "coronal" / "fold_1" / "best.keras")
     predict = inference.ensemble_predict([model], 16)
     store = SliceStore(trained / "03_convert" / "coronal")
-    ours = fusion._store_probability(store, subject, fusion._Predictor(predict, 1, 16),
-                                     fusion.starting_config(trained), fusion.FusionOptions())
+    ours = fusion._store_probability(store, subject, PlanePredictor(predict, 1),
+                                     fusion.starting_config(trained), fusion.FusionOptions(), 16)
     np.testing.assert_array_equal(ours, plane_probability_volume(predict, store, subject, 16))

@@ -179,7 +179,7 @@ def run(workdir: Path, config: Config, progress: bool = True, fusion: str = "mea
             (out.path / PROBABILITIES_DIR).mkdir()
         rows = []
         for subject in _progress(holdout.itertuples(index=False), len(holdout), progress):
-            rows += _evaluate_subject(subject, predictors, grids, config, options, weights, min_size, out.path)
+            rows += _evaluate_subject(subject, predictors, grids, config, options, weights, min_size, batch, out.path)
         subjects = _subjects_frame(rows, holdout, config)
 
         write_csv(subjects, out.path / SUBJECTS_CSV)
@@ -295,28 +295,20 @@ def _update_fusion_json(models_dir: Path, min_size: int) -> None:
     path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
-@dataclass(frozen=True)
-class _Predictor:
-    predict: object          # (n, H, W, C) float32 -> (n, H, W, 1) probabilities
-    channels: int
-    batch: int
-
-
 def _holdout_predictors(models_dir: Path, ensemble: bool, grids: dict[str, _Grid], multiple: int,
-                        batch: int) -> dict[str, _Predictor]:
-    """Per plane, the predict callable over the exported models (loaded back through
-    :func:`strokeseg.inference.load_plane_models`, as ``strokeseg predict`` loads them)."""
+                        batch: int) -> dict:
+    """Per plane, the :class:`strokeseg.inference.PlanePredictor` of the exported models (loaded back
+    through :func:`strokeseg.inference.load_plane_models`, as ``strokeseg predict`` loads them)."""
     from strokeseg import inference, planes
 
     canvases = {plane: planes.canvas_for(grid.shape, plane, multiple).shape for plane, grid in grids.items()}
-    models = inference.load_plane_models(models_dir, ensemble=ensemble, canvas_shapes=canvases)
-    return {p: _Predictor(inference.ensemble_predict(m, batch), inference.model_channels(m[0]), batch)
-            for p, m in models.items()}
+    return inference.plane_predictors(inference.load_plane_models(models_dir, ensemble=ensemble,
+                                                                  canvas_shapes=canvases), batch)
 
 
 # ---------------------------------------------------------------------------- one hold-out subject
-def _evaluate_subject(subject, predictors: dict[str, _Predictor], grids: dict[str, _Grid], config: Config,
-                      options: FusionOptions, weights, min_size: int, root: Path) -> list[dict]:
+def _evaluate_subject(subject, predictors: dict, grids: dict[str, _Grid], config: Config, options: FusionOptions,
+                      weights, min_size: int, batch: int, root: Path) -> list[dict]:
     from strokeseg import fusion, inference
     from strokeseg.evaluation import subject_metrics
     from strokeseg.nifti import load_mask, load_t1, same_affine, write_nifti
@@ -334,11 +326,7 @@ def _evaluate_subject(subject, predictors: dict[str, _Predictor], grids: dict[st
                       allow_empty=True)
     spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
 
-    normalized = inference.normalized_volume(t1, config.convert)      # once, shared by the planes
-    probabilities = {plane: inference.plane_probability(p.predict, t1, plane, config.convert, p.channels,
-                                                        p.batch, flip_tta=options.flip_tta, normalized=normalized)
-                     for plane, p in predictors.items()}
-    del normalized
+    probabilities = inference.volume_probabilities(t1, predictors, config.convert, batch, flip_tta=options.flip_tta)
     rows = []
     for plane in PLANES:
         pred = probabilities[plane] > SINGLE_PLANE_THRESHOLD
@@ -361,11 +349,8 @@ def _evaluate_subject(subject, predictors: dict[str, _Predictor], grids: dict[st
 def _fuse(probabilities: dict[str, np.ndarray], options: FusionOptions, weights, min_size: int) -> np.ndarray:
     from strokeseg import fusion
 
-    fused = fusion.fuse(probabilities, options.fusion, options.threshold,
-                        weights if options.fusion == "weighted_mean" else None)
-    if min_size > 1:
-        fused = fusion.remove_small_components(fused, min_size, connectivity=CONNECTIVITY)
-    return fused
+    return fusion.fused_mask(probabilities, options.fusion, options.threshold,
+                             weights if options.fusion == "weighted_mean" else None, min_size, CONNECTIVITY)
 
 
 def mask_file(subject: str) -> str:
@@ -442,11 +427,10 @@ def _cv_cases(training_dir: Path, convert_dir: Path, runs: pd.DataFrame, used: p
                 predictors[plane] = loaded[(plane, int(fold))]
                 continue
             path = runs.loc[(runs["plane"] == plane) & (runs["fold"].astype(int) == int(fold)), "model_file"].iloc[0]
-            member = inference.load_model(training_dir / path)
-            predictors[plane] = _Predictor(inference.ensemble_predict([member], batch),
-                                           inference.model_channels(member), batch)
+            predictors[plane] = inference.plane_predictors(
+                {plane: [inference.load_model(training_dir / path)]}, batch)[plane]
         for subject in group["subject_name"]:
-            probabilities = {plane: _store_probability(stores[plane], subject, predictors[plane], config, options)
+            probabilities = {plane: _store_probability(stores[plane], subject, predictors[plane], config, options, batch)
                              for plane in PLANES}
             fused = _fuse(probabilities, options, weights, 0)
             del probabilities
@@ -456,8 +440,8 @@ def _cv_cases(training_dir: Path, convert_dir: Path, runs: pd.DataFrame, used: p
     bar.close()
 
 
-def _store_probability(store, subject: str, predictor: _Predictor, config: Config,
-                       options: FusionOptions) -> np.ndarray:
+def _store_probability(store, subject: str, predictor, config: Config, options: FusionOptions,
+                       batch: int) -> np.ndarray:
     """One plane's probability volume of a cross-validation subject from its stage-03 store: the
     stored (normalised) slices are put back into a volume and predicted exactly as a hold-out volume
     (:func:`strokeseg.inference.plane_probability`, flip TTA included)."""
@@ -470,7 +454,7 @@ def _store_probability(store, subject: str, predictor: _Predictor, config: Confi
     # stored slices of their own plane gives them back (each slice's maximum is already 255).
     normalized = volume if config.convert.normalization == "volume_robust" else None
     return inference.plane_probability(predictor.predict, volume, store.plane, config.convert, predictor.channels,
-                                       predictor.batch, flip_tta=options.flip_tta, normalized=normalized)
+                                       batch, flip_tta=options.flip_tta, normalized=normalized)
 
 
 def _crop_pair(mask: np.ndarray, truth: np.ndarray, margin: int = 1) -> tuple[np.ndarray, np.ndarray]:
