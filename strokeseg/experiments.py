@@ -93,10 +93,8 @@ def evaluate(spec: RunSpec, inputs: Inputs, progress: bool = True) -> None:
     store = SliceStore(inputs.stores / spec.plane)
     per_subject = subject_evaluation(predict, store, subjects, batch, channels=spec.channels)
     # Written after both are computed, subjects last: its presence marks a finished evaluation.
-    write_csv(slices, spec.folder / f".{TEST_SLICES}.tmp")
-    (spec.folder / f".{TEST_SLICES}.tmp").replace(spec.folder / TEST_SLICES)
-    write_csv(per_subject, spec.folder / f".{TEST_SUBJECTS}.tmp")
-    (spec.folder / f".{TEST_SUBJECTS}.tmp").replace(spec.folder / TEST_SUBJECTS)
+    write_csv(slices, spec.folder / TEST_SLICES)
+    write_csv(per_subject, spec.folder / TEST_SUBJECTS)
     log.info("%s: evaluated on %d test slices and %d subjects", spec.folder, len(slices), len(per_subject))
 
 

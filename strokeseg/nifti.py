@@ -13,8 +13,6 @@ The voxel data of a file are read exactly once (``np.asanyarray(img.dataobj)``, 
 from __future__ import annotations
 
 import gzip
-import os
-import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from nibabel.fileholders import FileHolder
 from nibabel.spatialimages import HeaderDataError, HeaderTypeError
 
 from strokeseg.errors import InputError
+from strokeseg.workdir import atomic_path
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _DRAIN_CHUNK = 1 << 20
@@ -222,7 +221,7 @@ def same_affine(a, b, atol: float = 1e-4) -> bool:
 
 def write_nifti(path, data, reference: nib.Nifti1Image | None = None, affine=None,
                 dtype=np.uint8) -> None:
-    """Write ``data`` as NIfTI atomically (temp file in the same folder, then ``os.replace``).
+    """Write ``data`` as NIfTI atomically (:func:`strokeseg.workdir.atomic_path`).
 
     With a ``reference`` image the file gets its header (sform/qform and codes, zooms, units) and
     affine; ``affine`` overrides the reference's (the codes are then reset by nibabel). The data
@@ -248,15 +247,5 @@ def write_nifti(path, data, reference: nib.Nifti1Image | None = None, affine=Non
     header["cal_min"] = 0
     header["cal_max"] = 0
     img = nib.Nifti1Image(array, affine, header)
-    # Same extension as the target so nibabel picks the same format/compression.
-    suffix = "".join(s for s in path.suffixes[-2:]) if path.name.lower().endswith(".gz") else path.suffix
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
-    try:
+    with atomic_path(path) as tmp:       # keeps the extension: nibabel picks the format by it
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise

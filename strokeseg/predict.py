@@ -38,10 +38,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -369,15 +367,8 @@ def predict_case(path: Path, predictor: dict[str, PlanePredictor], options: Opti
 
 
 def write_table(rows: list[dict], path: Path) -> None:
-    """``predictions.csv`` atomically (temporary file in the same folder, then rename)."""
-    table = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write_csv(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
+    """``predictions.csv`` (atomically, as every CSV)."""
+    write_csv(pd.DataFrame(rows, columns=list(CSV_COLUMNS)), path)
 
 
 # ---------------------------------------------------------------------------------------- runs

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import secrets
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -33,6 +31,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
 
 from strokeseg.bins import bin_labels  # noqa: E402
+from strokeseg.workdir import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -288,14 +287,9 @@ def _new_figure(figsize, synthetic: bool, **subplots):
 
 
 def _save(fig, path: Path, dpi: int) -> None:
-    """Write ``fig`` to ``path`` as PNG atomically: temp file beside it, then os.replace."""
-    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}")
-    try:
+    """Write ``fig`` to ``path`` as PNG atomically (:func:`strokeseg.workdir.atomic_path`)."""
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     log.debug("wrote %s", path)
 
 

@@ -71,6 +71,7 @@ from strokeseg.cohort import MASK_SUFFIX, T1W_SUFFIX
 from strokeseg.config import VOLUME_BIN_EDGES
 from strokeseg.errors import InputError
 from strokeseg.parallel import map_ordered
+from strokeseg.workdir import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -583,13 +584,8 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, description: 
     if array.dtype == np.uint8:
         header["cal_min"], header["cal_max"] = 0, 1
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _write_subject_job(job: tuple[str, int, int, int]) -> str:
@@ -644,10 +640,7 @@ def generate_cohort(out_dir: Path, n_subjects: int, seed: int, downsample: int =
                         "(MNI152NLin2009aSym) template shipped in nilearn."),
         "GeneratedBy": [{"Name": "strokeseg.synthetic", "Version": str(GENERATOR_VERSION)}],
     }
-    path = out_dir / DESCRIPTION_FILE
-    tmp = out_dir / f".tmp-{DESCRIPTION_FILE}"
-    tmp.write_text(json.dumps(description, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(out_dir / DESCRIPTION_FILE, json.dumps(description, indent=2) + "\n")
     log.info("synthetic cohort written to %s", out_dir)
 
 

@@ -29,9 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,7 +48,7 @@ from strokeseg.models import build_model, load_model, slice_channels
 from strokeseg.optimizers import build_optimizer
 from strokeseg.pipeline import batch_dataset
 from strokeseg.prepared import PreparedSplit
-from strokeseg.workdir import atomic_write_text, write_csv
+from strokeseg.workdir import atomic_path, atomic_write_text, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +136,8 @@ def _state_variables(model: keras.Model) -> list:
 def save_variables(path: Path, variables: list) -> None:
     """All ``variables`` as arrays ``v00000``, ``v00001``… in one ``.npz``, written atomically."""
     arrays = {f"v{i:05d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(variables)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_variables(path: Path, variables: list) -> None:
@@ -262,8 +254,7 @@ def train(spec: RunSpec, progress: bool = True) -> RunState:
                                  "training.learning_rate or use training.precision=float32")
         _end_of_epoch(model, state, folder, row, training)
         history.append(row)
-        write_csv(pd.DataFrame(history, columns=list(HISTORY_COLUMNS)), folder / f".{HISTORY}.tmp")
-        os.replace(folder / f".{HISTORY}.tmp", folder / HISTORY)
+        write_csv(pd.DataFrame(history, columns=list(HISTORY_COLUMNS)), folder / HISTORY)
         state.save(folder)            # last: it confirms the epoch's checkpoint and history row
         _remove_stale(folder, state)
         log.info("%s epoch %d/%d: loss %.4f val_loss %.4f val_dice %.4f (%.1f s)%s", folder.name, epoch + 1,
@@ -386,14 +377,8 @@ def _write_best_model(spec: RunSpec, input_shape, folder: Path, state: RunState)
     """``best.keras``: the inference model (no optimizer) with the best epoch's weights."""
     inference = inference_model(spec.training, input_shape)
     load_variables(folder / state.best, list(_trained_variables(spec.training, inference, input_shape)))
-    fd, tmp = tempfile.mkstemp(prefix=".best.", suffix=".keras", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(folder / BEST_MODEL) as tmp:
         inference.save(tmp)
-        os.replace(tmp, folder / BEST_MODEL)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def inference_model(training: TrainingConfig, input_shape) -> keras.Model:

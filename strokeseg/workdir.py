@@ -8,12 +8,15 @@ stage refuses to start from a folder that has no ``manifest.json``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 
@@ -138,21 +141,33 @@ def _move_aside(target: Path, trash: Path) -> None:
 
 
 # Writers ------------------------------------------------------------------------------------------
-def atomic_write_text(path: Path, text: str) -> None:
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A fresh temporary path beside ``path`` to write to: renamed onto ``path`` when the block
+    succeeds, removed when it fails, so ``path`` is either the old file or the complete new one.
+    It keeps ``path``'s extension (``.nii.gz`` whole), for writers that pick the format by it."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".gz") else path.suffix
+    # A unique name, not a file made by mkstemp: the writer creates it, so it gets the usual
+    # permissions (umask) rather than mkstemp's owner-only ones.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """Deterministic CSV: no index, '\\n' line ends, floats with 10 significant digits."""
-    frame.to_csv(path, index=False, lineterminator="\n", float_format="%.10g")
+    """Deterministic CSV, written atomically: no index, '\\n' line ends, floats with 10 significant digits."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, lineterminator="\n", float_format="%.10g")
 
 
 def read_csv(path: Path, **kwargs) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from strokeseg import reports
+from strokeseg import reports, workdir
 from strokeseg.bins import assign_bins, bin_labels
 
 DPI = 30  # small: the size check scales with it and the suite stays fast
@@ -238,7 +238,7 @@ def test_failing_rename_removes_the_temp_file(tmp_path, monkeypatch):
     def refuse(src, dst):
         raise OSError("rename refused")
 
-    monkeypatch.setattr(reports.os, "replace", refuse)
+    monkeypatch.setattr(workdir.os, "replace", refuse)  # the rename of workdir.atomic_path
     with pytest.raises(OSError, match="rename refused"):
         draw_balance(tmp_path / "b.png")
     assert list(tmp_path.iterdir()) == []

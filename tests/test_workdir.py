@@ -78,3 +78,19 @@ def test_workdir_that_is_a_file_is_a_clear_error(tmp_path):
 def test_a_stage_refuses_to_start_before_its_input_stage(tmp_path):
     with pytest.raises(StageOrderError, match="run `python 01_dataset/run.py"):
         require_stage(tmp_path, "01_dataset")
+
+
+def test_atomic_path_keeps_the_extension_and_leaves_the_old_file_on_failure(tmp_path):
+    from strokeseg.workdir import atomic_path
+
+    target = tmp_path / "mask.nii.gz"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            assert tmp.parent == tmp_path and tmp.name.endswith(".nii.gz") and tmp != target
+            tmp.write_text("half")
+            raise RuntimeError("writer failed")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["mask.nii.gz"]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["mask.nii.gz"]
