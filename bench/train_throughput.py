@@ -294,19 +294,19 @@ def prefetched(items, depth: int):
 
 # Model --------------------------------------------------------------------------------------------
 def build_tf_model(setup: Setup, policy: str) -> keras.Model:
-    """As strokeseg.training.train: precision, strategy scope, loss, build_models, compile, build."""
+    """As strokeseg.training.train: precision, strategy scope, loss, build_training_model, compile, build."""
     from strokeseg.distribute import strategy_scope
     from strokeseg.losses import get_loss
     from strokeseg.metrics import training_metrics
     from strokeseg.optimizers import build_optimizer
-    from strokeseg.training import build_models
+    from strokeseg.training import build_training_model
 
     training = setup.training
     set_precision(policy)
     keras.utils.set_random_seed(derive_seed(setup.config.seed, "init", setup.plane, setup.fold))
     with strategy_scope(setup.strategy):
         loss = get_loss(training.loss, **training.loss_options)
-        model, _ = build_models(training, setup.input_shape, loss)
+        model = build_training_model(training, setup.input_shape, loss)
         model.compile(optimizer=build_optimizer(training, setup.split.n_batches), loss=loss,
                       metrics=training_metrics())
         model.optimizer.build(model.trainable_variables)

@@ -119,11 +119,19 @@ class AlignmentPenalty(keras.layers.Layer):
         return {**super().get_config(), "loss_config": self.loss_config}
 
 
-def build_models(training: TrainingConfig, input_shape: tuple[int, int, int], loss) -> tuple[keras.Model, keras.Model]:
-    """(trained model, inference model); they are the same except for LCNN, whose training model
-    also adds the alignment term."""
-    model = build_model(training.model, input_shape, **training.model_options)
-    return _wrap_lcnn(model, loss) if isinstance(loss, LCNNLoss) else (model, model)
+def build_training_model(training: TrainingConfig, input_shape: tuple[int, int, int], loss) -> keras.Model:
+    """The model ``fit`` trains: the registry model, with LCNN's alignment term when the loss is LCNN's."""
+    return _with_loss_layers(build_model(training.model, input_shape, **training.model_options), loss)
+
+
+def _with_loss_layers(model: keras.Model, loss) -> keras.Model:
+    """``model`` itself, or with the loss LCNN's, a view of it that adds the alignment term."""
+    if not isinstance(loss, LCNNLoss):
+        return model
+    from strokeseg.models.lcnn import training_model  # LCNN only: a heavy module
+    probabilities, aligned, params = training_model(model).outputs
+    output = AlignmentPenalty(loss.get_config(), name="alignment_penalty")(model.input, aligned, params, probabilities)
+    return keras.Model(model.input, output, name=f"{model.name}_training")
 
 
 # Checkpoints ---------------------------------------------------------------------------------------
@@ -277,7 +285,7 @@ def _compiled_model(spec: RunSpec, state: RunState, folder: Path, strategy, repl
     keras.utils.set_random_seed(derive_seed(spec.seed, "init", spec.plane, spec.test_fold))
     with strategy_scope(strategy):
         loss = get_loss(training.loss, **training.loss_options)
-        model, _ = build_models(training, input_shape, loss)
+        model = build_training_model(training, input_shape, loss)
         if replicas > 1:
             _synchronize_batch_norm(model)
         model.compile(optimizer=build_optimizer(training, steps), loss=loss, metrics=training_metrics())
@@ -376,7 +384,7 @@ def _remove_stale(folder: Path, state: RunState) -> None:
 def _write_best_model(spec: RunSpec, input_shape, folder: Path, state: RunState) -> None:
     """``best.keras``: the inference model (no optimizer) with the best epoch's weights."""
     inference = inference_model(spec.training, input_shape)
-    load_variables(folder / state.best, list(_trained_variables(spec.training, inference, input_shape)))
+    load_variables(folder / state.best, _trained_variables(spec.training, inference))
     with atomic_path(folder / BEST_MODEL) as tmp:
         inference.save(tmp)
 
@@ -387,21 +395,11 @@ def inference_model(training: TrainingConfig, input_shape) -> keras.Model:
     return build_model(training.model, tuple(input_shape), **training.model_options)
 
 
-def _trained_variables(training: TrainingConfig, inference: keras.Model, input_shape) -> list:
-    """The variables the best-epoch file holds, for a fresh inference model: the training model's
-    variables are the inference model's, plus LCNN's warm-up variable."""
-    if training.model != "lcnn":
-        return list(inference.variables)
-    loss = get_loss(training.loss, **training.loss_options)
-    model, _ = _wrap_lcnn(inference, loss)
-    return list(model.variables)
-
-
-def _wrap_lcnn(model: keras.Model, loss) -> tuple[keras.Model, keras.Model]:
-    from strokeseg.models.lcnn import training_model  # LCNN only: a heavy module
-    probabilities, aligned, params = training_model(model).outputs
-    output = AlignmentPenalty(loss.get_config(), name="alignment_penalty")(model.input, aligned, params, probabilities)
-    return keras.Model(model.input, output, name=f"{model.name}_training"), model
+def _trained_variables(training: TrainingConfig, inference: keras.Model) -> list:
+    """The variables the best-epoch file holds, for a fresh inference model: those of the training
+    model built around it (the same test as in training, on the loss, so LCNN trained with another
+    loss has no warm-up variable here either)."""
+    return list(_with_loss_layers(inference, get_loss(training.loss, **training.loss_options)).variables)
 
 
 def load_best_model(folder: Path) -> keras.Model:

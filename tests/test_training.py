@@ -125,3 +125,17 @@ def test_fresh_discards_a_run(prepared_workdir, tmp_path):
         training.train(spec, progress=False)
     assert train_and_evaluate(spec, Inputs.of(prepared_workdir), fresh=True, progress=False)
     assert (spec.folder / "test_subjects.csv").is_file()
+
+
+@pytest.mark.parametrize("loss", ["lcnn", "tversky_plus_focal"])
+def test_the_best_model_file_holds_the_training_models_variables_for_lcnn_with_any_loss(loss):
+    """best.keras is rebuilt from the best epoch's variables: with LCNN's own loss the training model
+    adds a warm-up variable, with another (comparison.recipe=raxnet) it must not expect one."""
+    from strokeseg.losses import get_loss
+    from strokeseg.models import build_model
+
+    settings = replace(training.TrainingConfig(), model="lcnn", model_options={"width": 0.125}, loss=loss)
+    trained = training.build_training_model(settings, (32, 32, 3), get_loss(loss))
+    inference = build_model("lcnn", (32, 32, 3), width=0.125)
+    assert ([tuple(v.shape) for v in training._trained_variables(settings, inference)]
+            == [tuple(v.shape) for v in trained.variables])
