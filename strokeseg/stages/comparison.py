@@ -76,7 +76,7 @@ def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = Fals
         subjects.append(model_subjects)
         runs.append(model_runs.assign(comparison="model"))
         reference_slices = read_csv(reference_dir / "test_slices.csv")
-        tables = _fold_tables(experiments, pd.concat([reference_slices, slices], ignore_index=True),
+        tables = _fold_tables(pd.concat([reference_slices, slices], ignore_index=True),
                               pd.concat(subjects, ignore_index=True))
     subjects = pd.concat(subjects, ignore_index=True)
 
@@ -86,7 +86,7 @@ def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = Fals
         slices, per_subject, loss_runs = experiments.collect(specs, root, loss=loss)
         loss_subjects.append(per_subject)
         runs.append(loss_runs.assign(comparison="loss"))
-        loss_tables += [t.assign(loss=loss) for t in _fold_tables(experiments, slices, per_subject)]
+        loss_tables += [t.assign(loss=loss) for t in _fold_tables(slices, per_subject)]
 
     with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir), kept=(RUNS, LOSS_RUNS)) as out:
         if model_specs:
@@ -110,8 +110,10 @@ def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = Fals
     return root
 
 
-def _fold_tables(experiments, slices: pd.DataFrame, subjects: pd.DataFrame) -> list[pd.DataFrame]:
+def _fold_tables(slices: pd.DataFrame, subjects: pd.DataFrame) -> list[pd.DataFrame]:
     """Stage 08's fold tables, one per (model, plane), labelled."""
+    from strokeseg import experiments  # imports TensorFlow: not at module import (the CLI)
+
     return [_first(_first(table, "plane", plane), "model", model)
             for (model, plane), table in experiments.plane_fold_tables(slices, subjects).items()]
 

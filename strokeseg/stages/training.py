@@ -33,7 +33,6 @@ def starting_config(workdir: Path, overrides: Iterable[str] = ()) -> Config:
 
 def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = False) -> Path:
     from strokeseg import experiments
-    from strokeseg.distribute import worker_info
 
     inputs = experiments.Inputs.of(workdir)
     training = config.training
