@@ -32,7 +32,7 @@ class Recorder:
 
     def __call__(self, x):
         assert isinstance(x, np.ndarray) and not isinstance(x, np.memmap)
-        assert x.dtype == np.float32
+        assert x.dtype == np.float32 and x.ndim == 4
         self.calls.append(x.shape)
         return self.fn(x)
 

@@ -12,22 +12,7 @@ from strokeseg.nifti import load_t1
 from strokeseg.stores import SliceStore, write_stores
 
 from conftest import write_tiny_cohort
-
-
-class Recorder:
-    """A predict function that records the shape of every call and delegates to ``fn``."""
-
-    def __init__(self, fn):
-        self.fn, self.calls = fn, []
-
-    def __call__(self, x):
-        assert isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 4
-        self.calls.append(x.shape)
-        return self.fn(x)
-
-    @property
-    def sizes(self):
-        return [shape[0] for shape in self.calls]
+from test_fold_evaluation import Recorder
 
 
 def centre_channel(x):
