@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from strokeseg.config import PROFILES, apply_overrides, load_profile
+from strokeseg.config import PROFILES, apply_overrides, field_table, load_profile
 from strokeseg.errors import StrokesegError
 from strokeseg.workdir import previous_stage, stage_config
 
@@ -41,15 +41,52 @@ COMMANDS = {
 OWN_ARGUMENTS = {"models", "training", "comparison", "fusion"}
 
 OVERRIDE_HELP = ("override one config value, e.g. --set cv.n_folds=5 --set convert.normalization=slice_max "
-                 "(repeatable; sections: dataset, bins, split, convert, cv, batches, prepare, training, comparison; see "
-                 "strokeseg/config.py for every field and its default)")
+                 "(repeatable; the values this stage reads are listed below with their defaults)")
+
+# subcommand -> the config values its stage (with the modules it calls) reads: sections, dotted keys or
+# top-level keys, listed with their defaults by --help (strokeseg.config.field_table).
+READS = {
+    "dataset": ("dataset", "bins", "workers"),
+    "splitting": ("split", "seed"),  # stratifies on stage 01's volume_bin column, not on bins.*
+    "convert": ("convert", "dataset.binarize_masks", "workers"),
+    "cross-validation": ("cv", "bins", "seed"),
+    "batches": ("batches.batch_size", "batches.lesion_per_batch", "batches.inner_validation_fraction",
+                "bins.axial_edges", "bins.sagittal_edges", "bins.coronal_edges", "seed"),
+    "prepare": ("prepare", "cv.n_folds"),
+    "models": ("prepare.planes", "convert.canvas_multiple", "dataset.source", "seed"),
+    "training": ("training", "cv.n_folds", "batches.fixed_order", "prepare.channels", "seed"),
+    "comparison": ("comparison", "training", "cv.n_folds", "batches.fixed_order", "prepare.channels", "seed"),
+    "fusion": ("training.model", "training.eval_batch_size", "convert", "dataset.binarize_masks",
+               "bins.volume_edges"),
+}
+NOT_READ = {"comparison": ("training.max_epochs", "training.planes", "training.folds")}  # comparison.* replace them
+BINS_NOTE = "bins.*: stage 01 assigned every bin; this stage uses only their count and labels, so set them in stage 01."
+NOTES = {
+    "cross-validation": BINS_NOTE,
+    "batches": BINS_NOTE,
+    "fusion": BINS_NOTE,
+    "models": "convert.canvas_multiple is used only while no stage-03 store exists, dataset.source only before "
+              "stage 01 has run.",
+    "comparison": "training.* is stage 08's setup, the base of every run here; with comparison.recipe=published "
+                  "each model's\npublished loss, optimiser and schedule replace the training section's.",
+}
+CONFIG_HEADER = ("configuration values this stage reads; change one with --set KEY=VALUE (recorded in the stage's "
+                 "config.json).\nEach line: key, the paper profile's value [demo: the demo profile's, where it "
+                 "differs], meaning.")
+
+
+def config_epilog(command: str) -> str:
+    """The --help epilog of a stage: the config values it reads, with defaults and meaning."""
+    note = f"\n{NOTES[command]}" if command in NOTES else ""
+    return f"{CONFIG_HEADER}{note}\n{field_table(READS[command], NOT_READ.get(command, ()))}"
 
 
 def build_parser(default_workdir: Path | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="strokeseg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     for name, (folder, _, text) in COMMANDS.items():
-        sub = commands.add_parser(name, help=text, description=text)
+        sub = commands.add_parser(name, help=text, description=text, epilog=config_epilog(name),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.add_argument("--workdir", type=Path, default=default_workdir or Path.cwd(),
                          help="root of the output tree; this stage writes <workdir>/%s/ (default: %%(default)s)"
                               % folder)

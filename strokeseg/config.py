@@ -29,14 +29,15 @@ AXIAL_CORONAL_SLICE_EDGES = (0, 200, 500, 1_000, 2_000, 3_000, math.inf)
 SAGITTAL_SLICE_EDGES = (0, 500, 1_000, 2_000, 3_000, 5_000, math.inf)
 
 
+# Every field is explained in FIELD_HELP below (shown by each stage's --help).
 @dataclass(frozen=True)
 class DatasetConfig:
-    source: str = "synthetic"            # "synthetic" or "atlas"
-    atlas_dir: str | None = None         # root of the ATLAS v2.0 BIDS tree when source == "atlas"
-    n_subjects: int = 655                # size of the synthetic cohort
-    downsample: int = 1                  # integer factor for tiny synthetic cohorts (tests)
-    binarize_masks: bool = False         # accept non-{0,1} masks by taking mask > 0
-    synthetic_seed: int = 2022           # the synthetic cohort's own seed (independent of protocol seed)
+    source: str = "synthetic"
+    atlas_dir: str | None = None
+    n_subjects: int = 655
+    downsample: int = 1
+    binarize_masks: bool = False
+    synthetic_seed: int = 2022
 
 
 @dataclass(frozen=True)
@@ -52,37 +53,35 @@ class BinsConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    holdout_fraction: float = 0.2        # the 20 % kept for 3-D fusion evaluation
+    holdout_fraction: float = 0.2
 
 
 @dataclass(frozen=True)
 class ConvertConfig:
-    # "volume_robust": percentile clip inside the head, computed once per volume and shared by
-    # the three planes (upstream-raxnet.md §14.8). "slice_max": upstream x / max * 255 per slice.
     normalization: str = "volume_robust"
     robust_percentiles: tuple[float, float] = (0.5, 99.5)
-    canvas_multiple: int = 16            # generic grids are padded to the next multiple of this
-    store_dtype: str = "uint8"           # intensities are on a 0..255 scale in both modes
+    canvas_multiple: int = 16
+    store_dtype: str = "uint8"
 
 
 @dataclass(frozen=True)
 class CrossValidationConfig:
     n_folds: int = 5
-    normal_ratio: float = 1.0            # normal slices per lesion slice, per subject
-    min_brain_fraction: float = 0.05     # a slice "contains brain" above this fraction of its pixels
+    normal_ratio: float = 1.0
+    min_brain_fraction: float = 0.05
 
 
 @dataclass(frozen=True)
 class BatchConfig:
     batch_size: int = 32
     lesion_per_batch: int = 16
-    inner_validation_fraction: float = 0.15   # of the training-fold subjects, for model selection
-    fixed_order: bool = False            # True reproduces upstream: same batch order every epoch
+    inner_validation_fraction: float = 0.15
+    fixed_order: bool = False
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    channels: tuple[int, ...] = (1,)     # adjacent slices as channels: 1 (2-D), 3 (LCNN), 4 (D-UNet)
+    channels: tuple[int, ...] = (1,)
     planes: tuple[str, ...] = PLANES
 
 
@@ -90,34 +89,33 @@ class PrepareConfig:
 class TrainingConfig:
     """Stage 08 (and the defaults stage 09 starts from). Paper: upstream-raxnet.md §8, §8.1, §14.14."""
     model: str = "raxnet"
-    model_options: dict = field(default_factory=dict)   # passed to build_model, e.g. {"width": 0.125}
-    loss: str = "tversky_plus_focal"     # upstream's "FocalTverskyLoss" = (1 − Tversky) + focal BCE
+    model_options: dict = field(default_factory=dict)
+    loss: str = "tversky_plus_focal"
     loss_options: dict = field(default_factory=dict)
-    optimizer: str = "adamw"             # adamw, adam or sgd
+    optimizer: str = "adamw"
     learning_rate: float = 1e-3
-    weight_decay: float = 0.004          # adamw only
-    momentum: float = 0.0                # sgd only
-    clipnorm: float = 0.0                # 0 = no gradient-norm clipping
-    schedule: str = "exponential"        # constant, exponential, cosine, cosine_restarts
-    decay_steps: int = 100_000           # exponential: lr · decay_rate^(step / decay_steps)
+    weight_decay: float = 0.004
+    momentum: float = 0.0
+    clipnorm: float = 0.0
+    schedule: str = "exponential"
+    decay_steps: int = 100_000
     decay_rate: float = 0.9
-    restart_epochs: int = 10             # cosine_restarts: first period in epochs (doubles each time)
-    min_learning_rate: float = 0.0       # cosine schedules' floor
-    plateau_factor: float = 1.0          # < 1: multiply lr by this after plateau_patience epochs without
-    plateau_patience: int = 0            # a better validation loss (constant schedule only)
+    restart_epochs: int = 10
+    min_learning_rate: float = 0.0
+    plateau_factor: float = 1.0
+    plateau_patience: int = 0
     max_epochs: int = 500
-    patience: int = 50                   # early stopping on the inner-validation loss (upstream ignored it)
+    patience: int = 50
     min_delta: float = 0.0
-    steps_per_epoch: int = 0             # 0 = every batch of the training folds once per epoch
-    validation_steps: int = 0            # 0 = every inner-validation batch
-    augment: bool = False                # upstream had none (§14.14)
-    flip_probability: float = 0.5        # left-right flip
+    steps_per_epoch: int = 0
+    validation_steps: int = 0
+    augment: bool = False
+    flip_probability: float = 0.5
     max_rotation_degrees: float = 10.0
-    max_scaling: float = 0.1             # zoom factor drawn from [1 − s, 1 + s]
-    precision: str = "auto"              # auto (mixed_float16 on GPU, else float32), float32, mixed_float16,
-                                         # mixed_bfloat16
+    max_scaling: float = 0.1
+    precision: str = "auto"
     planes: tuple[str, ...] = PLANES
-    folds: tuple[int, ...] = ()          # () = every fold
+    folds: tuple[int, ...] = ()
     eval_batch_size: int = 32
 
 
@@ -125,14 +123,14 @@ class TrainingConfig:
 class ComparisonConfig:
     """Stage 09: comparison models and the loss comparison (upstream-raxnet.md §9, §10, §14.17–19)."""
     models: tuple[str, ...] = ("xnet", "clci", "dunet", "lcnn", "unet", "resunet", "attention_unet")
-    recipe: str = "published"            # each model's published loss/optimiser, or "raxnet" for RAX-Net's
-    model_options: dict = field(default_factory=dict)   # per model, e.g. {"lcnn": {"width": 0.125}}
+    recipe: str = "published"
+    model_options: dict = field(default_factory=dict)
     planes: tuple[str, ...] = PLANES
-    folds: tuple[int, ...] = ()          # () = every fold
+    folds: tuple[int, ...] = ()
     max_epochs: int = 500
     losses: tuple[str, ...] = ("dice", "binary_focal", "tversky", "tversky_plus_focal", "focal_tversky")
     loss_planes: tuple[str, ...] = ("axial",)
-    loss_folds: tuple[int, ...] = (3,)   # upstream: axial, validation fold 3, 150 epochs each
+    loss_folds: tuple[int, ...] = (3,)
     loss_max_epochs: int = 150
 
 
@@ -140,7 +138,7 @@ class ComparisonConfig:
 class Config:
     profile: str = "paper"
     seed: int = 42
-    workers: int = 0                     # processes for per-volume work; 0 = one per CPU core
+    workers: int = 0
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     bins: BinsConfig = field(default_factory=BinsConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -215,6 +213,89 @@ class Config:
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "exponential", "cosine", "cosine_restarts")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+# One line per config value, keyed by its dotted name (what --set takes); each stage's --help lists
+# those it reads (strokeseg.cli), with the profiles' values, through describe_fields below.
+FIELD_HELP: dict[str, str] = {
+    "profile": "the profile this config was built from (recorded only; chosen with dataset --profile)",
+    "seed": "protocol seed: split, folds, normal slices, batches, weight init and batch order derive from it",
+    "workers": "processes for per-volume work; 0 = one per CPU core",
+
+    "dataset.source": '"synthetic" (generated ATLAS-like cohort) or "atlas" (--atlas-dir sets both)',
+    "dataset.atlas_dir": "root of the ATLAS v2.0 BIDS tree, required when source is atlas",
+    "dataset.n_subjects": "size of the synthetic cohort (unused for atlas)",
+    "dataset.downsample": "integer downsampling factor of the synthetic volumes (tiny test cohorts)",
+    "dataset.binarize_masks": "accept masks with values other than 0/1 by taking mask > 0 (else an error)",
+    "dataset.synthetic_seed": "seed of the synthetic cohort itself (independent of seed)",
+
+    "bins.volume_edges": "3-D lesion-volume bin edges, voxels, lo < v <= hi; they stratify split, folds, inner val.",
+    "bins.axial_edges": "axial lesion-slice size bin edges, pixels, lo < v <= hi; batches draw from every bin",
+    "bins.sagittal_edges": "sagittal lesion-slice size bin edges, pixels, lo < v <= hi",
+    "bins.coronal_edges": "coronal lesion-slice size bin edges, pixels, lo < v <= hi",
+
+    "split.holdout_fraction": "share of each volume bin's subjects held out for the 3-D fusion evaluation (stage 10)",
+
+    "convert.normalization": '"volume_robust": percentile window per volume, shared by the planes; '
+                             '"slice_max": upstream x / max * 255 per slice',
+    "convert.robust_percentiles": "[lo, hi] percentiles of the head voxels mapped to 0..255 (volume_robust)",
+    "convert.canvas_multiple": "canvas sides: next multiple of this (16 on the ATLAS grid: upstream's canvases)",
+    "convert.store_dtype": "dtype of the stored 0..255 intensities: uint8, float16 or float32",
+
+    "cv.n_folds": "subject-level cross-validation folds, shared by the three planes",
+    "cv.normal_ratio": "lesion-free slices drawn per lesion slice, per subject",
+    "cv.min_brain_fraction": "a lesion-free slice is used only if brain covers this fraction of its pixels",
+
+    "batches.batch_size": "slices per batch: lesion_per_batch lesion slices, the rest lesion-free",
+    "batches.lesion_per_batch": "lesion slices per batch, spread over the slice size bins",
+    "batches.inner_validation_fraction": "share of each fold's subjects kept for model selection, never fitted",
+    "batches.fixed_order": "true: the same batch order every epoch (upstream); false: reshuffled per epoch",
+
+    "prepare.channels": "input channel counts to prepare (adjacent slices): 1 for 2-D models, 3 LCNN, 4 D-UNet",
+    "prepare.planes": "planes to prepare (stage 07 measures these by default)",
+
+    "training.model": "model of stage 08 (09's reference, fused by 10): a strokeseg.models name, e.g. raxnet, unet",
+    "training.model_options": 'keyword arguments of the model\'s build, e.g. {"width": 0.125}',
+    "training.loss": "loss (strokeseg.losses); default: upstream's FocalTverskyLoss, (1 - Tversky) + focal BCE",
+    "training.loss_options": 'keyword arguments of the loss, e.g. {"fn_weight": 0.7}',
+    "training.optimizer": "adamw, adam or sgd",
+    "training.learning_rate": "initial learning rate",
+    "training.weight_decay": "AdamW weight decay (adamw only)",
+    "training.momentum": "SGD momentum (sgd only)",
+    "training.clipnorm": "gradient-norm clipping; 0 = none",
+    "training.schedule": "learning-rate schedule: constant, exponential, cosine (over max_epochs), cosine_restarts",
+    "training.decay_steps": "exponential schedule: lr * decay_rate ^ (step / decay_steps)",
+    "training.decay_rate": "exponential schedule: factor per decay_steps optimizer steps",
+    "training.restart_epochs": "cosine_restarts: first period in epochs (doubles at each restart)",
+    "training.min_learning_rate": "floor of the cosine schedules",
+    "training.plateau_factor": "< 1: multiply lr by this after plateau_patience epochs without a better "
+                               "inner-validation loss (constant schedule only)",
+    "training.plateau_patience": "epochs without a better inner-validation loss before a plateau reduction",
+    "training.max_epochs": "most epochs per (plane, fold) run",
+    "training.patience": "early stopping: epochs without a better inner-validation loss (upstream ignored it)",
+    "training.min_delta": "smallest fall of the inner-validation loss that counts as better",
+    "training.steps_per_epoch": "training steps per epoch; 0 = every training batch once",
+    "training.validation_steps": "inner-validation batches per epoch; 0 = all of them",
+    "training.augment": "random flip, rotation and zoom of training batches (upstream had none)",
+    "training.flip_probability": "augment: left-right flip probability (sagittal slices are never flipped)",
+    "training.max_rotation_degrees": "augment: rotation angle drawn from +- this many degrees",
+    "training.max_scaling": "augment: zoom factor drawn from [1 - s, 1 + s]",
+    "training.precision": "auto (mixed_float16 on a visible GPU, else float32), float32, mixed_float16, mixed_bfloat16",
+    "training.planes": "planes to train",
+    "training.folds": "test folds to run; [] = every fold",
+    "training.eval_batch_size": "batch size of test-fold evaluation (and of stage 10's inference, unless --batch-size)",
+
+    "comparison.models": "models compared with training.model under the same protocol",
+    "comparison.recipe": '"published": each model\'s published loss and optimiser; "raxnet": the training section\'s',
+    "comparison.model_options": 'build options per model, e.g. {"lcnn": {"width": 0.125}}',
+    "comparison.planes": "planes of the model comparison",
+    "comparison.folds": "test folds of the model comparison; [] = every fold",
+    "comparison.max_epochs": "most epochs per model-comparison run",
+    "comparison.losses": "losses of the loss comparison (each trains training.model)",
+    "comparison.loss_planes": "planes of the loss comparison",
+    "comparison.loss_folds": "test folds of the loss comparison; [] = every fold",
+    "comparison.loss_max_epochs": "most epochs per loss-comparison run",
+}
 
 
 def _check(ok: bool, message: str) -> None:
@@ -357,3 +438,62 @@ def derive_seed(seed: int, *parts: object) -> int:
     """A stable sub-seed for one purpose (e.g. ("normals", "axial", 3)), independent of call order."""
     words = [seed] + [zlib.crc32(str(p).encode()) for p in parts]
     return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
+# Descriptions -------------------------------------------------------------------------------------
+def describe_fields(keys: typing.Iterable[str],
+                    exclude: typing.Iterable[str] = ()) -> list[tuple[str, str, str | None, str]]:
+    """``(key, paper value, demo value or None where the same, help)`` per config value, values as JSON.
+
+    ``keys`` name a section (``"training"``), one value (``"bins.volume_edges"``, ``"seed"``) or, with
+    ``""``, every top-level value; the result follows their order (a section's in declaration order),
+    once each, less the values in ``exclude``. Values are read from the profiles, never copied."""
+    paper, demo = _flat(load_profile("paper")), _flat(load_profile("demo"))
+    chosen: list[str] = []
+    for key in keys:
+        if key == "":
+            matched = [k for k in paper if "." not in k]
+        elif key in paper:
+            matched = [key]
+        else:
+            matched = [k for k in paper if k.startswith(key + ".")]
+        if not matched:
+            raise ConfigError(f"unknown config key or section {key!r}")
+        chosen += [k for k in matched if k not in chosen]
+    skipped = set(exclude)
+    if skipped - set(paper):
+        raise ConfigError(f"unknown config keys {sorted(skipped - set(paper))}")
+    rows = []
+    for key in chosen:
+        if key not in skipped:
+            value, other = _render(paper[key]), _render(demo[key])
+            rows.append((key, value, other if other != value else None, FIELD_HELP[key]))
+    return rows
+
+
+def field_table(keys: typing.Iterable[str], exclude: typing.Iterable[str] = (), indent: str = "  ") -> str:
+    """:func:`describe_fields` as aligned lines: ``KEY  PAPER [demo: DEMO]  HELP``."""
+    rows = [(key, value if other is None else f"{value} [demo: {other}]", text)
+            for key, value, other, text in describe_fields(keys, exclude)]
+    if not rows:
+        return ""
+    key_width = max(len(key) for key, _, _ in rows)
+    value_width = min(max(len(value) for _, value, _ in rows), 20)  # longer values push their text
+    return "\n".join(f"{indent}{key:<{key_width}}  {value:<{value_width}}  {text}" for key, value, text in rows)
+
+
+def _flat(config: Config) -> dict[str, object]:
+    """Every value of ``config`` by dotted key, in declaration order (sections one level deep)."""
+    flat = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            flat.update({f"{f.name}.{g.name}": getattr(value, g.name) for g in fields(value)})
+        else:
+            flat[f.name] = value
+    return flat
+
+
+def _render(value) -> str:
+    """A value as ``--set`` takes it: JSON, with infinity as "inf"."""
+    return json.dumps(_jsonable(value))

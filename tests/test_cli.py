@@ -7,7 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from strokeseg.cli import build_parser, main
+from strokeseg.cli import COMMANDS, build_parser, main
+from strokeseg.config import load_profile
 
 from conftest import subject_paths, write_tiny_cohort
 
@@ -148,6 +149,40 @@ def test_every_stage_has_help_that_names_its_defaults(capsys):
             parser.parse_args([command, "--help"])
         text = capsys.readouterr().out
         assert "--workdir" in text and "--set KEY=VALUE" in text and "default" in text
+
+
+def stage_help(command: str, capsys) -> str:
+    with pytest.raises(SystemExit):
+        build_parser(Path("/repo")).parse_args([command, "--help"])
+    return capsys.readouterr().out
+
+
+def config_lines(text: str) -> dict[str, str]:
+    """The --help epilog's table: config key -> the rest of its line."""
+    table = text.split("configuration values this stage reads", 1)[1]
+    return {line.split()[0]: line.split(None, 1)[1] for line in table.splitlines() if line.startswith("  ")}
+
+
+def test_training_help_lists_its_config_values_with_paper_and_demo_values(capsys):
+    lines = config_lines(stage_help("training", capsys))
+    demo = load_profile("demo").training.max_epochs
+    assert lines["training.max_epochs"].startswith("500")
+    if demo != 500:
+        assert f"[demo: {demo}]" in lines["training.max_epochs"]
+    assert {"training.precision", "training.augment", "cv.n_folds", "batches.fixed_order", "seed"} <= set(lines)
+    assert not any(key.startswith(("comparison.", "dataset.")) for key in lines)
+
+
+def test_splitting_help_lists_only_what_splitting_reads(capsys):
+    lines = config_lines(stage_help("splitting", capsys))
+    assert set(lines) == {"split.holdout_fraction", "seed"}
+    assert lines["split.holdout_fraction"].startswith("0.2")
+
+
+def test_every_stage_lists_the_config_values_it_reads(capsys):
+    for command in COMMANDS:
+        lines = config_lines(stage_help(command, capsys))
+        assert lines and all(text.strip() for text in lines.values()), command
 
 
 def test_missing_atlas_dir(tmp_path, capsys):

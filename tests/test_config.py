@@ -1,9 +1,11 @@
+import dataclasses
 import json
 import math
 
 import pytest
 
-from strokeseg.config import Config, derive_seed, from_dict, load_profile, read_config, to_json
+from strokeseg.config import (FIELD_HELP, Config, derive_seed, describe_fields, field_table, from_dict, load_profile,
+                              read_config, to_json)
 from strokeseg.errors import ConfigError
 
 
@@ -60,3 +62,38 @@ def test_derived_seeds_are_stable_and_distinct():
     assert derive_seed(42, "normals", "axial", 1) == derive_seed(42, "normals", "axial", 1)
     assert len({derive_seed(42, "normals", p, k) for p in ("axial", "sagittal") for k in (1, 2)}) == 4
     assert derive_seed(42, "x") != derive_seed(43, "x")
+
+
+def test_every_config_value_has_a_one_line_help_text():
+    keys = []
+    for section in dataclasses.fields(Config):
+        value = getattr(Config(), section.name)
+        if dataclasses.is_dataclass(value):
+            keys += [f"{section.name}.{f.name}" for f in dataclasses.fields(value)]
+        else:
+            keys.append(section.name)
+    for key in keys:
+        text = FIELD_HELP.get(key, "")
+        assert text.strip() and "\n" not in text, key
+    assert sorted(FIELD_HELP) == sorted(keys)  # no help for a value that no longer exists
+    sections = [f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(getattr(Config(), f.name))]
+    assert [row[0] for row in describe_fields(["", *sections])] == keys  # top-level first, as declared
+
+
+def test_described_values_are_the_profiles():
+    paper, demo = load_profile("paper"), load_profile("demo")
+    rows = {key: (value, other) for key, value, other, _ in
+            describe_fields(["training", "bins.volume_edges", "seed"], exclude=["training.planes"])}
+    assert "training.planes" not in rows and "training.folds" in rows and "cv.n_folds" not in rows
+    for key in ("training.max_epochs", "training.folds", "seed"):
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(paper, section) if section else paper, name)
+        other = getattr(getattr(demo, section) if section else demo, name)
+        assert rows[key] == (json.dumps(list(value) if isinstance(value, tuple) else value),
+                             None if other == value else json.dumps(list(other) if isinstance(other, tuple) else other))
+    assert rows["training.max_epochs"][0] == "500" and rows["training.folds"][0] == "[]"
+    assert rows["bins.volume_edges"][0] == '[0, 5000, 30000, 60000, 100000, 200000, "inf"]'
+    table = field_table(["split"]).split()
+    assert table == ["split.holdout_fraction", "0.2", *FIELD_HELP["split.holdout_fraction"].split()]
+    with pytest.raises(ConfigError, match="unknown config key"):
+        describe_fields(["trainig"])
