@@ -14,6 +14,7 @@ from pathlib import Path
 
 from strokeseg.config import PROFILES, apply_overrides, field_table, load_profile
 from strokeseg.errors import StrokesegError
+from strokeseg.runtime import configure_tensorflow
 from strokeseg.workdir import previous_stage, stage_config
 
 log = logging.getLogger("strokeseg")
@@ -53,11 +54,12 @@ READS = {
     "batches": ("batches.batch_size", "batches.lesion_per_batch", "batches.inner_validation_fraction",
                 "bins.axial_edges", "bins.sagittal_edges", "bins.coronal_edges", "seed"),
     "prepare": ("prepare", "cv.n_folds"),
-    "models": ("prepare.planes", "convert.canvas_multiple", "dataset.source", "seed"),
-    "training": ("training", "cv.n_folds", "batches.fixed_order", "prepare.channels", "seed"),
-    "comparison": ("comparison", "training", "cv.n_folds", "batches.fixed_order", "prepare.channels", "seed"),
+    "models": ("prepare.planes", "convert.canvas_multiple", "dataset.source", "seed", "onednn"),
+    "training": ("training", "cv.n_folds", "batches.fixed_order", "prepare.channels", "seed", "onednn"),
+    "comparison": ("comparison", "training", "cv.n_folds", "batches.fixed_order", "prepare.channels", "seed",
+                   "onednn"),
     "fusion": ("training.model", "training.eval_batch_size", "convert", "dataset.binarize_masks",
-               "bins.volume_edges"),
+               "bins.volume_edges", "onednn"),
 }
 NOT_READ = {"comparison": ("training.max_epochs", "training.planes", "training.folds")}  # comparison.* replace them
 BINS_NOTE = "bins.*: stage 01 assigned every bin; this stage uses only their count and labels, so set them in stage 01."
@@ -159,6 +161,7 @@ def main(argv: list[str] | None = None, default_workdir: Path | None = None) -> 
         else:
             config = apply_overrides(stage_config(workdir, previous_stage(folder)), stage_overrides(args)).validate()
         extra = stage.run_options(args) if hasattr(stage, "run_options") else {}
+        configure_tensorflow(config.onednn)
         out = stage.run(workdir, config, progress=not args.quiet, **extra)
     except StrokesegError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -114,6 +114,7 @@ class TrainingConfig:
     max_rotation_degrees: float = 10.0
     max_scaling: float = 0.1
     precision: str = "auto"
+    batchnorm_momentum: float | None = None
     planes: tuple[str, ...] = PLANES
     folds: tuple[int, ...] = ()
     eval_batch_size: int = 32
@@ -139,6 +140,7 @@ class Config:
     profile: str = "paper"
     seed: int = 42
     workers: int = 0
+    onednn: bool = True
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     bins: BinsConfig = field(default_factory=BinsConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -193,6 +195,8 @@ class Config:
         _check(0.0 <= t.flip_probability <= 1.0, "training.flip_probability must be in [0, 1]")
         _check(0.0 <= t.max_scaling < 1.0, "training.max_scaling must be in [0, 1)")
         _check(t.eval_batch_size >= 1, "training.eval_batch_size must be >= 1")
+        _check(t.batchnorm_momentum is None or 0.0 <= t.batchnorm_momentum < 1.0,
+               "training.batchnorm_momentum must be null or in [0, 1)")
         _check(c.recipe in ("published", "raxnet"), "comparison.recipe must be 'published' or 'raxnet'")
         for name, planes in (("training.planes", t.planes), ("comparison.planes", c.planes),
                              ("comparison.loss_planes", c.loss_planes)):
@@ -221,6 +225,8 @@ FIELD_HELP: dict[str, str] = {
     "profile": "the profile this config was built from (recorded only; chosen with dataset --profile)",
     "seed": "protocol seed: split, folds, normal slices, batches, weight init and batch order derive from it",
     "workers": "processes for per-volume work; 0 = one per CPU core",
+    "onednn": "TensorFlow's oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS, if not exported); the demo turns them off: "
+              "they crashed training narrow RAX-Nets",
 
     "dataset.source": '"synthetic" (generated ATLAS-like cohort) or "atlas" (--atlas-dir sets both)',
     "dataset.atlas_dir": "root of the ATLAS v2.0 BIDS tree, required when source is atlas",
@@ -283,6 +289,8 @@ FIELD_HELP: dict[str, str] = {
     "training.precision": "auto (mixed_float16 on a visible GPU, else float32), float32, mixed_float16, mixed_bfloat16",
     "training.planes": "planes to train",
     "training.folds": "test folds to run; [] = every fold",
+    "training.batchnorm_momentum": "moving-average momentum of every batch-norm layer while training; null = the "
+                                   "model's own (Keras 0.99; PyTorch's default is 0.9)",
     "training.eval_batch_size": "batch size of test-fold evaluation (and of stage 10's inference, unless --batch-size)",
 
     "comparison.models": "models compared with training.model under the same protocol",
@@ -309,7 +317,7 @@ def _check(ok: bool, message: str) -> None:
 # "demo": the same protocol on a small synthetic cohort that runs on a 2-core CPU.
 PROFILES: dict[str, dict[str, object]] = {
     "paper": {},
-    "demo": {"dataset.n_subjects": 40,
+    "demo": {"dataset.n_subjects": 40, "onednn": False,
              "training.max_epochs": 3, "training.patience": 3, "training.steps_per_epoch": 10,
              "training.validation_steps": 5, "training.folds": [1], "training.augment": True,
              "comparison.models": ["unet"], "comparison.folds": [1], "comparison.max_epochs": 2,

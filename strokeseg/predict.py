@@ -53,6 +53,7 @@ from strokeseg.evaluation import voxel_volume_ml
 from strokeseg.inference import PlanePredictor
 from strokeseg.lesions import component_sizes
 from strokeseg.nifti import load_t1, write_nifti
+from strokeseg.runtime import configure_tensorflow
 from strokeseg.workdir import write_csv
 
 log = logging.getLogger("strokeseg.predict")
@@ -139,15 +140,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def recorded_config(models_dir: Path) -> dict:
+    """``<models>/config.json`` (the training run's config) as a dict; {} when there is none."""
+    path = Path(models_dir) / CONFIG_NAME
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: unreadable config ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(record, dict):
+        raise UsageError(f"{path}: unreadable config (not a JSON object)")
+    return record
+
+
 def convert_config(models_dir: Path, args: argparse.Namespace | None = None) -> ConvertConfig:
     """Package defaults, then the ``convert`` section of ``<models>/config.json`` if present, then flags."""
     overrides: dict = {}
     path = Path(models_dir) / CONFIG_NAME
     if path.is_file():
-        try:
-            section = json.loads(path.read_text()).get("convert", {})
-        except (OSError, json.JSONDecodeError, AttributeError) as exc:
-            raise UsageError(f"{path}: unreadable config ({exc.__class__.__name__}: {exc})") from None
+        section = recorded_config(models_dir).get("convert", {})
         if not isinstance(section, dict):
             raise UsageError(f"{path}: 'convert' is not a JSON object")
         overrides.update({k: v for k, v in section.items() if k in CONVERT_KEYS})
@@ -402,6 +414,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Exit status: 0 every case ok, 1 some case failed, 2 usage error (one line on stderr)."""
     try:
         options = options_from_args(args)
+        configure_tensorflow(bool(recorded_config(args.models).get("onednn", True)))
         status, _ = run(args.inputs, args.models, args.output, options, ensemble=args.ensemble)
     except StrokesegError as exc:  # UsageError, or a models-folder InputError: nothing was processed
         print(f"error: {exc}", file=sys.stderr)

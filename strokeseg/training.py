@@ -120,8 +120,16 @@ class AlignmentPenalty(keras.layers.Layer):
 
 
 def build_training_model(training: TrainingConfig, input_shape: tuple[int, int, int], loss) -> keras.Model:
-    """The model ``fit`` trains: the registry model, with LCNN's alignment term when the loss is LCNN's."""
-    return _with_loss_layers(build_model(training.model, input_shape, **training.model_options), loss)
+    """The model ``fit`` trains: the registry model, with LCNN's alignment term when the loss is LCNN's,
+    and ``training.batchnorm_momentum`` when set."""
+    model = build_model(training.model, input_shape, **training.model_options)
+    if training.batchnorm_momentum is not None:
+        # Keras' 0.99 averages the batch statistics over ~100 steps: in a run of a few hundred
+        # steps the moving statistics lag the weights, and inference-mode outputs lag training.
+        for layer in model._flatten_layers(include_self=False):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = training.batchnorm_momentum
+    return _with_loss_layers(model, loss)
 
 
 def _with_loss_layers(model: keras.Model, loss) -> keras.Model:

@@ -139,3 +139,18 @@ def test_the_best_model_file_holds_the_training_models_variables_for_lcnn_with_a
     inference = build_model("lcnn", (32, 32, 3), width=0.125)
     assert ([tuple(v.shape) for v in training._trained_variables(settings, inference)]
             == [tuple(v.shape) for v in trained.variables])
+
+
+def test_batchnorm_momentum_reaches_every_batch_norm_layer_only_when_set():
+    import keras
+
+    from strokeseg.losses import get_loss
+
+    def momenta(**options):
+        settings = replace(training.TrainingConfig(), model_options={"width": 0.125}, **options)
+        model = training.build_training_model(settings, (32, 32, 1), get_loss("dice"))
+        return {layer.momentum for layer in model._flatten_layers(include_self=False)
+                if isinstance(layer, keras.layers.BatchNormalization)}
+
+    assert momenta() == {0.99}                              # Keras' default, upstream's
+    assert momenta(batchnorm_momentum=0.9) == {0.9}

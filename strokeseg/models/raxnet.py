@@ -32,6 +32,8 @@ runs with the same topology.
 """
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers
 
@@ -87,15 +89,22 @@ def _decoder_block(prev, skip, canonical: int, width: float, name: str):
     return layers.Add(name=f"{name}_out")([main, r])
 
 
-def build(input_shape: tuple[int, int, int], *, width: float = 1.0, **unknown) -> keras.Model:
+def build(input_shape: tuple[int, int, int], *, width: float = 1.0, output_prior: float | None = None,
+          **unknown) -> keras.Model:
     """RAX-Net for inputs of shape (H, W, C); H and W multiples of 16.
 
     ``width`` multiplies every layer's filter count (rounded, at least 1): 1.0 is upstream's
-    network exactly; smaller widths are for CPU-sized runs (the demo), with the same topology."""
+    network exactly; smaller widths are for CPU-sized runs (the demo), with the same topology.
+    ``output_prior`` initialises the head's bias to logit(prior) so that the untrained network
+    predicts about that lesion fraction instead of 0.5 everywhere (the focal-loss initialisation of
+    Lin et al. 2017); short runs then skip the first phase of learning "background". None = zero
+    bias, as upstream. Parameter count and topology are unchanged."""
     if unknown:
-        raise ConfigError(f"raxnet: unknown option(s) {sorted(unknown)}; accepted: width")
+        raise ConfigError(f"raxnet: unknown option(s) {sorted(unknown)}; accepted: width, output_prior")
     if not width > 0:
         raise ConfigError(f"raxnet: width must be > 0, got {width}")
+    if output_prior is not None and not 0.0 < output_prior < 1.0:
+        raise ConfigError(f"raxnet: output_prior must be in (0, 1), got {output_prior}")
     check_input_shape("raxnet", input_shape, SIZE_MULTIPLE)
 
     image = keras.Input(shape=tuple(input_shape), name="image")
@@ -111,5 +120,6 @@ def build(input_shape: tuple[int, int, int], *, width: float = 1.0, **unknown) -
         x = _decoder_block(x, skip, filters, width, f"dec{filters}")
 
     # float32 head so the probabilities stay float32 under a mixed-precision policy
-    probabilities = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="head")(x)
+    bias = "zeros" if output_prior is None else keras.initializers.Constant(math.log(output_prior / (1 - output_prior)))
+    probabilities = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", bias_initializer=bias, name="head")(x)
     return keras.Model(image, probabilities, name="raxnet")

@@ -97,3 +97,24 @@ def test_width_scales_every_layer_and_one_is_upstream_exactly():
     assert narrow.count_params() < raxnet.build((32, 32, 1)).count_params() / 10
     with pytest.raises(ConfigError, match="width"):
         raxnet.build((32, 32, 1), width=0)
+
+
+def test_output_prior_sets_the_untrained_prediction_without_changing_the_network():
+    import math
+
+    import numpy as np
+
+    from strokeseg.models import raxnet
+
+    upstream = raxnet.build((32, 32, 1), width=0.25)
+    primed = raxnet.build((32, 32, 1), width=0.25, output_prior=0.01)
+    assert primed.count_params() == upstream.count_params()
+    np.testing.assert_allclose(np.asarray(primed.get_layer("head").bias), [math.log(0.01 / 0.99)], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(upstream.get_layer("head").bias), [0.0])   # upstream: zeros
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 1)).astype("float32")
+    # as in the first training step (batch statistics): the prior, not 0.5, is the starting point
+    first_step = [float(np.mean(model(images, training=True))) for model in (primed, upstream)]
+    assert first_step[0] < 0.1 and 0.2 < first_step[1] < 0.8
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(ConfigError, match="output_prior"):
+            raxnet.build((32, 32, 1), output_prior=bad)
