@@ -16,18 +16,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# The stages that exist so far, in order, on the synthetic cohort with the demo profile.
+# The whole study on the synthetic cohort with the demo profile: stages 01 -> 10 (each its run.py),
+# then `strokeseg predict` on the held-out volumes; prints per-stage wall times and the fused Dice.
 demo: $(STAMP)
-	$(PY) 01_dataset/run.py --profile demo --workdir $(WORKDIR)
-	$(PY) 02_splitting/run.py --workdir $(WORKDIR)
-	$(PY) 03_convert/run.py --workdir $(WORKDIR)
-	$(PY) 04_cross_validation/run.py --workdir $(WORKDIR)
-	$(PY) 05_batch_distribution/run.py --workdir $(WORKDIR)
-	$(PY) 06_preparation/run.py --workdir $(WORKDIR)
-	$(PY) 07_models/run.py --workdir $(WORKDIR) --quick --models raxnet
-	$(PY) 08_training/run.py --workdir $(WORKDIR)
-	$(PY) 09_comparison/run.py --workdir $(WORKDIR)
-	$(PY) 10_fusion/run.py --workdir $(WORKDIR)
+	$(PY) -m strokeseg.demo --workdir $(WORKDIR)
 
 # The full model table: every model on every plane, measured (about 12 minutes on 2 CPU cores).
 models-table: $(STAMP)

@@ -164,6 +164,20 @@ def test_stages_07_to_10_complete_the_study(workdir):
     assert len(list((workdir / "10_fusion" / "masks").glob("*_fused_mask.nii.gz"))) == len(holdout)
     assert set(pd.read_csv(workdir / "09_comparison" / "wilcoxon.csv")["model"]) == {"unet"}
 
+    # The demo's report reads every table of the study (its numbers are the CSVs', not typed).
+    from strokeseg import demo
+
+    timing = pd.DataFrame({"stage": ["10_fusion", "total"], "seconds": [3.0, 3.0], "peak_rss_gib": [1.0, 1.0]})
+    agreement = (len(holdout), len(holdout))
+    report = demo.results_markdown(workdir, timing, agreement)
+    fused_row = pd.read_csv(workdir / "10_fusion" / "summary.csv").set_index("mask").loc["fused"]
+    fused_text = f"{fused_row['dice_mean']:.3f} ± {fused_row['dice_std']:.3f}"
+    assert f"| fused | {len(holdout)} | {fused_text} (" in report
+    assert report.startswith("Data: `")                         # the tiny cohort came from --atlas-dir
+    assert "| axial | " in report and "| unet | " in report and "| dice | axial | " in report
+    assert f"Fused 3-D Dice on the {len(holdout)} held-out subjects: {fused_text}" in \
+        demo.closing_lines(workdir, timing, agreement)
+
 
 def test_synthetic_cohort_is_built_reused_and_labelled(tmp_path):
     args = ["--profile", "demo", "--n-subjects", "12", "--downsample", "4", "--workers", "1"]

@@ -1,0 +1,286 @@
+"""``make demo``: the whole study, stages 01 → 10, on the synthetic cohort with the demo profile.
+
+Each stage runs as its own process through the same ``run.py`` a user runs (so the demo exercises
+exactly the documented interface), timed; then the held-out volumes are predicted through
+``strokeseg predict``, the command the Docker image runs, and its masks are checked against stage
+10's. At the end the demo prints the per-stage wall times, the fused 3-D Dice of the held-out
+subjects and where the tables and figures are, and writes ``demo_results.md`` (the README's Results
+section is that file's content, pasted by ``--update-readme``, never typed by hand).
+
+    python -m strokeseg.demo --workdir DIR [--update-readme README.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from strokeseg.errors import StrokesegError
+from strokeseg.workdir import atomic_write_text, is_synthetic_run, read_csv, stage_config, write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+PREDICT_DIR = "demo_predict"
+RESULTS_FILE = "demo_results.md"
+TIMINGS_FILE = "demo_timings.csv"
+README_BEGIN = "<!-- demo-results:begin (written by python -m strokeseg.demo --update-readme) -->"
+README_END = "<!-- demo-results:end -->"
+PREDICT_WHAT = "strokeseg predict (the Docker entrypoint) on the held-out T1 volumes"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    argv: tuple[str, ...]      # after the interpreter, before --workdir
+    what: str
+
+
+STEPS = (
+    Step("01_dataset", ("01_dataset/run.py", "--profile", "demo"), "synthetic cohort and lesion statistics"),
+    Step("02_splitting", ("02_splitting/run.py",), "80/20 subject split"),
+    Step("03_convert", ("03_convert/run.py",), "per-plane slice stores"),
+    Step("04_cross_validation", ("04_cross_validation/run.py",), "subject-level folds, balance tests"),
+    Step("05_batch_distribution", ("05_batch_distribution/run.py",), "distribution-matched batch plans"),
+    Step("06_preparation", ("06_preparation/run.py",), "memory-mapped training arrays"),
+    Step("07_models", ("07_models/run.py", "--quick", "--models", "raxnet", "--planes", "axial"),
+         "model table (smoke run)"),
+    Step("08_training", ("08_training/run.py",), "RAX-Net per plane, test-fold evaluation"),
+    Step("09_comparison", ("09_comparison/run.py",), "comparison model and loss comparison"),
+    Step("10_fusion", ("10_fusion/run.py", "--min-lesion-voxels", "auto"),
+         "tri-planar fusion of the hold-out, 3-D evaluation"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m strokeseg.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=ROOT,
+                        help="root of the output tree (default: the repository, outputs beside each run.py)")
+    parser.add_argument("--update-readme", type=Path, default=None, metavar="README",
+                        help="also replace the block between the demo-results markers of this file with the "
+                             "results (default: leave the README alone)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: rewrite demo_results.md (and the README block with --update-readme) "
+                             "from this workdir's finished demo and its demo_timings.csv")
+    args = parser.parse_args(argv)
+    workdir = args.workdir.resolve()
+    try:
+        timing = read_csv(workdir / TIMINGS_FILE) if args.report_only else run_all(workdir)
+        if timing is None:
+            return 1
+        agreement = predict_agreement(workdir)
+        report = results_markdown(workdir, timing, agreement)
+        atomic_write_text(workdir / RESULTS_FILE, report)
+        if args.update_readme:
+            update_readme(args.update_readme, report)
+    except StrokesegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(closing_lines(workdir, timing, agreement), flush=True)
+    return 0
+
+
+def run_all(workdir: Path) -> pd.DataFrame | None:
+    """Every stage, then predict; the timing table (None when a step failed, after saying which)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    timings = []
+    steps = [(step.name, step.what, [*step.argv, "--workdir", str(workdir)]) for step in STEPS]
+    for name, what, argv in [*steps, ("predict", PREDICT_WHAT, None)]:
+        if _timed(name, what, argv or predict_argv(workdir), timings):
+            return None
+    timing = pd.DataFrame(timings, columns=["stage", "seconds", "peak_rss_gib"])
+    timing.loc[len(timing)] = ["total", timing["seconds"].sum(), timing["peak_rss_gib"].max()]
+    write_csv(timing, workdir / TIMINGS_FILE)
+    return timing
+
+
+def _timed(name: str, what: str, argv: list[str], timings: list) -> int:
+    """Run ``python argv`` from the repository root; record its wall time and peak RSS (the largest
+    of the process and the workers it waited for); return its exit status."""
+    print(f"\n==> {name}: {what}", flush=True)
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, *argv], cwd=ROOT)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = code = os.waitstatus_to_exitcode(status)
+    timings.append((name, time.perf_counter() - started, usage.ru_maxrss / 2 ** 20))   # KiB -> GiB
+    print(f"==> {name}: {timings[-1][1]:.0f} s", flush=True)
+    if code:
+        print(f"demo: {name} failed with exit status {code}; its messages are above", file=sys.stderr)
+    return code
+
+
+def predict_argv(workdir: Path) -> list[str]:
+    """``strokeseg predict`` on every hold-out T1 volume with the models folder stage 10 wrote."""
+    holdout = read_csv(workdir / "03_convert" / "holdout.csv")
+    return ["-m", "strokeseg.predict", *holdout["t1w"], "--models", str(workdir / "10_fusion" / "models"),
+            "--output", str(workdir / PREDICT_DIR)]
+
+
+# Results ---------------------------------------------------------------------------------------------
+def fused_dice(workdir: Path) -> pd.DataFrame:
+    """Stage 10's summary rows (mask = axial, sagittal, coronal, fused)."""
+    return read_csv(workdir / "10_fusion" / "summary.csv").set_index("mask")
+
+
+def predict_agreement(workdir: Path) -> tuple[int, int]:
+    """(cases whose ``strokeseg predict`` mask equals stage 10's fused mask voxel for voxel, cases)."""
+    from strokeseg.nifti import load_mask
+    from strokeseg.predict import MASK_SUFFIX, case_name
+
+    holdout = read_csv(workdir / "03_convert" / "holdout.csv")
+    same = 0
+    for subject, t1w in zip(holdout["subject_name"], holdout["t1w"]):
+        predicted = workdir / PREDICT_DIR / f"{case_name(t1w)}{MASK_SUFFIX}"
+        fused = workdir / "10_fusion" / "masks" / f"{subject}_fused_mask.nii.gz"
+        same += bool(np.array_equal(load_mask(predicted, allow_empty=True), load_mask(fused, allow_empty=True)))
+    return same, len(holdout)
+
+
+def closing_lines(workdir: Path, timing: pd.DataFrame, agreement: tuple[int, int]) -> str:
+    """What the demo prints last: wall times, the fused Dice, where everything is."""
+    summary = fused_dice(workdir)
+    best = summary.drop(index="fused")["dice_mean"].idxmax()
+    same, n = agreement
+    lines = ["", "Wall time per stage (s) and peak RSS (GiB):"]
+    lines += [f"  {stage:<22} {seconds:7.0f} {rss:6.2f}" for stage, seconds, rss in timing.itertuples(index=False)]
+    lines += ["",
+              f"Fused 3-D Dice on the {int(summary.loc['fused', 'n'])} held-out subjects: "
+              f"{_mean_std(summary.loc['fused'], 'dice')} (best single plane: {best}, "
+              f"{_mean_std(summary.loc[best], 'dice')})",
+              f"strokeseg predict reproduced stage 10's fused mask voxel for voxel on {same} of {n} subjects.",
+              "",
+              "Tables and figures:",
+              f"  {workdir / RESULTS_FILE}  (every table of this summary, as Markdown)",
+              f"  {workdir / '08_training'}/  fold tables <plane>_folds_results.csv, runs.csv, test_dice_3d.png",
+              f"  {workdir / '09_comparison'}/  model_comparison.csv, wilcoxon.csv, loss_comparison.csv, rainclouds",
+              f"  {workdir / '10_fusion'}/  subjects.csv, summary.csv, fusion_gain.csv, by_volume_bin.csv, "
+              "masks/, overlays/, figures",
+              f"  {workdir / PREDICT_DIR}/  predict's masks and predictions.csv"]
+    return "\n".join(lines)
+
+
+def _mean_std(row: pd.Series, metric: str, digits: int = 3) -> str:
+    return f"{row[f'{metric}_mean']:.{digits}f} ± {row[f'{metric}_std']:.{digits}f}"
+
+
+SUMMARY_METRICS = (("dice", "Dice"), ("precision", "precision"), ("recall", "recall"),
+                   ("lesionwise_f1", "lesion-wise F1"), ("hd95_mm", "HD95 mm"))
+
+
+def results_markdown(workdir: Path, timing: pd.DataFrame, agreement: tuple[int, int]) -> str:
+    """The demo's tables as Markdown, every number read from the stages' CSVs."""
+    config = stage_config(workdir, "08_training")
+    holdout = read_csv(workdir / "03_convert" / "holdout.csv")
+    training = config.training
+    data = (f"**Synthetic data, not ATLAS**: {config.dataset.n_subjects} subjects of strokeseg's ATLAS-like cohort"
+            if is_synthetic_run(workdir) else f"Data: `{config.dataset.atlas_dir}`")
+    parts = [
+        f"{data} (profile `{config.profile}`), {len(holdout)} of them held out; "
+        f"`{training.model}` with options `{_json(training.model_options)}`, test fold(s) "
+        f"{', '.join(map(str, config.training_folds(training.folds)))} of {config.cv.n_folds}, "
+        f"{training.max_epochs} epochs × {training.steps_per_epoch or 'all'} steps of "
+        f"{config.batches.batch_size} slices, {training.optimizer} lr {training.learning_rate:g} ({training.schedule}), "
+        f"augmentation {'on' if training.augment else 'off'}; run on {os.cpu_count()} CPU cores.",
+        "",
+        "Wall time per stage:", "",
+        markdown_table(pd.DataFrame({"stage": timing["stage"], "seconds": timing["seconds"].round(0).astype(int),
+                                     "peak RSS GiB": timing["peak_rss_gib"].round(2)})),
+        "",
+        "Hold-out, per-subject 3-D metrics (stage 10, `10_fusion/summary.csv`; mean ± std, median):", "",
+        markdown_table(_summary_rows(fused_dice(workdir))),
+        "",
+        "Fusion gain (`10_fusion/fusion_gain.csv`, per-subject Dice, paired Wilcoxon):", "",
+        markdown_table(_gain_rows(read_csv(workdir / "10_fusion" / "fusion_gain.csv"))),
+        "",
+        "Cross-validation test fold, per-subject 3-D Dice per plane (stage 08, `<plane>_folds_results.csv`, "
+        "`subject_3d` rows) and per-slice upstream protocol (`slice_upstream`):", "",
+        markdown_table(_fold_rows(workdir, config)),
+    ]
+    comparison = workdir / "09_comparison" / "model_comparison.csv"
+    if comparison.exists():
+        parts += ["", "Model comparison on the cross-validation test fold (stage 09, `model_comparison.csv`):", "",
+                  markdown_table(_comparison_rows(read_csv(comparison), "model"))]
+    losses = workdir / "09_comparison" / "loss_comparison.csv"
+    if losses.exists():
+        parts += ["", "Loss comparison (stage 09, `loss_comparison.csv`, `subject_3d` rows):", "",
+                  markdown_table(_loss_rows(read_csv(losses)))]
+    same, n = agreement
+    parts += ["", f"`strokeseg predict` on the {n} hold-out T1 files reproduced stage 10's fused masks voxel for "
+                  f"voxel on {same} of {n}."]
+    return "\n".join(parts) + "\n"
+
+
+def _summary_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for mask, row in summary.iterrows():
+        cells = {"mask": mask, "n": int(row["n"])}
+        for metric, label in SUMMARY_METRICS:
+            digits = 1 if metric == "hd95_mm" else 3
+            cells[label] = f"{_mean_std(row, metric, digits)} ({row[f'{metric}_median']:.{digits}f})"
+        rows.append(cells)
+    return pd.DataFrame(rows)
+
+
+def _gain_rows(gain: pd.DataFrame) -> pd.DataFrame:
+    dice = gain[gain["metric"] == "dice"]
+    return pd.DataFrame({"plane": dice["plane"], "n": dice["n_pairs"],
+                         "plane Dice": dice["plane_mean"].map("{:.3f}".format),
+                         "fused Dice": dice["fused_mean"].map("{:.3f}".format),
+                         "mean difference": dice["mean_difference"].map("{:+.3f}".format),
+                         "p": dice["p_value"].map("{:.3g}".format)})
+
+
+def _fold_rows(workdir: Path, config) -> pd.DataFrame:
+    rows = []
+    for plane in config.training.planes:
+        table = read_csv(workdir / "08_training" / f"{plane}_folds_results.csv")
+        table = table[table["fold"].astype(str) == "All"].set_index("evaluation")
+        rows.append({"plane": plane, "subjects": int(table.loc["subject_3d", "n"]),
+                     "3-D Dice": f"{table.loc['subject_3d', 'dice_mean']:.3f}",
+                     "3-D recall": f"{table.loc['subject_3d', 'recall_mean']:.3f}",
+                     "3-D precision": f"{table.loc['subject_3d', 'precision_mean']:.3f}",
+                     "slices": int(table.loc["slice_upstream", "n"]),
+                     "per-slice Dice (+1 smoothing)": f"{table.loc['slice_upstream', 'dice_mean']:.3f}"})
+    return pd.DataFrame(rows)
+
+
+def _comparison_rows(table: pd.DataFrame, key: str) -> pd.DataFrame:
+    return pd.DataFrame({"plane": table["plane"], key: table[key], "subjects": table["n"],
+                         "3-D Dice": [_mean_std(row, "dice") for _, row in table.iterrows()]})
+
+
+def _loss_rows(table: pd.DataFrame) -> pd.DataFrame:
+    table = table[(table["evaluation"] == "subject_3d") & (table["fold"].astype(str) == "All")]
+    return pd.DataFrame({"loss": table["loss"], "plane": table["plane"], "subjects": table["n"],
+                         "3-D Dice": table["dice_mean"].map("{:.3f}".format)})
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table of ``frame`` (cells as text; numbers right-aligned)."""
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    align = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns) + "|"
+    body = ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, align, *body])
+
+
+def update_readme(readme: Path, report: str) -> None:
+    """Replace the text between the demo-results markers of ``readme`` with ``report``."""
+    text = readme.read_text()
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise StrokesegError(f"{readme}: no '{README_BEGIN}' … '{README_END}' block to replace")
+    atomic_write_text(readme, text[:begin + len(README_BEGIN)] + "\n" + report + text[end:])
+
+
+def _json(value) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

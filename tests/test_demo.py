@@ -1,0 +1,63 @@
+"""The demo's reporting: Markdown tables, the README block, predict-vs-stage-10 agreement. (The demo's
+stages themselves are the end-to-end test's; its report over a real study is checked there too.)"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from strokeseg import demo
+from strokeseg.errors import StrokesegError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_markdown_table_right_aligns_numbers_and_keeps_text_left():
+    table = demo.markdown_table(pd.DataFrame({"stage": ["01_dataset", "total"], "seconds": [12, 40]}))
+    assert table.splitlines() == ["| stage | seconds |", "|---|---:|", "| 01_dataset | 12 |", "| total | 40 |"]
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{demo.README_BEGIN}\nold table\n{demo.README_END}\noutro\n")
+    demo.update_readme(readme, "new table\n")
+    assert readme.read_text() == f"intro\n{demo.README_BEGIN}\nnew table\n{demo.README_END}\noutro\n"
+    demo.update_readme(readme, "newer\n")                     # idempotent block, not appended
+    assert readme.read_text().count("new") == 1 and "newer" in readme.read_text()
+
+
+def test_update_readme_without_markers_is_a_clear_error_and_leaves_the_file(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers here\n")
+    with pytest.raises(StrokesegError, match="README.md.*demo-results"):
+        demo.update_readme(readme, "table\n")
+    assert readme.read_text() == "no markers here\n"
+
+
+def test_the_repository_readme_has_the_demo_results_block():
+    text = (ROOT / "README.md").read_text()
+    assert text.count(demo.README_BEGIN) == 1 and text.index(demo.README_BEGIN) < text.index(demo.README_END)
+
+
+def _mask(path: Path, data: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data.astype(np.uint8), np.eye(4)), path)
+
+
+def test_predict_agreement_counts_voxel_identical_masks(tmp_path):
+    subjects = ["sub-r001s001", "sub-r002s001"]
+    t1w = [f"/data/{s}_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz" for s in subjects]
+    (tmp_path / "03_convert").mkdir()
+    pd.DataFrame({"subject_name": subjects, "t1w": t1w}).to_csv(tmp_path / "03_convert" / "holdout.csv", index=False)
+    mask = np.zeros((4, 5, 6), np.uint8)
+    mask[1:3, 2, 3] = 1
+    for subject in subjects:
+        _mask(tmp_path / "10_fusion" / "masks" / f"{subject}_fused_mask.nii.gz", mask)
+    _mask(tmp_path / demo.PREDICT_DIR / f"{subjects[0]}_ses-1_space-MNI152NLin2009aSym_mask.nii.gz", mask)
+    changed = mask.copy()
+    changed[0, 0, 0] = 1                                       # one voxel differs
+    _mask(tmp_path / demo.PREDICT_DIR / f"{subjects[1]}_ses-1_space-MNI152NLin2009aSym_mask.nii.gz", changed)
+    assert demo.predict_agreement(tmp_path) == (1, 2)
