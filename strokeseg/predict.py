@@ -140,18 +140,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def recorded_config(models_dir: Path) -> dict:
-    """``<models>/config.json`` (the training run's config) as a dict; {} when there is none."""
-    path = Path(models_dir) / CONFIG_NAME
+def _json_object(path: Path, what: str) -> dict:
+    """A JSON object file of the models folder; {} when there is none."""
     if not path.is_file():
         return {}
     try:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: unreadable config ({exc.__class__.__name__}: {exc})") from None
+        raise UsageError(f"{path}: unreadable {what} ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(record, dict):
-        raise UsageError(f"{path}: unreadable config (not a JSON object)")
+        raise UsageError(f"{path}: not a JSON object")
     return record
+
+
+def recorded_config(models_dir: Path) -> dict:
+    """``<models>/config.json`` (the training run's config) as a dict; {} when there is none."""
+    return _json_object(Path(models_dir) / CONFIG_NAME, "config")
 
 
 def convert_config(models_dir: Path, args: argparse.Namespace | None = None) -> ConvertConfig:
@@ -180,12 +184,7 @@ def fusion_settings(models_dir: Path, args: argparse.Namespace) -> dict:
     settings = dict(FUSION_DEFAULTS)
     path = Path(models_dir) / FUSION_NAME
     if path.is_file():
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UsageError(f"{path}: unreadable fusion settings ({exc.__class__.__name__}: {exc})") from None
-        if not isinstance(record, dict):
-            raise UsageError(f"{path}: not a JSON object")
+        record = _json_object(path, "fusion settings")
         settings.update({k: record[k] for k in FUSION_DEFAULTS if record.get(k) is not None})
         if isinstance(settings["weights"], dict):
             settings["weights"] = [settings["weights"].get(p) for p in PLANES]
