@@ -299,7 +299,7 @@ FIELD_HELP: dict[str, str] = {
     "comparison.planes": "planes of the model comparison",
     "comparison.folds": "test folds of the model comparison; [] = every fold",
     "comparison.max_epochs": "most epochs per model-comparison run",
-    "comparison.losses": "losses of the loss comparison (each trains training.model)",
+    "comparison.losses": "losses of the loss comparison (each trains training.model); [] = no loss comparison",
     "comparison.loss_planes": "planes of the loss comparison",
     "comparison.loss_folds": "test folds of the loss comparison; [] = every fold",
     "comparison.loss_max_epochs": "most epochs per loss-comparison run",
