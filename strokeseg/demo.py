@@ -158,7 +158,8 @@ def closing_lines(workdir: Path, timing: pd.DataFrame, agreement: tuple[int, int
               "Tables and figures:",
               f"  {workdir / RESULTS_FILE}  (every table of this summary, as Markdown)",
               f"  {workdir / '08_training'}/  fold tables <plane>_folds_results.csv, runs.csv, test_dice_3d.png",
-              f"  {workdir / '09_comparison'}/  model_comparison.csv, wilcoxon.csv, loss_comparison.csv, rainclouds",
+              f"  {workdir / '09_comparison'}/  model_comparison.csv, wilcoxon.csv, rainclouds (loss_*.csv when "
+              "losses are compared)",
               f"  {workdir / '10_fusion'}/  subjects.csv, summary.csv, fusion_gain.csv, by_volume_bin.csv, "
               "masks/, overlays/, figures",
               f"  {workdir / PREDICT_DIR}/  predict's masks and predictions.csv"]
