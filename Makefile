@@ -29,4 +29,4 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
 
 clean-outputs:
-	git clean -fdX -- 0[1-9]_* 10_*
+	git clean -fdX -- 0[1-9]_* 10_* demo_predict demo_results.md demo_timings.csv
