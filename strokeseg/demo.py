@@ -32,7 +32,6 @@ RESULTS_FILE = "demo_results.md"
 TIMINGS_FILE = "demo_timings.csv"
 README_BEGIN = "<!-- demo-results:begin (written by python -m strokeseg.demo --update-readme) -->"
 README_END = "<!-- demo-results:end -->"
-PREDICT_WHAT = "strokeseg predict (the Docker entrypoint) on the held-out T1 volumes"
 
 
 @dataclass(frozen=True)
@@ -90,10 +89,12 @@ def run_all(workdir: Path) -> pd.DataFrame | None:
     """Every stage, then predict; the timing table (None when a step failed, after saying which)."""
     workdir.mkdir(parents=True, exist_ok=True)
     timings = []
-    steps = [(step.name, step.what, [*step.argv, "--workdir", str(workdir)]) for step in STEPS]
-    for name, what, argv in [*steps, ("predict", PREDICT_WHAT, None)]:
-        if _timed(name, what, argv or predict_argv(workdir), timings):
+    for step in STEPS:
+        if _timed(step.name, step.what, [*step.argv, "--workdir", str(workdir)], timings):
             return None
+    if _timed("predict", "strokeseg predict (the Docker entrypoint) on the held-out T1 volumes",
+              predict_argv(workdir), timings):   # its inputs are known once stage 03 has run
+        return None
     timing = pd.DataFrame(timings, columns=["stage", "seconds", "peak_rss_gib"])
     timing.loc[len(timing)] = ["total", timing["seconds"].sum(), timing["peak_rss_gib"].max()]
     write_csv(timing, workdir / TIMINGS_FILE)
@@ -128,6 +129,11 @@ def fused_dice(workdir: Path) -> pd.DataFrame:
     return read_csv(workdir / "10_fusion" / "summary.csv").set_index("mask")
 
 
+def best_plane(summary: pd.DataFrame) -> str:
+    """The single plane with the highest mean per-subject Dice in :func:`fused_dice`'s table."""
+    return summary.drop(index="fused")["dice_mean"].idxmax()
+
+
 def predict_agreement(workdir: Path) -> tuple[int, int]:
     """(cases whose ``strokeseg predict`` mask equals stage 10's fused mask voxel for voxel, cases)."""
     from strokeseg.nifti import load_mask
@@ -145,7 +151,7 @@ def predict_agreement(workdir: Path) -> tuple[int, int]:
 def closing_lines(workdir: Path, timing: pd.DataFrame, agreement: tuple[int, int]) -> str:
     """What the demo prints last: wall times, the fused Dice, where everything is."""
     summary = fused_dice(workdir)
-    best = summary.drop(index="fused")["dice_mean"].idxmax()
+    best = best_plane(summary)
     same, n = agreement
     lines = ["", "Wall time per stage (s) and peak RSS (GiB):"]
     lines += [f"  {stage:<22} {seconds:7.0f} {rss:6.2f}" for stage, seconds, rss in timing.itertuples(index=False)]
@@ -181,19 +187,19 @@ SUMMARY_METRICS = (("dice", "Dice"), ("precision", "precision"), ("recall", "rec
 def results_markdown(workdir: Path, timing: pd.DataFrame, agreement: tuple[int, int]) -> str:
     """The demo's tables as Markdown, every number read from the stages' CSVs."""
     config = stage_config(workdir, "08_training")
-    holdout = read_csv(workdir / "03_convert" / "holdout.csv")
+    same, n_holdout = agreement
     training = config.training
     data = (f"**Synthetic data, not ATLAS**: {config.dataset.n_subjects} subjects of strokeseg's ATLAS-like cohort"
             if is_synthetic_run(workdir) else f"Data: `{config.dataset.atlas_dir}`")
     summary = fused_dice(workdir)
-    best = summary.drop(index="fused")["dice_mean"].max()
+    best = summary.loc[best_plane(summary), "dice_mean"]
     fused, total = summary.loc["fused", "dice_mean"], timing["seconds"].iloc[-1]
     targets = (f"Demo targets on this machine: whole demo under 20 minutes — {_met(total < 1200)} "
                f"({total / 60:.1f} min); fused mask better than the best single plane — {_met(fused > best)} "
                f"(mean Dice {fused:.3f} vs {best:.3f}); mean fused Dice ≥ 0.70 — {_met(fused >= 0.70)} "
                f"({fused:.3f}).")
     parts = [
-        f"{data} (profile `{config.profile}`), {len(holdout)} of them held out; "
+        f"{data} (profile `{config.profile}`), {n_holdout} of them held out; "
         f"`{training.model}` with options `{_json(training.model_options)}`, test fold(s) "
         f"{', '.join(map(str, config.training_folds(training.folds)))} of {config.cv.n_folds}, "
         f"{training.max_epochs} epochs × {training.steps_per_epoch or 'all'} steps of "
@@ -207,7 +213,7 @@ def results_markdown(workdir: Path, timing: pd.DataFrame, agreement: tuple[int, 
                                      "peak RSS GiB": timing["peak_rss_gib"].round(2)})),
         "",
         "Hold-out, per-subject 3-D metrics (stage 10, `10_fusion/summary.csv`; mean ± std, median):", "",
-        markdown_table(_summary_rows(fused_dice(workdir))),
+        markdown_table(_summary_rows(summary)),
         "",
         "Fusion gain (`10_fusion/fusion_gain.csv`, per-subject Dice, paired Wilcoxon):", "",
         markdown_table(_gain_rows(read_csv(workdir / "10_fusion" / "fusion_gain.csv"))),
@@ -222,14 +228,13 @@ def results_markdown(workdir: Path, timing: pd.DataFrame, agreement: tuple[int, 
     comparison = workdir / "09_comparison" / "model_comparison.csv"
     if comparison.exists():
         parts += ["", "Model comparison on the cross-validation test fold (stage 09, `model_comparison.csv`):", "",
-                  markdown_table(_comparison_rows(read_csv(comparison), "model"))]
+                  markdown_table(_comparison_rows(read_csv(comparison)))]
     losses = workdir / "09_comparison" / "loss_comparison.csv"
     if losses.exists():
         parts += ["", "Loss comparison (stage 09, `loss_comparison.csv`, `subject_3d` rows):", "",
                   markdown_table(_loss_rows(read_csv(losses)))]
-    same, n = agreement
-    parts += ["", f"`strokeseg predict` on the {n} hold-out T1 files reproduced stage 10's fused masks voxel for "
-                  f"voxel on {same} of {n}."]
+    parts += ["", f"`strokeseg predict` on the {n_holdout} hold-out T1 files reproduced stage 10's fused masks "
+                  f"voxel for voxel on {same} of {n_holdout}."]
     return "\n".join(parts) + "\n"
 
 
@@ -273,8 +278,8 @@ def _fold_rows(workdir: Path, config) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _comparison_rows(table: pd.DataFrame, key: str) -> pd.DataFrame:
-    return pd.DataFrame({"plane": table["plane"], key: table[key], "subjects": table["n"],
+def _comparison_rows(table: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"plane": table["plane"], "model": table["model"], "subjects": table["n"],
                          "3-D Dice": [_mean_std(row, "dice") for _, row in table.iterrows()]})
 
 
