@@ -29,8 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from strokeseg import synthetic  # noqa: E402
-from strokeseg.cohort import discover  # noqa: E402
+from strokeseg.data import synthetic  # noqa: E402
+from strokeseg.data.cohort import discover  # noqa: E402
 
 STAGES = ["01_dataset", "02_splitting", "03_convert", "04_cross_validation", "05_batch_distribution",
           "06_preparation"]

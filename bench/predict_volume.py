@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Seconds and peak memory per 197×233×189 volume of tri-planar inference, through ``strokeseg predict``'s
-own per-case function (:func:`strokeseg.predict.predict_case`), split into its phases.
+own per-case function (:func:`strokeseg.infer.predict.predict_case`), split into its phases.
 
 Two cases, predicted one after the other in one process:
 
@@ -31,7 +31,7 @@ TensorFlow and the models included; "RSS before cases" is the resident set after
 
 Models: untrained RAX-Net per plane (``build_model("raxnet", canvas + (1,))``) saved to a temporary
 models folder, unless ``--models DIR``; the speed of an untrained model is the speed of a trained one.
-Input: subject 0 of the synthetic cohort (``strokeseg.synthetic.synthesize_subject``), unless ``--input``.
+Input: subject 0 of the synthetic cohort (``strokeseg.data.synthetic.synthesize_subject``), unless ``--input``.
 
     python bench/predict_volume.py
     python bench/predict_volume.py --models 10_fusion/models --input sub-X_T1w.nii.gz --batch-size 32
@@ -78,7 +78,7 @@ def build_models(folder: Path) -> None:
     """Untrained RAX-Net per plane on its MNI canvas, saved as <plane>.keras."""
     import keras
 
-    from strokeseg import planes, resample
+    from strokeseg.data import planes, resample
     from strokeseg.config import PLANES
     from strokeseg.models import build_model
 
@@ -93,11 +93,11 @@ def write_inputs(folder: Path, source: Path | None) -> list[tuple[str, Path]]:
     """(label, path) of the MNI-grid input and of the same volume on a 1.5 mm grid."""
     import nibabel as nib
 
-    from strokeseg import resample
-    from strokeseg.nifti import load_t1
+    from strokeseg.data import resample
+    from strokeseg.data.nifti import load_t1
 
     if source is None:
-        from strokeseg.synthetic import synthesize_subject
+        from strokeseg.data.synthetic import synthesize_subject
 
         subject = synthesize_subject(2022, 0)
         image = nib.Nifti1Image(subject.t1, subject.affine)
@@ -127,7 +127,8 @@ def write_inputs(folder: Path, source: Path | None) -> list[tuple[str, Path]]:
 @contextlib.contextmanager
 def timed_phases(times: dict):
     """Wrap predict_case's inner calls with timers (restored on exit)."""
-    from strokeseg import fusion, inference, predict, resample
+    from strokeseg.infer import fusion, inference, predict
+    from strokeseg.data import resample
 
     patches = [(predict, "load_t1", "read"), (resample, "to_mni", "resample"),
                (resample, "from_mni_mask", "resample"), (resample, "from_mni", "resample"),
@@ -167,7 +168,7 @@ def timed_phases(times: dict):
 
 
 def warm_up(predictor, batch_size: int) -> float:
-    from strokeseg import planes, resample
+    from strokeseg.data import planes, resample
     from strokeseg.config import PLANES
 
     start = time.perf_counter()
@@ -193,7 +194,7 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
-    from strokeseg import predict
+    from strokeseg.infer import predict
 
     batch = args.batch_size or predict.DEFAULT_BATCH_SIZE
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:

@@ -4,9 +4,9 @@
 What it measures, in one run and one process, for one (plane, test fold) of a workdir whose
 stage 06 is published:
 
-(a) pipeline  ``model.fit`` fed exactly as ``strokeseg.training.train`` feeds it: the training
+(a) pipeline  ``model.fit`` fed exactly as ``strokeseg.train.loop.train`` feeds it: the training
               role's prepared batches (``PreparedSplit(..., "train", ...)``) through
-              ``strokeseg.pipeline.batch_dataset`` (memory-map reads in ``numpy_function``,
+              ``strokeseg.train.input_pipeline.batch_dataset`` (memory-map reads in ``numpy_function``,
               float32 conversion, augmentation when the config turns it on, prefetch) and
               ``distribute.global_batches``; RAX-Net built, compiled and optimised as training
               does it (``tversky_plus_focal`` loss, ``training_metrics()``, AdamW from
@@ -18,7 +18,7 @@ stage 06 is published:
 Each measurement is one ``model.fit`` epoch of ``--steps`` optimizer steps. After an untimed
 warm-up (one fit of each kind, which absorbs tracing and one-time kernel set-up) the two are
 interleaved a, b, b, a, ... (the order alternates, so neither always runs first), then the
-machine's float32 matmul throughput is re-measured (``strokeseg.model_report.matmul_gflops``, the
+machine's float32 matmul throughput is re-measured (``strokeseg.report.model_table.matmul_gflops``, the
 figure stage 07 uses), once per repeat; medians are reported, and every repeat's figures too.
 
 How to read the figures
@@ -77,9 +77,9 @@ sys.path.insert(0, str(ROOT))
 import keras  # noqa: E402
 
 from strokeseg.config import PLANES, PRECISIONS, Config, TrainingConfig, derive_seed  # noqa: E402
-from strokeseg.distribute import precision_policy, set_precision  # noqa: E402  (TF-free)
+from strokeseg.train.distribute import precision_policy, set_precision  # noqa: E402  (TF-free)
 from strokeseg.errors import StrokesegError  # noqa: E402
-from strokeseg.prepared import PreparedSplit  # noqa: E402
+from strokeseg.data.prepared import PreparedSplit  # noqa: E402
 from strokeseg.workdir import MANIFEST, stage_config, stage_dir  # noqa: E402
 
 MODEL = "raxnet"
@@ -167,7 +167,7 @@ class Setup:
 
 def open_workdir(args) -> Setup:
     """The stage-06 config and arrays, or a one-line StrokesegError naming what is missing."""
-    from strokeseg.recipes import model_training
+    from strokeseg.train.recipes import model_training
 
     prepared = stage_dir(args.workdir, "06_preparation")
     if not prepared.is_dir():
@@ -207,12 +207,12 @@ class Feeds:
 
 
 def tf_feeds(setup: Setup) -> Feeds:
-    """(a) batch_dataset + global_batches as strokeseg.training.train; (b) from_tensors().repeat()."""
+    """(a) batch_dataset + global_batches as strokeseg.train.loop.train; (b) from_tensors().repeat()."""
     import tensorflow as tf
 
-    from strokeseg.augmentation import Augmentation
-    from strokeseg.distribute import global_batches
-    from strokeseg.pipeline import PARALLEL_READS, PREFETCH, batch_dataset
+    from strokeseg.train.augmentation import Augmentation
+    from strokeseg.train.distribute import global_batches
+    from strokeseg.train.input_pipeline import PARALLEL_READS, PREFETCH, batch_dataset
 
     training = setup.training
     augment = Augmentation.from_training(setup.plane, training) if training.augment else None
@@ -243,9 +243,9 @@ def tf_feeds(setup: Setup) -> Feeds:
 
 def generator_feeds(setup: Setup, depth: int = 2) -> Feeds:
     """Non-TensorFlow backends: (a) a background-thread generator over the memory maps in the
-    epoch's batch order (strokeseg.batches.epoch_batch_order, as pipeline.epoch_indices);
+    epoch's batch order (strokeseg.protocol.batches.epoch_batch_order, as pipeline.epoch_indices);
     (b) one device-resident batch yielded ``steps`` times."""
-    from strokeseg.batches import epoch_batch_order
+    from strokeseg.protocol.batches import epoch_batch_order
 
     split, size = setup.split, setup.batch_size
 
@@ -294,12 +294,12 @@ def prefetched(items, depth: int):
 
 # Model --------------------------------------------------------------------------------------------
 def build_tf_model(setup: Setup, policy: str) -> keras.Model:
-    """As strokeseg.training.train: precision, strategy scope, loss, build_training_model, compile, build."""
-    from strokeseg.distribute import strategy_scope
-    from strokeseg.losses import get_loss
-    from strokeseg.metrics import training_metrics
-    from strokeseg.optimizers import build_optimizer
-    from strokeseg.training import build_training_model
+    """As strokeseg.train.loop.train: precision, strategy scope, loss, build_training_model, compile, build."""
+    from strokeseg.train.distribute import strategy_scope
+    from strokeseg.train.losses import get_loss
+    from strokeseg.train.metrics import training_metrics
+    from strokeseg.train.optimizers import build_optimizer
+    from strokeseg.train.loop import build_training_model
 
     training = setup.training
     set_precision(policy)
@@ -314,12 +314,12 @@ def build_tf_model(setup: Setup, policy: str) -> keras.Model:
 
 
 def build_generic_model(setup: Setup, policy: str) -> keras.Model:
-    """Without TensorFlow (strokeseg.training imports it): the same model, loss, metrics and
+    """Without TensorFlow (strokeseg.train.loop imports it): the same model, loss, metrics and
     optimizer, built from the TF-free modules."""
-    from strokeseg.losses import get_loss
-    from strokeseg.metrics import training_metrics
+    from strokeseg.train.losses import get_loss
+    from strokeseg.train.metrics import training_metrics
     from strokeseg.models import build_model
-    from strokeseg.optimizers import build_optimizer
+    from strokeseg.train.optimizers import build_optimizer
 
     training = setup.training
     set_precision(policy)
@@ -335,7 +335,7 @@ def build_generic_model(setup: Setup, policy: str) -> keras.Model:
 def forward_gflops(setup: Setup, model: keras.Model) -> tuple[float | None, str]:
     """Forward GFLOPs per slice and where they come from."""
     if is_tensorflow():
-        from strokeseg.model_report import count_flops
+        from strokeseg.report.model_table import count_flops
 
         flops = count_flops(model, setup.input_shape)
         return flops.gflops, f"model_report.count_flops, not counted: {flops.uncounted_ops or 'none'}"
@@ -354,7 +354,7 @@ def matmul_gflops() -> float:
     """float32 N×N GEMM GFLOP/s: model_report.matmul_gflops on TensorFlow (it compiles with
     tf.function), a jax.jit equivalent on JAX, nothing elsewhere."""
     if is_tensorflow():
-        from strokeseg.model_report import matmul_gflops as measure
+        from strokeseg.report.model_table import matmul_gflops as measure
 
         return measure(MATMUL_SIZE, repeats=3, warmup=1)
     if keras.backend.backend() != "jax":
@@ -461,7 +461,7 @@ def machine_facts() -> None:
     if is_tensorflow():
         import tensorflow as tf
 
-        from strokeseg.model_report import device_description
+        from strokeseg.report.model_table import device_description
 
         devices = ", ".join(d.name.replace("/physical_device:", "") for d in tf.config.list_physical_devices())
         threads = (f"intra-op {tf.config.threading.get_intra_op_parallelism_threads() or 'auto'}, "
@@ -537,7 +537,7 @@ def main(argv=None) -> int:
     try:
         setup = open_workdir(args)
         if is_tensorflow():
-            from strokeseg.training import process_strategy
+            from strokeseg.train.loop import process_strategy
 
             setup.strategy = process_strategy()
             setup.replicas = setup.strategy.num_replicas_in_sync

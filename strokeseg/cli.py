@@ -21,20 +21,20 @@ log = logging.getLogger("strokeseg")
 
 # subcommand -> (stage folder, module under strokeseg.stages, one-line help)
 COMMANDS = {
-    "dataset": ("01_dataset", "dataset", "01: cohort (ATLAS v2.0 or synthetic) and lesion statistics"),
-    "splitting": ("02_splitting", "splitting", "02: stratified 80/20 subject split"),
-    "convert": ("03_convert", "convert", "03: per-plane slice stores of the 80 % subjects"),
-    "cross-validation": ("04_cross_validation", "cross_validation",
+    "dataset": ("01_dataset", "s01_dataset", "01: cohort (ATLAS v2.0 or synthetic) and lesion statistics"),
+    "splitting": ("02_splitting", "s02_splitting", "02: stratified 80/20 subject split"),
+    "convert": ("03_convert", "s03_convert", "03: per-plane slice stores of the 80 % subjects"),
+    "cross-validation": ("04_cross_validation", "s04_cross_validation",
                          "04: subject-level folds shared by all planes, normal slices, balance tests"),
-    "batches": ("05_batch_distribution", "batch_distribution",
+    "batches": ("05_batch_distribution", "s05_batch_distribution",
                 "05: distribution-matched batch plans and inner validation subjects"),
-    "prepare": ("06_preparation", "preparation", "06: memory-mapped arrays (n_batches, batch, H, W, C)"),
-    "models": ("07_models", "models", "07: the model zoo table (parameters, GFLOPs, measured speed per slice)"),
-    "training": ("08_training", "training",
+    "prepare": ("06_preparation", "s06_preparation", "06: memory-mapped arrays (n_batches, batch, H, W, C)"),
+    "models": ("07_models", "s07_models", "07: the model zoo table (parameters, GFLOPs, measured speed per slice)"),
+    "training": ("08_training", "s08_training",
                  "08: train the configured model per (plane, fold) with resume; test-fold tables"),
-    "comparison": ("09_comparison", "comparison",
+    "comparison": ("09_comparison", "s09_comparison",
                    "09: comparison models and loss comparison under the same protocol; Wilcoxon tests, figures"),
-    "fusion": ("10_fusion", "fusion",
+    "fusion": ("10_fusion", "s10_fusion",
                "10: tri-planar inference and fusion of the held-out volumes; 3-D evaluation, tables, figures"),
 }
 
@@ -113,7 +113,7 @@ def build_parser(default_workdir: Path | None = None) -> argparse.ArgumentParser
             sub.add_argument("--seed", type=int, default=None, help="protocol seed (default: the profile's, 42)")
         if name in OWN_ARGUMENTS:  # imported only here: other stage modules load plotting libraries
             _stage_module(name).add_arguments(sub)
-    from strokeseg import predict  # imports no Keras until it runs
+    from strokeseg.infer import predict  # imports no Keras until it runs
 
     text = "tri-planar inference on T1 NIfTI volumes with trained models (the Docker entrypoint)"
     predict.add_arguments(commands.add_parser("predict", help=text, description=text))
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None, default_workdir: Path | None = None) -> 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
     if args.command == "predict":
-        from strokeseg import predict
+        from strokeseg.infer import predict
 
         return predict.run_from_args(args)
     folder = COMMANDS[args.command][0]

@@ -262,7 +262,7 @@ FIELD_HELP: dict[str, str] = {
 
     "training.model": "model of stage 08 (09's reference, fused by 10): a strokeseg.models name, e.g. raxnet, unet",
     "training.model_options": 'keyword arguments of the model\'s build, e.g. {"width": 0.125}',
-    "training.loss": "loss (strokeseg.losses); default: upstream's FocalTverskyLoss, (1 - Tversky) + focal BCE",
+    "training.loss": "loss (strokeseg.train.losses); default: upstream's FocalTverskyLoss, (1 - Tversky) + focal BCE",
     "training.loss_options": 'keyword arguments of the loss, e.g. {"fn_weight": 0.7}',
     "training.optimizer": "adamw, adam or sgd",
     "training.learning_rate": "initial learning rate",

@@ -119,7 +119,7 @@ def _timed(name: str, what: str, argv: list[str], timings: list) -> int:
 def predict_argv(workdir: Path) -> list[str]:
     """``strokeseg predict`` on every hold-out T1 volume with the models folder stage 10 wrote."""
     holdout = read_csv(workdir / "03_convert" / "holdout.csv")
-    return ["-m", "strokeseg.predict", *holdout["t1w"], "--models", str(workdir / "10_fusion" / "models"),
+    return ["-m", "strokeseg.infer.predict", *holdout["t1w"], "--models", str(workdir / "10_fusion" / "models"),
             "--output", str(workdir / PREDICT_DIR)]
 
 
@@ -136,8 +136,8 @@ def best_plane(summary: pd.DataFrame) -> str:
 
 def predict_agreement(workdir: Path) -> tuple[int, int]:
     """(cases whose ``strokeseg predict`` mask equals stage 10's fused mask voxel for voxel, cases)."""
-    from strokeseg.nifti import load_mask
-    from strokeseg.predict import MASK_SUFFIX, case_name
+    from strokeseg.data.nifti import load_mask
+    from strokeseg.infer.predict import MASK_SUFFIX, case_name
 
     holdout = read_csv(workdir / "03_convert" / "holdout.csv")
     same = 0

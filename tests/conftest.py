@@ -87,3 +87,27 @@ def prepared_workdir(tiny_cohort, tmp_path_factory) -> Path:
     """A workdir with stages 01-06 done on the tiny cohort (3 folds, batches of 8, channels 1/3/4);
     read-only: tests that write stages 08+ copy it or use their own workdir."""
     return run_data_stages(tmp_path_factory.mktemp("prepared"), tiny_cohort)
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_cohort, tmp_path_factory):
+    """Axial stores of four tiny subjects and prepared arrays of two folds; in each fold one subject is
+    the training part, one the inner-validation part."""
+    from helpers import PREPARED_LAYOUT, plan_for
+    from strokeseg.config import ConvertConfig
+    from strokeseg.data.cohort import discover
+    from strokeseg.data.prepared import part_dir, write_prepared
+    from strokeseg.data.stores import SliceStore, write_stores
+
+    folder = tmp_path_factory.mktemp("prepared")
+    subjects = discover(tiny_cohort)[:4]
+    write_stores(folder / "stores", subjects, ConvertConfig(), False, 1, progress=False)
+    store = SliceStore(folder / "stores" / "axial")
+    root = folder / "prepared"
+    plans, shapes = {}, {}
+    for (fold, part), i in PREPARED_LAYOUT.items():
+        plans[(fold, part)] = plan_for(store, subjects[i].subject, seed=fold)
+        out = part_dir(root, "axial", fold)
+        out.mkdir(parents=True, exist_ok=True)
+        shapes[(fold, part)] = write_prepared(store, plans[(fold, part)], (1, 4), out, part)
+    return store, plans, root, shapes

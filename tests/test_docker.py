@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from strokeseg import predict
+from strokeseg.infer import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"

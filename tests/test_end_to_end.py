@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from strokeseg.config import PLANES
-from strokeseg.prepared import PreparedSplit
+from strokeseg.data.prepared import PreparedSplit
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["01_dataset", "02_splitting", "03_convert", "04_cross_validation", "05_batch_distribution",

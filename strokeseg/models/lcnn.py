@@ -41,7 +41,7 @@ Input (B, H, W, 3): three adjacent slices (centre ±1) as channels.
 Upstream's two-class softmax is replaced by one sigmoid channel per path (a two-class softmax is
 the sigmoid of the logit difference), as every model of this package outputs P(lesion).
 
-Mirror axis: in this package slices keep the volume's axis order (``strokeseg.planes``), so in
+Mirror axis: in this package slices keep the volume's axis order (``strokeseg.data.planes``), so in
 axial and coronal canvases the brain's left-right axis (NIfTI x) runs along the canvas *height*.
 ``mirror_axis="height"`` (default) therefore mirrors rows; ``"width"`` is upstream's convention
 for its CT PNGs. Sagittal slices have no in-plane left-right symmetry: the symmetric branch and

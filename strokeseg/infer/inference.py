@@ -1,0 +1,316 @@
+"""Batched per-plane prediction of whole volumes, and loading the per-plane models.
+
+Conventions (shared with training, so a model sees at inference exactly what it was trained on):
+
+- volumes are ``[x, y, z]`` arrays (NIfTI voxel order); planes, slicing, canvases and the exact
+  crop-back come from :mod:`strokeseg.data.planes` only;
+- intensities are those stage 03 stores (:func:`strokeseg.data.stores.write_stores`): the per-volume
+  robust window computed once per volume and shared by the planes (:func:`normalized_volume`),
+  or upstream's per-slice maximum, on the 0..255 scale in ``convert.store_dtype``;
+- a model input is ``channels`` adjacent slices (:func:`strokeseg.data.planes.neighbour_indices`,
+  clamped at the volume's ends) zero-padded onto the plane's canvas, float32 (n, H, W, C);
+- a ``predict`` callable maps such a chunk to float32 probabilities (n, H, W, 1) and is never
+  given more than ``batch_size`` slices (upstream called ``model.predict`` once per slice, §14.21).
+
+Nothing here imports Keras at module level: :mod:`strokeseg.evaluate.folds` shares the chunk and
+crop core (:func:`predict_slices`) and stays framework-free; model loading imports Keras lazily.
+
+Model folders (:func:`load_plane_models`): ``<plane>.keras`` per plane (e.g. the best fold of each
+plane), and/or per-fold sets ``<plane>_fold<k>.keras`` whose members are averaged (an ensemble).
+Models are loaded in Keras safe mode (no arbitrary code runs on load) and without compiling.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from strokeseg.data import normalization, planes
+from strokeseg.config import PLANES, ConvertConfig
+from strokeseg.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
+
+Predict = Callable[[np.ndarray], np.ndarray]
+MODEL_SUFFIX = ".keras"
+_FOLD_FILE = re.compile(r"^(?P<plane>[a-z]+)_fold(?P<fold>\d+)\.keras$")
+
+
+# ------------------------------------------------------------------------------ normalisation
+def normalized_volume(t1: np.ndarray, convert: ConvertConfig) -> np.ndarray | None:
+    """The whole volume normalised once for all planes (``volume_robust``), in the store dtype;
+    None for ``slice_max``, whose normalisation depends on the plane's slicing."""
+    if convert.normalization == "volume_robust":
+        return normalization.volume_robust(t1, convert.robust_percentiles, convert.store_dtype)
+    if convert.normalization == "slice_max":
+        return None
+    raise ValueError(f"unknown normalization {convert.normalization!r}")
+
+
+def plane_stack(t1: np.ndarray, plane: str, convert: ConvertConfig,
+                normalized: np.ndarray | None = None) -> np.ndarray:
+    """(n, h, w) slices of ``plane`` on the 0..255 scale in ``convert.store_dtype``: exactly the values
+    stage 03 stores for this volume. ``normalized`` (from :func:`normalized_volume`) skips the
+    per-volume work when the caller normalises once for three planes."""
+    if convert.normalization == "slice_max":
+        return normalization.to_store_dtype(normalization.slice_max(planes.to_stack(t1, plane)),
+                                            convert.store_dtype)
+    if normalized is None:
+        normalized = normalized_volume(t1, convert)
+    elif normalized.shape != np.shape(t1):
+        raise ValueError(f"normalized volume {normalized.shape} differs from the T1 {np.shape(t1)}")
+    return planes.to_stack(normalized, plane)
+
+
+# ---------------------------------------------------------------------------- chunk/crop core
+def check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def predict_chunk(predict: Predict, chunk: np.ndarray) -> np.ndarray:
+    """``predict`` on one chunk (converted to float32), checked to be (n, H, W, 1) float32."""
+    chunk = np.asarray(chunk, dtype=np.float32)
+    if chunk.ndim != 4:
+        raise ValueError(f"images must be (n, H, W, C), got shape {chunk.shape}")
+    out = np.asarray(predict(chunk), dtype=np.float32)
+    if out.ndim == 3:
+        out = out[..., None]
+    expected = chunk.shape[:3] + (1,)
+    if out.shape != expected:
+        raise ValueError(f"predict returned shape {out.shape} for input {chunk.shape}; expected {expected}")
+    return out
+
+
+def predict_slices(predict: Predict, indices: np.ndarray, inputs: Callable[[np.ndarray], np.ndarray],
+                   canvas: planes.Canvas, batch_size: int, out: np.ndarray) -> np.ndarray:
+    """Fill ``out[indices]`` (slices (n, h, w)) chunk by chunk: ``inputs(chunk_indices)`` gives the
+    (m, H, W, C) canvases, ``predict`` their probabilities, ``canvas.crop`` the slices back."""
+    batch_size = check_batch_size(batch_size)
+    indices = np.asarray(indices, dtype=np.int64)
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        out[chunk] = canvas.crop(predict_chunk(predict, inputs(chunk))[..., 0])
+    return out
+
+
+def canvas_inputs(stack: np.ndarray, canvas: planes.Canvas, channels: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A chunk builder for :func:`predict_slices`: slices ``k`` of ``stack`` with their neighbours as
+    channels (as :meth:`strokeseg.data.stores.SliceStore.images_at` feeds training), padded, float32."""
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
+    count = len(stack)
+
+    def build(chunk: np.ndarray) -> np.ndarray:
+        neighbours = planes.neighbour_indices(chunk, count, channels)          # (m, C)
+        padded = canvas.pad(np.asarray(stack[neighbours], dtype=np.float32))  # (m, C, H, W)
+        return np.ascontiguousarray(np.moveaxis(padded, 1, -1))               # (m, H, W, C)
+
+    return build
+
+
+def predict_plane(predict: Predict, stack: np.ndarray, canvas: planes.Canvas, channels: int,
+                  batch_size: int, skip_empty: bool = False) -> np.ndarray:
+    """float32 probabilities (n, h, w) of every slice of a normalised plane stack (n, h, w).
+
+    Chunks of at most ``batch_size`` slices are padded onto ``canvas`` with ``channels`` adjacent
+    slices as channels, predicted, and cropped back exactly. ``skip_empty``: slices whose input
+    (all channels) is entirely 0 get probability 0 without being predicted (no head, no lesion:
+    saves the empty ends of a skull-stripped volume; off by default because it is not what
+    training-time evaluation does).
+    """
+    stack = np.asarray(stack)
+    if stack.ndim != 3 or tuple(stack.shape[1:]) != tuple(canvas.slice_shape):
+        raise ValueError(f"{canvas.plane}: stack shape {stack.shape} does not hold slices of "
+                         f"{canvas.slice_shape}")
+    out = np.zeros(stack.shape, dtype=np.float32)
+    indices = np.arange(len(stack))
+    if skip_empty:
+        filled = np.any(stack, axis=(1, 2))
+        near = planes.neighbour_indices(indices, len(stack), channels)
+        indices = indices[filled[near].any(axis=1)]
+    return predict_slices(predict, indices, canvas_inputs(stack, canvas, channels), canvas, batch_size, out)
+
+
+def plane_probability(predict: Predict, t1: np.ndarray, plane: str, convert: ConvertConfig, channels: int,
+                      batch_size: int, flip_tta: bool = False, normalized: np.ndarray | None = None,
+                      skip_empty: bool = False) -> np.ndarray:
+    """float32 probability volume ``[x, y, z]`` (t1's shape) from one plane's model.
+
+    ``flip_tta``: the mean of this prediction and the un-mirrored prediction of the left–right
+    (x axis) mirrored volume. The normalisation commutes with the mirror (the robust window is a
+    property of the voxel values; slice maxima do not change), so the mirror of the normalised
+    volume is used. For sagittal single-channel models the mirror only reverses the slice order
+    (:func:`strokeseg.data.planes.left_right_axis` is None), the prediction would be identical, and it is
+    skipped.
+    """
+    planes.check_plane(plane)
+    canvas = planes.canvas_for(np.shape(t1), plane, convert.canvas_multiple)
+    per_slice = convert.normalization == "slice_max"
+    if per_slice:
+        volume = t1                      # normalised per slice, inside plane_stack
+    else:
+        volume = normalized_volume(t1, convert) if normalized is None else normalized
+        if volume.shape != np.shape(t1):
+            raise ValueError(f"normalized volume {volume.shape} differs from the T1 {np.shape(t1)}")
+
+    def probability_of(source: np.ndarray) -> np.ndarray:
+        stack = plane_stack(source, plane, convert, None if per_slice else source)
+        return planes.from_stack(predict_plane(predict, stack, canvas, channels, batch_size, skip_empty), plane)
+
+    probability = probability_of(volume)
+    if not flip_tta or (planes.left_right_axis(plane) is None and channels == 1):
+        return probability
+    probability += probability_of(volume[::-1])[::-1]
+    probability *= np.float32(0.5)
+    return probability
+
+
+@dataclass(frozen=True)
+class PlanePredictor:
+    """One plane's ``predict`` (one model, or the mean of a fold set) and the channels it reads."""
+    predict: Predict
+    channels: int
+
+
+def volume_probabilities(volume: np.ndarray, predictors: dict[str, PlanePredictor], convert: ConvertConfig,
+                         batch_size: int, flip_tta: bool = False, skip_empty: bool = False) -> dict[str, np.ndarray]:
+    """Per plane, the float32 probability volume of ``volume`` (normalised once for all planes)."""
+    normalized = normalized_volume(volume, convert)
+    return {plane: plane_probability(p.predict, volume, plane, convert, p.channels, batch_size, flip_tta=flip_tta,
+                                     normalized=normalized, skip_empty=skip_empty)
+            for plane, p in predictors.items()}
+
+
+# ------------------------------------------------------------------------------------- models
+def model_channels(model: "keras.Model") -> int:
+    """The number of input channels (adjacent slices) a single-input (n, H, W, C) model reads."""
+    inputs = model.inputs
+    shape = tuple(inputs[0].shape) if len(inputs) == 1 else ()
+    if len(shape) != 4 or shape[-1] is None:
+        raise ValueError(f"model {model.name!r} has input(s) {[tuple(i.shape) for i in inputs]}; "
+                         "expected one (n, H, W, C) input with a fixed C")
+    return int(shape[-1])
+
+
+def _check_model(path: Path, model, canvas_shape: tuple[int, int] | None) -> int:
+    try:
+        channels = model_channels(model)
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from None
+    outputs = model.outputs
+    out = tuple(outputs[0].shape) if len(outputs) == 1 else ()
+    height, width = tuple(model.inputs[0].shape)[1:3]
+    if len(out) != 4 or out[-1] != 1 or out[1:3] != (height, width):
+        raise InputError(path, f"model output {[tuple(o.shape) for o in outputs]} is not one (n, H, W, 1) "
+                               f"probability map of the input's size ({height}, {width})")
+    if canvas_shape is not None:
+        for size, expected, name in ((height, canvas_shape[0], "height"), (width, canvas_shape[1], "width")):
+            if size is not None and int(size) != int(expected):
+                raise InputError(path, f"model input {height}x{width} does not fit the canvas "
+                                       f"{canvas_shape[0]}x{canvas_shape[1]} ({name} differs)")
+    return channels
+
+
+def load_model(path) -> "keras.Model":
+    """One ``.keras`` model in safe mode, uncompiled; faults are an :class:`InputError` naming the file."""
+    from strokeseg.models import load_model as load_safely
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "model file not found")
+    try:
+        return load_safely(path)
+    except Exception as exc:  # Keras raises ValueError, zipfile/OSError, TypeError ... for bad files
+        text = " ".join(str(exc).split())[:300] or exc.__class__.__name__
+        raise InputError(path, f"not a loadable Keras model ({exc.__class__.__name__}: {text})") from None
+
+
+def model_files(folder, ensemble: bool = False) -> dict[str, list[Path]]:
+    """The model files of each plane in ``folder`` (see the module docstring).
+
+    ``<plane>.keras`` is used when present, unless ``ensemble``; otherwise every
+    ``<plane>_fold<k>.keras`` (sorted by k) is a member of that plane's ensemble.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "models folder not found")
+    folds: dict[str, list[tuple[int, Path]]] = {plane: [] for plane in PLANES}
+    for path in folder.iterdir():
+        match = _FOLD_FILE.match(path.name)
+        if match and match["plane"] in folds:
+            folds[match["plane"]].append((int(match["fold"]), path))
+    found = {}
+    for plane in PLANES:
+        single = folder / f"{plane}{MODEL_SUFFIX}"
+        members = [p for _, p in sorted(folds[plane])]
+        if single.is_file() and not ensemble:
+            found[plane] = [single]
+        elif members:
+            found[plane] = members
+        else:
+            wanted = f"{plane}_fold<k>.keras" if ensemble else f"{plane}.keras or {plane}_fold<k>.keras"
+            raise InputError(folder, f"no {plane} model (expected {wanted})")
+    return found
+
+
+def load_plane_models(folder, ensemble: bool = False,
+                      canvas_shapes: dict[str, tuple[int, int]] | None = None) -> dict[str, list["keras.Model"]]:
+    """The models of the three planes: ``{plane: [model, ...]}`` (one model, or an ensemble).
+
+    Every model must have one (n, H, W, C) input and one (n, H, W, 1) output; the members of a plane
+    must read the same number of channels; with ``canvas_shapes`` (plane → (H, W)) a model with a
+    fixed input size must fit its plane's canvas. Each fault is an :class:`InputError` naming the file.
+    """
+    models: dict[str, list] = {}
+    for plane, paths in model_files(folder, ensemble).items():
+        loaded, channels = [], set()
+        for path in paths:
+            model = load_model(path)
+            channels.add(_check_model(path, model, (canvas_shapes or {}).get(plane)))
+            if len(channels) > 1:
+                raise InputError(path, f"{plane} models read different numbers of input channels "
+                                       f"({sorted(channels)}); an ensemble needs one")
+            loaded.append(model)
+        models[plane] = loaded
+    return models
+
+
+def ensemble_predict(models: list["keras.Model"], batch_size: int) -> Predict:
+    """A ``predict`` callable: the mean of the members' float32 probabilities (one member: its own).
+
+    A chunk of at most ``batch_size`` slices (what :func:`predict_slices` passes) goes through
+    ``model.predict_on_batch``: the same inference step as ``model.predict`` without building a
+    tf.data pipeline per call, which costs ~0.15 s a call on a 2-core CPU (seconds per volume).
+    Larger inputs go through ``model.predict(x, batch_size=batch_size)``.
+    """
+    batch_size = check_batch_size(batch_size)
+    if not models:
+        raise ValueError("ensemble_predict needs at least one model")
+
+    def one(model, x: np.ndarray) -> np.ndarray:
+        out = model.predict_on_batch(x) if len(x) <= batch_size else \
+            model.predict(x, batch_size=batch_size, verbose=0)
+        return np.asarray(out, dtype=np.float32)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        total = None
+        for model in models:
+            out = one(model, x)
+            total = out if total is None else total + out
+        if len(models) > 1:
+            total /= np.float32(len(models))
+        return total
+
+    return predict
+
+
+def plane_predictors(models: dict[str, list["keras.Model"]], batch_size: int) -> dict[str, PlanePredictor]:
+    """:class:`PlanePredictor` per plane from :func:`load_plane_models`' members."""
+    return {plane: PlanePredictor(ensemble_predict(members, batch_size), model_channels(members[0]))
+            for plane, members in models.items()}

@@ -1,0 +1,436 @@
+"""``strokeseg predict``: lesion masks for T1 NIfTI volumes from trained per-plane models.
+
+The same command runs inside the Docker image (docker/README.md) and outside it::
+
+    strokeseg predict INPUT [INPUT ...] --models DIR --output DIR [options]
+
+Inputs are ``.nii``/``.nii.gz`` files and/or folders (their ``*.nii``/``*.nii.gz`` files, top
+level only, hidden files skipped, sorted by name). Per case:
+
+1. load and validate (:func:`strokeseg.data.nifti.load_t1`: not NIfTI, truncated gzip, 4-D, NaN/inf,
+   constant image are faults of that case);
+2. a volume on the MNI152 grid (197×233×189, 1 mm, :data:`strokeseg.data.resample.MNI_AFFINE`) is used
+   as is; any other grid is resampled onto it (trilinear) and the log says so. Resampling goes
+   through world coordinates: the image must already be registered to MNI152NLin2009aSym;
+3. normalise once (the models folder's ``config.json`` ``convert`` section, else the package
+   defaults; flags override both), predict every slice of the three planes in batches with the
+   plane's model or the mean of its fold models (:mod:`strokeseg.infer.inference`), optionally with
+   left–right flip test-time augmentation;
+4. fuse (:mod:`strokeseg.infer.fusion`; mean probability ≥ 0.5 by default, upstream's rule), optionally
+   remove components smaller than ``--min-lesion-voxels`` (voxels of the MNI grid, i.e. mm³);
+5. a resampled case's mask goes back to the input's own grid (float, trilinear, ≥ 0.5; see
+   :mod:`strokeseg.data.resample`);
+6. write ``<case>_mask.nii.gz`` (uint8 {0, 1}, the input's affine and header) and, with
+   ``--save-probabilities``, ``<case>_probability.nii.gz`` (float32, the fused probability map).
+
+The case name is the file name without ``.nii.gz``/``.nii`` and without a trailing ``_T1w``
+(``sub-r001s001_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz`` → ``sub-r001s001_ses-1_space-MNI152NLin2009aSym``),
+as upstream named its result folders. ``predictions.csv`` has one row per input, in input order
+(:data:`CSV_COLUMNS`); lesion volume uses the input grid's voxel size, lesion count 6-connectivity.
+
+Every file is written atomically (temporary file + rename). A failed case leaves no output file
+(outputs of the same case name from an earlier run are removed, so the folder matches the CSV) and
+the others are still processed. Exit status: 0 every case ok, 1 some case failed, 2 usage error
+(missing or inconsistent models folder, no inputs, bad options), before any case is processed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from strokeseg.infer import fusion
+from strokeseg.data import planes, resample
+from strokeseg.config import PLANES, ConvertConfig, from_dict
+from strokeseg.errors import InputError, StrokesegError
+from strokeseg.evaluate.volume_metrics import voxel_volume_ml
+from strokeseg.infer.inference import PlanePredictor
+from strokeseg.data.lesions import component_sizes
+from strokeseg.data.nifti import load_t1, write_nifti
+from strokeseg.runtime import configure_tensorflow
+from strokeseg.workdir import write_csv
+
+log = logging.getLogger("strokeseg.infer.predict")
+
+CSV_NAME = "predictions.csv"
+CSV_COLUMNS = ("case", "input", "status", "message", "resampled", "lesion_volume_ml", "lesion_count",
+               "voxels", "seconds")
+MASK_SUFFIX = "_mask.nii.gz"
+PROBABILITY_SUFFIX = "_probability.nii.gz"
+CONFIG_NAME = "config.json"
+FUSION_NAME = "fusion.json"         # stage 10's fusion settings, exported with its models
+FUSION_DEFAULTS = {"fusion": "mean", "threshold": 0.5, "weights": None, "flip_tta": False, "min_lesion_voxels": 0}
+CONVERT_KEYS = ("normalization", "robust_percentiles", "canvas_multiple", "store_dtype")
+COUNT_CONNECTIVITY = 6
+DEFAULT_BATCH_SIZE = 8     # CPU: small batches keep activations in cache; use 32+ on a GPU
+
+
+class UsageError(StrokesegError):
+    """A problem with the command as a whole (exit 2): nothing is processed."""
+
+
+@dataclass(frozen=True)
+class Options:
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
+    fusion: str = "mean"
+    threshold: float = 0.5
+    weights: dict | None = None
+    flip_tta: bool = False
+    min_lesion_voxels: int = 0
+    save_probabilities: bool = False
+    batch_size: int = DEFAULT_BATCH_SIZE
+    skip_empty: bool = False
+
+
+# ------------------------------------------------------------------------------------ arguments
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``strokeseg predict`` options (self-contained: also used by ``python -m strokeseg.infer.predict``)."""
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                        help="T1 NIfTI files (.nii, .nii.gz) and/or folders of them (top level)")
+    parser.add_argument("--models", type=Path, required=True, metavar="DIR",
+                        help="folder with axial.keras, sagittal.keras, coronal.keras and/or per-fold sets "
+                             "<plane>_fold<k>.keras, and optionally the training config.json")
+    parser.add_argument("--output", type=Path, required=True, metavar="DIR",
+                        help="folder for <case>_mask.nii.gz and predictions.csv (created if missing)")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="average every <plane>_fold<k>.keras even where <plane>.keras exists "
+                             "(without it, <plane>.keras is used when present, else the fold set)")
+    # Fusion settings default to the models folder's fusion.json (written by stage 10), so that
+    # `strokeseg predict --models 10_fusion/models` fuses exactly as stage 10 did; flags override it.
+    parser.add_argument("--fusion", choices=fusion.FUSION_RULES, default=None,
+                        help="mean: mean probability >= threshold (upstream); majority: >= 2 of 3 planes "
+                             "with probability > threshold; weighted_mean: needs weights (default: the models "
+                             f"folder's {FUSION_NAME}, else {FUSION_DEFAULTS['fusion']})")
+    parser.add_argument("--weights", type=float, nargs=3, metavar=("AXIAL", "SAGITTAL", "CORONAL"),
+                        default=None, help=f"plane weights of weighted_mean (default: {FUSION_NAME})")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help=f"fusion threshold (default: {FUSION_NAME}, else {FUSION_DEFAULTS['threshold']})")
+    parser.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="left-right flip test-time augmentation, twice the prediction time "
+                             f"(default: {FUSION_NAME}, else off)")
+    parser.add_argument("--min-lesion-voxels", type=int, default=None, metavar="N",
+                        help="remove lesions (6-connected components) smaller than N voxels of the "
+                             f"1 mm MNI grid, i.e. N mm3; 0 keeps all (default: {FUSION_NAME}, else 0)")
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="also write <case>_probability.nii.gz (float32 fused probability)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="slices per model call (default: %(default)s)")
+    parser.add_argument("--skip-empty-slices", action="store_true",
+                        help="give probability 0 to slices with no head voxel instead of predicting them "
+                             "(faster on skull-stripped volumes)")
+    defaults = ConvertConfig()
+    parser.add_argument("--normalization", choices=("volume_robust", "slice_max"), default=None,
+                        help=f"intensity normalisation the models were trained with (default: the models "
+                             f"folder's config.json, else {defaults.normalization})")
+    parser.add_argument("--robust-percentiles", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                        help=f"volume_robust window (default: config.json, else {defaults.robust_percentiles})")
+    parser.add_argument("--canvas-multiple", type=int, default=None,
+                        help=f"canvas size multiple (default: config.json, else {defaults.canvas_multiple})")
+    parser.add_argument("--store-dtype", choices=("uint8", "float16", "float32"), default=None,
+                        help=f"intensity dtype of training's stores (default: config.json, else "
+                             f"{defaults.store_dtype})")
+    if "--quiet" not in parser._option_string_actions:  # the strokeseg CLI may add its own
+        parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
+    return parser
+
+
+def _json_object(path: Path, what: str) -> dict:
+    """A JSON object file of the models folder; {} when there is none."""
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: unreadable {what} ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(record, dict):
+        raise UsageError(f"{path}: not a JSON object")
+    return record
+
+
+def recorded_config(models_dir: Path) -> dict:
+    """``<models>/config.json`` (the training run's config) as a dict; {} when there is none."""
+    return _json_object(Path(models_dir) / CONFIG_NAME, "config")
+
+
+def convert_config(models_dir: Path, args: argparse.Namespace | None = None) -> ConvertConfig:
+    """Package defaults, then the ``convert`` section of ``<models>/config.json`` if present, then flags."""
+    overrides: dict = {}
+    path = Path(models_dir) / CONFIG_NAME
+    if path.is_file():
+        section = recorded_config(models_dir).get("convert", {})
+        if not isinstance(section, dict):
+            raise UsageError(f"{path}: 'convert' is not a JSON object")
+        overrides.update({k: v for k, v in section.items() if k in CONVERT_KEYS})
+        log.info("normalisation from %s: %s", path, overrides or "package defaults")
+    if args is not None:
+        for key in CONVERT_KEYS:
+            value = getattr(args, key, None)
+            if value is not None:
+                overrides[key] = list(value) if isinstance(value, (list, tuple)) else value
+    try:
+        return from_dict({"convert": overrides}).convert
+    except StrokesegError as exc:
+        raise UsageError(f"{path}: {exc}" if path.is_file() else str(exc)) from None
+
+
+def fusion_settings(models_dir: Path, args: argparse.Namespace) -> dict:
+    """Package defaults, then ``<models>/fusion.json`` if present, then the flags given."""
+    settings = dict(FUSION_DEFAULTS)
+    path = Path(models_dir) / FUSION_NAME
+    if path.is_file():
+        record = _json_object(path, "fusion settings")
+        settings.update({k: record[k] for k in FUSION_DEFAULTS if record.get(k) is not None})
+        if isinstance(settings["weights"], dict):
+            settings["weights"] = [settings["weights"].get(p) for p in PLANES]
+        log.info("fusion settings from %s", path)
+    for key in FUSION_DEFAULTS:
+        if getattr(args, key, None) is not None:
+            settings[key] = getattr(args, key)
+    if settings["fusion"] not in fusion.FUSION_RULES:
+        raise UsageError(f"{path}: unknown fusion rule {settings['fusion']!r}")
+    if settings["fusion"] != "weighted_mean":
+        if args.weights is not None:
+            raise UsageError("--weights is only used with --fusion weighted_mean")
+        settings["weights"] = None
+    return settings
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    settings = fusion_settings(args.models, args)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0.0 <= settings["threshold"] <= 1.0:
+        raise UsageError(f"--threshold must be in [0, 1], got {settings['threshold']}")
+    if settings["min_lesion_voxels"] < 0:
+        raise UsageError(f"--min-lesion-voxels must be >= 0, got {settings['min_lesion_voxels']}")
+    weights = None
+    if settings["fusion"] == "weighted_mean":
+        if settings["weights"] is None or None in settings["weights"]:
+            raise UsageError("--fusion weighted_mean needs --weights AXIAL SAGITTAL CORONAL")
+        weights = dict(zip(PLANES, (float(w) for w in settings["weights"])))
+        if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise UsageError(f"--weights must be >= 0 and not all 0, got {settings['weights']}")
+    return Options(convert=convert_config(args.models, args), fusion=settings["fusion"],
+                   threshold=float(settings["threshold"]), weights=weights, flip_tta=bool(settings["flip_tta"]),
+                   min_lesion_voxels=int(settings["min_lesion_voxels"]),
+                   save_probabilities=args.save_probabilities, batch_size=args.batch_size,
+                   skip_empty=args.skip_empty_slices)
+
+
+# --------------------------------------------------------------------------------------- inputs
+def is_nifti_name(name: str) -> bool:
+    lower = name.lower()
+    return lower.endswith(".nii") or lower.endswith(".nii.gz")
+
+
+def case_name(path) -> str:
+    """File name without ``.nii.gz``/``.nii`` and without a trailing ``_T1w``."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    if name.endswith("_T1w") and len(name) > len("_T1w"):
+        name = name[: -len("_T1w")]
+    return name
+
+
+def find_inputs(paths, output: Path | None = None) -> list[Path]:
+    """The input files in order: files as given (a missing one becomes a failed case), folders'
+    ``*.nii``/``*.nii.gz`` files sorted by name (in the output folder, its own outputs are skipped)."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            found.append(path)
+            continue
+        own = output is not None and path.resolve() == Path(output).resolve()
+        members = sorted(p for p in path.iterdir()
+                         if is_nifti_name(p.name) and not p.name.startswith(".") and not p.is_dir()
+                         and not (own and p.name.endswith((MASK_SUFFIX, PROBABILITY_SUFFIX))))
+        if not members:
+            raise UsageError(f"{path}: no .nii or .nii.gz files in this folder")
+        found.extend(members)
+    if not found:
+        raise UsageError("no input files")
+    names: dict[str, list[str]] = {}
+    for path in found:
+        names.setdefault(case_name(path), []).append(str(path))
+    clashes = {name: paths for name, paths in names.items() if len(paths) > 1}
+    if clashes:
+        name, paths = next(iter(clashes.items()))
+        raise UsageError(f"inputs share the case name {name!r} (their outputs would overwrite each "
+                         f"other): {', '.join(paths)}")
+    return found
+
+
+# ------------------------------------------------------------------------------------ one case
+def load_predictor(models_dir: Path, convert: ConvertConfig, batch_size: int,
+                   ensemble: bool = False) -> dict[str, PlanePredictor]:
+    from strokeseg.infer.inference import load_plane_models, plane_predictors
+
+    canvases = {p: planes.canvas_for(resample.MNI_SHAPE, p, convert.canvas_multiple).shape for p in PLANES}
+    models = load_plane_models(models_dir, ensemble=ensemble, canvas_shapes=canvases)
+    predictors = plane_predictors(models, batch_size)
+    for plane, predictor in predictors.items():
+        log.info("%s: %d model(s), %d input channel(s)", plane, len(models[plane]), predictor.channels)
+    return predictors
+
+
+def _describe_grid(shape, affine) -> str:
+    import nibabel as nib
+
+    zooms = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
+    return (f"{'x'.join(str(int(s)) for s in shape)}, {'x'.join(f'{z:g}' for z in zooms)} mm, "
+            f"{''.join(nib.aff2axcodes(affine))}")
+
+
+def predict_volume(volume: np.ndarray, predictor: dict[str, PlanePredictor],
+                   options: Options) -> tuple[np.ndarray, np.ndarray | None]:
+    """Fused uint8 mask (and the fused probability when asked for) of a volume on the model grid."""
+    from strokeseg.infer.inference import volume_probabilities
+
+    probabilities = volume_probabilities(volume, predictor, options.convert, options.batch_size,
+                                         flip_tta=options.flip_tta, skip_empty=options.skip_empty)
+    mask = fusion.fused_mask(probabilities, options.fusion, options.threshold, options.weights,
+                             options.min_lesion_voxels, COUNT_CONNECTIVITY)
+    probability = (fusion.fused_probability(probabilities, options.fusion, options.weights)
+                   if options.save_probabilities else None)
+    return mask, probability
+
+
+def _outputs(output: Path, case: str) -> tuple[Path, Path]:
+    return output / f"{case}{MASK_SUFFIX}", output / f"{case}{PROBABILITY_SUFFIX}"
+
+
+def _remove(*paths: Path) -> None:
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _failed_row(path: Path, message: str) -> dict:
+    return {"case": case_name(path), "input": str(path), "status": "failed", "message": message,
+            "resampled": None, "lesion_volume_ml": np.nan, "lesion_count": np.nan, "voxels": np.nan,
+            "seconds": np.nan}
+
+
+def predict_case(path: Path, predictor: dict[str, PlanePredictor], options: Options, output: Path) -> dict:
+    """One CSV row; the case's files are written only when everything before succeeded."""
+    case = case_name(path)
+    mask_path, probability_path = _outputs(output, case)
+    row = _failed_row(path, "")
+    start = time.perf_counter()
+    written: list[Path] = []
+    try:
+        t1, image = load_t1(path)
+        affine = np.asarray(image.affine, dtype=np.float64)
+        shape = tuple(int(s) for s in t1.shape)
+        row["resampled"] = resampled = not resample.on_grid(shape, affine)
+        if resampled:
+            log.info("%s: grid %s is not the MNI152 grid: resampled onto it (trilinear) and the mask "
+                     "back (linear, >= 0.5); this assumes the image is registered to MNI152NLin2009aSym",
+                     case, _describe_grid(shape, affine))
+            volume = resample.to_mni(t1, affine)
+            del t1
+            if volume.min() == volume.max():
+                raise InputError(path, "no overlap with the MNI152 grid after resampling "
+                                       "(is the image registered to MNI space?)")
+        else:
+            log.info("%s: on the MNI152 grid (%s): used as is", case, _describe_grid(shape, affine))
+            volume = t1
+        mask, probability = predict_volume(volume, predictor, options)
+        del volume
+        if resampled:
+            mask = resample.from_mni_mask(mask, shape, affine)
+            if probability is not None:
+                probability = resample.from_mni(probability, shape, affine)
+        write_nifti(mask_path, mask, reference=image, dtype=np.uint8)
+        written.append(mask_path)
+        if probability is not None:
+            write_nifti(probability_path, probability, reference=image, dtype=np.float32)
+            written.append(probability_path)
+        else:
+            _remove(probability_path)          # a stale map from an earlier run would not match
+        voxels = int(np.count_nonzero(mask))
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        row.update(status="ok", voxels=voxels, lesion_volume_ml=voxels * voxel_volume_ml(spacing),
+                   lesion_count=int(len(component_sizes(mask, COUNT_CONNECTIVITY))))
+    except Exception as exc:  # one bad case never stops the others
+        _remove(*written)
+        _remove(mask_path, probability_path)
+        row["message"] = str(exc) if isinstance(exc, StrokesegError) else \
+            f"{path}: unexpected error ({exc.__class__.__name__}: {' '.join(str(exc).split())})"
+        log.error("%s", row["message"])
+        log.debug("traceback of %s", case, exc_info=True)
+    row["seconds"] = round(time.perf_counter() - start, 3)
+    if row["status"] == "ok":
+        log.info("%s: %d lesion voxels (%.2f mL), %d lesion(s), %.1f s -> %s", case, row["voxels"],
+                 row["lesion_volume_ml"], row["lesion_count"], row["seconds"], mask_path)
+    return row
+
+
+def write_table(rows: list[dict], path: Path) -> None:
+    """``predictions.csv`` (atomically, as every CSV)."""
+    write_csv(pd.DataFrame(rows, columns=list(CSV_COLUMNS)), path)
+
+
+# ---------------------------------------------------------------------------------------- runs
+def run(inputs, models: Path, output: Path, options: Options, ensemble: bool = False) -> tuple[int, pd.DataFrame]:
+    """Predict every input; returns (exit status 0/1, the CSV table). Usage errors raise UsageError/InputError."""
+    models, output = Path(models), Path(output)
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"{output}: output exists and is not a folder")
+    paths = find_inputs(inputs, output)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot create the output folder ({exc.__class__.__name__}: {exc})") from None
+    try:
+        predictor = load_predictor(models, options.convert, options.batch_size, ensemble)
+    except InputError as exc:  # a missing or mismatched model fails every case: say so per case, too
+        write_table([_failed_row(path, f"models: {exc}") for path in paths], output / CSV_NAME)
+        raise
+    rows = []
+    for i, path in enumerate(paths, 1):
+        log.info("case %d/%d: %s", i, len(paths), path)
+        rows.append(predict_case(path, predictor, options, output))
+    table = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+    write_table(rows, output / CSV_NAME)
+    failed = int((table["status"] != "ok").sum())
+    log.info("%d case(s) ok, %d failed; table %s", len(rows) - failed, failed, output / CSV_NAME)
+    return (1 if failed else 0), table
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Exit status: 0 every case ok, 1 some case failed, 2 usage error (one line on stderr)."""
+    try:
+        options = options_from_args(args)
+        configure_tensorflow(bool(recorded_config(args.models).get("onednn", True)))
+        status, _ = run(args.inputs, args.models, args.output, options, ensemble=args.ensemble)
+    except StrokesegError as exc:  # UsageError, or a models-folder InputError: nothing was processed
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m strokeseg.infer.predict ...`` (the same as ``strokeseg predict ...``)."""
+    parser = add_arguments(argparse.ArgumentParser(prog="strokeseg predict",
+                                                   description=__doc__.splitlines()[0]))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    return run_from_args(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Stage 02: the 80/20 subject split, stratified on the six 3-D volume bins.
+
+Writes ``subjects_80.csv`` and ``subjects_20.csv`` (subject_name, sum_voxel, volume_bin), the
+per-plane lesion-slice tables restricted to the 80 % (``lesion_information_<plane>_80.csv``),
+and a raincloud of lesion volume for all / 80 % / 20 %.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from strokeseg.report import figures
+from strokeseg.config import PLANES, Config
+from strokeseg.protocol.splits import holdout_split
+from strokeseg.stages.s01_dataset import SUBJECTS_CSV, plane_csv
+from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, write_csv
+
+STAGE = "02_splitting"
+TRAIN_CSV, HOLDOUT_CSV = "subjects_80.csv", "subjects_20.csv"
+COLUMNS = ["subject_name", "sum_voxel", "volume_bin"]
+
+
+def plane_80_csv(plane: str) -> str:
+    return f"lesion_information_{plane}_80.csv"
+
+
+def run(workdir: Path, config: Config, progress: bool = True) -> Path:
+    dataset = require_stage(workdir, "01_dataset")
+    subjects = read_csv(dataset / SUBJECTS_CSV)[COLUMNS]
+    train, holdout = holdout_split(subjects, config.split.holdout_fraction, config.seed)
+    synthetic = is_synthetic_run(workdir)
+    with StageWriter(workdir, STAGE, config, synthetic=synthetic) as out:
+        write_csv(train[COLUMNS], out.path / TRAIN_CSV)
+        write_csv(holdout[COLUMNS], out.path / HOLDOUT_CSV)
+        keep = set(train["subject_name"])
+        for plane in PLANES:
+            slices = read_csv(dataset / plane_csv(plane))
+            write_csv(slices[slices["subject_name"].isin(keep)], out.path / plane_80_csv(plane))
+        groups = [("all", subjects), ("80 %", train), ("20 %", holdout)]
+        long = pd.concat([frame.assign(set=name)[["set", "sum_voxel"]] for name, frame in groups],
+                         ignore_index=True)
+        figures.raincloud_figure(long, "set", "sum_voxel", "3-D lesion volume: all subjects, 80 % and 20 % sets",
+                                 "lesion voxels", out.path / "lesion_volume_split.png", synthetic,
+                                 order=[g for g, _ in groups], log_y=True)
+    return stage_dir(workdir, STAGE)

@@ -1,0 +1,91 @@
+"""Stage 04: k subject-level folds shared by the three planes, normal slices, balance checks.
+
+Writes ``folds.csv`` (subject_name, volume_bin, fold) — the one assignment every plane uses —
+then per plane ``<plane>/fold_<k>_lesion.csv`` (the fold subjects' lesion slices) and
+``<plane>/fold_<k>_normal.csv`` (lesion-free, brain-containing slices of the same subjects, 1:1
+per subject), and ``balance_tests.csv`` (Mann-Whitney U fold vs rest and upstream's fold vs pool
+on ``sum_voxel``, chi-squared on bin counts; 3-D and per plane), each with its textbook p-value and
+a subject-level permutation p-value (slices of one subject are not independent; see
+strokeseg.protocol.balance), drawn in ``balance_tests.png`` and ``balance_tests_subject_permutation.png``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from strokeseg.report import figures
+from strokeseg.protocol.balance import PERMUTATION_COLUMN, fold_balance_tests
+from strokeseg.config import PLANES, Config, derive_seed
+from strokeseg.errors import StrokesegError
+from strokeseg.protocol.splits import select_normal_slices, subject_folds
+from strokeseg.stages.s02_splitting import TRAIN_CSV, plane_80_csv
+from strokeseg.data.stores import store_geometry, store_index
+from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, write_csv
+
+STAGE = "04_cross_validation"
+FOLDS_CSV, BALANCE_CSV = "folds.csv", "balance_tests.csv"
+
+
+def lesion_csv(plane: str, fold: int) -> str:
+    return f"{plane}/fold_{fold}_lesion.csv"
+
+
+def normal_csv(plane: str, fold: int) -> str:
+    return f"{plane}/fold_{fold}_normal.csv"
+
+
+def run(workdir: Path, config: Config, progress: bool = True) -> Path:
+    split = require_stage(workdir, "02_splitting")
+    stores = require_stage(workdir, "03_convert")
+    subjects = read_csv(split / TRAIN_CSV)
+    folds = subject_folds(subjects, config.cv.n_folds, config.seed)
+    fold_of = folds.set_index("subject_name")["fold"]
+    per_subject = subjects.assign(fold=subjects["subject_name"].map(fold_of), bin=subjects["volume_bin"])
+    tests = [fold_balance_tests(per_subject, len(config.bins.volume_edges) - 1, "3d", groups="subject_name",
+                                seed=derive_seed(config.seed, "balance", "3d"))]
+    with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir)) as out:
+        write_csv(folds, out.path / FOLDS_CSV)
+        for plane in PLANES:
+            (out.path / plane).mkdir()
+            lesion_slices = read_csv(split / plane_80_csv(plane))
+            lesion_slices["fold"] = lesion_slices["subject_name"].map(fold_of)
+            index = store_index(stores, plane)
+            index["fold"] = index["subject_name"].map(fold_of)
+            h, w = store_geometry(stores, plane).canvas.slice_shape
+            min_brain = math.ceil(config.cv.min_brain_fraction * h * w)
+            for fold in range(1, config.cv.n_folds + 1):
+                fold_lesions = lesion_slices[lesion_slices["fold"] == fold].drop(columns="fold")
+                counts = fold_lesions.groupby("subject_name").size()
+                normals = select_normal_slices(index[index["fold"] == fold].drop(columns="fold"), counts,
+                                               config.cv.normal_ratio, min_brain,
+                                               derive_seed(config.seed, "normals", plane, fold))
+                write_csv(fold_lesions, out.path / lesion_csv(plane, fold))
+                write_csv(normals, out.path / normal_csv(plane, fold))
+            n_slice_bins = len(config.bins.slice_edges(plane)) - 1
+            tests.append(fold_balance_tests(lesion_slices.rename(columns={"slice_bin": "bin"}), n_slice_bins,
+                                            plane, groups="subject_name",
+                                            seed=derive_seed(config.seed, "balance", plane)))
+        check_subject_disjoint(out.path, config.cv.n_folds)
+        table = pd.concat(tests, ignore_index=True)
+        write_csv(table, out.path / BALANCE_CSV)
+        synthetic = is_synthetic_run(workdir)
+        figures.fold_balance_figure(table, out.path / "balance_tests.png", synthetic,
+                                    title="Fold balance: textbook p-values (items treated as independent)")
+        figures.fold_balance_figure(table.assign(p_value=table[PERMUTATION_COLUMN]),
+                                    out.path / "balance_tests_subject_permutation.png", synthetic,
+                                    title="Fold balance: subject-level permutation p-values")
+    return stage_dir(workdir, STAGE)
+
+
+def check_subject_disjoint(folder: Path, n_folds: int) -> None:
+    """Every subject's slices, in every plane, lie in one fold only (upstream leaked, §4.3)."""
+    owner: dict[str, int] = {}
+    for plane in PLANES:
+        for fold in range(1, n_folds + 1):
+            for name in (lesion_csv(plane, fold), normal_csv(plane, fold)):
+                for subject in read_csv(folder / name)["subject_name"].unique():
+                    if owner.setdefault(subject, fold) != fold:
+                        raise StrokesegError(f"{folder / name}: subject {subject} is in folds "
+                                             f"{owner[subject]} and {fold}")

@@ -1,0 +1,67 @@
+"""Stage 05: distribution-matched batch plans per plane, fold and fold part.
+
+Every fold is split once into a training part and an inner-validation part (volume-bin
+stratified, strokeseg.protocol.splits): when fold k is the test fold, models fit on the other folds'
+training parts and are selected on their inner-validation parts, and fold k is only evaluated
+(upstream selected on the test fold, §14.6). Each part gets batches of ``lesion_per_batch`` lesion
+slices allocated to size bins by largest remainder (every non-empty bin at least one slot) plus
+normal slices (strokeseg.protocol.batches). Writes ``<plane>/fold_<k>/{train,inner_val}_batches.csv``,
+``inner_validation.csv`` (fold, subject_name) and ``bin_usage.csv`` (per plane, fold and part:
+how many slices of each bin are available, used, repeated and unused).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from strokeseg.protocol import bins
+from strokeseg.protocol.batches import compose_batches
+from strokeseg.config import PLANES, Config, derive_seed
+from strokeseg.protocol.splits import PARTS, inner_validation_subjects
+from strokeseg.stages.s04_cross_validation import FOLDS_CSV, lesion_csv, normal_csv
+from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, write_csv
+
+STAGE = "05_batch_distribution"
+INNER_CSV, USAGE_CSV = "inner_validation.csv", "bin_usage.csv"
+
+
+def batches_csv(plane: str, fold: int, part: str) -> str:
+    return f"{plane}/fold_{fold}/{part}_batches.csv"
+
+
+def run(workdir: Path, config: Config, progress: bool = True) -> Path:
+    cv = require_stage(workdir, "04_cross_validation")
+    folds = read_csv(cv / FOLDS_CSV)
+    n_folds = int(folds["fold"].max())
+    inner = inner_validation_subjects(folds, config.batches.inner_validation_fraction, config.seed)
+    held = set(inner["subject_name"])
+    parts = {(int(fold), part): set(members["subject_name"]) & held if part == "inner_val"
+             else set(members["subject_name"]) - held
+             for fold, members in folds.groupby("fold") for part in PARTS}
+    normal_per_batch = config.batches.batch_size - config.batches.lesion_per_batch
+    usage = []
+    with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir)) as out:
+        write_csv(inner, out.path / INNER_CSV)
+        for plane in PLANES:
+            edges = config.bins.slice_edges(plane)
+            labels = dict(enumerate(bins.bin_labels(edges)))
+            for fold in range(1, n_folds + 1):
+                (out.path / plane / f"fold_{fold}").mkdir(parents=True)
+                lesions = read_csv(cv / lesion_csv(plane, fold))
+                normals = read_csv(cv / normal_csv(plane, fold))
+                for part in PARTS:
+                    chosen = parts[(fold, part)]
+                    plan, used = compose_batches(
+                        lesions[lesions["subject_name"].isin(chosen)][["subject_name", "slice", "sum_voxel", "slice_bin"]],
+                        normals[normals["subject_name"].isin(chosen)][["subject_name", "slice"]],
+                        len(edges) - 1, config.batches.lesion_per_batch, normal_per_batch,
+                        derive_seed(config.seed, "batches", plane, fold, part))
+                    write_csv(plan, out.path / batches_csv(plane, fold, part))
+                    used.insert(0, "part", part)
+                    used.insert(0, "fold", fold)
+                    used.insert(0, "plane", plane)
+                    used.insert(5, "label", used["bin"].map(labels).fillna("normal"))
+                    usage.append(used)
+        write_csv(pd.concat(usage, ignore_index=True), out.path / USAGE_CSV)
+    return stage_dir(workdir, STAGE)

@@ -1,0 +1,77 @@
+"""Stage 08: train the configured model (RAX-Net by default) on every selected (plane, test fold),
+evaluate each on its test fold, and tabulate (see strokeseg.train.loop, strokeseg.train.experiments).
+
+Outputs under ``08_training/``:
+- ``runs/<model>/<plane>/fold_<k>/``: the run (state, checkpoint, history.csv, best.keras) and its
+  ``test_slices.csv`` / ``test_subjects.csv``; kept across invocations so a killed stage resumes;
+- ``<plane>_folds_results.csv``: per evaluation (slice_upstream, lesion_slices, subject_3d) and
+  fold, mean ± std of Dice, recall, precision, the Average Score, an All row and the best fold;
+- ``test_slices.csv``, ``test_subjects_3d.csv``: every evaluated slice and subject, all runs;
+- ``runs.csv``: epochs, best epoch, stopping reason and hours per run;
+- ``best_folds.csv``: per plane, the fold whose model stage 10 uses by default (best 3-D average
+  score on its cross-validation test fold) and its model file;
+- ``test_dice_3d.png``: raincloud of per-subject 3-D Dice per plane.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from typing import Iterable
+
+from strokeseg.config import Config, apply_overrides
+from strokeseg.workdir import StageWriter, is_synthetic_run, stage_config, stage_dir, write_csv
+
+STAGE = "08_training"
+RUNS = "runs"
+
+
+def starting_config(workdir: Path, overrides: Iterable[str] = ()) -> Config:
+    """The config stage 06 recorded (stage 07, the model table, is optional), plus overrides."""
+    return apply_overrides(stage_config(workdir, "06_preparation"), overrides).validate()
+
+
+def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = False) -> Path:
+    from strokeseg.train import experiments
+
+    inputs = experiments.Inputs.of(workdir)
+    training = config.training
+    root = stage_dir(workdir, STAGE)
+    specs = experiments.run_specs(config, inputs, training, training.planes, training.folds, root / RUNS)
+    chief = True
+    for spec in specs:
+        chief = experiments.train_and_evaluate(spec, inputs, fresh, progress)
+    if not chief:  # a non-chief worker of a multi-worker run: the chief publishes
+        return root
+    slices, subjects, runs = experiments.collect(specs, root)
+    tables = experiments.plane_fold_tables(slices, subjects)
+    with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir), kept=(RUNS,)) as out:
+        for (model, plane), table in tables.items():
+            write_csv(table, out.path / f"{plane}_folds_results.csv")
+        write_csv(slices, out.path / "test_slices.csv")
+        write_csv(subjects, out.path / "test_subjects_3d.csv")
+        write_csv(runs, out.path / "runs.csv")
+        write_csv(experiments.best_folds(tables, runs), out.path / "best_folds.csv")
+        _figure(subjects, out.path / "test_dice_3d.png", out.synthetic, training.model)
+        out.extra["model"] = training.model
+        out.extra["runs"] = [str(s.folder.relative_to(root)) for s in specs]
+    return root
+
+
+def _figure(subjects, path: Path, synthetic: bool, model: str) -> None:
+    from strokeseg.report.figures import raincloud_figure
+
+    raincloud_figure(subjects, group="plane", value="dice", path=path, synthetic=synthetic,
+                     title=f"{model}: per-subject 3-D Dice on the cross-validation test folds",
+                     ylabel="Dice (single plane, 3-D)")
+
+
+# Command line (used by strokeseg.cli) ----------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fresh", action="store_true",
+                        help="discard this stage's existing runs and train from scratch (default: resume "
+                             "unfinished runs, reuse finished ones)")
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    return {"fresh": args.fresh}

@@ -1,0 +1,152 @@
+"""Stage 09: the comparison models and the loss comparison, under stage 08's protocol.
+
+Every comparison model is trained and evaluated by the same code as the stage-08 model (same
+stores, normalisation, batches, folds, inner validation, epochs budget, early stopping and
+evaluation), with its own published loss and optimiser (``comparison.recipe=published``,
+strokeseg.train.recipes) or RAX-Net's (``comparison.recipe=raxnet``). The loss comparison trains the
+stage-08 model with each loss in ``comparison.losses`` on ``comparison.loss_planes`` ×
+``comparison.loss_folds`` (upstream: axial, fold 3, 150 epochs).
+
+Outputs under ``09_comparison/``:
+- ``runs/<model>/<plane>/fold_<k>/`` and ``losses/<loss>/<model>/<plane>/fold_<k>/``: the runs
+  (kept across invocations, so a killed stage resumes), each with its test-fold evaluations;
+- ``folds_results.csv``: per model and plane, stage 08's fold table (the reference model included);
+- ``model_comparison.csv``: per plane and model, mean ± std and median of the per-subject 3-D
+  metrics on the cross-validation test folds;
+- ``wilcoxon.csv``: per plane and model, the paired Wilcoxon signed-rank test of per-subject 3-D
+  Dice against the stage-08 model;
+- ``loss_comparison.csv`` / ``loss_wilcoxon.csv``: the same per loss (reference: upstream's
+  "FocalTversky" sum, ``tversky_plus_focal``, when it is among the losses);
+- ``test_subjects_3d.csv``, ``runs.csv``: every per-subject row and run summary of both comparisons;
+- ``raincloud_dice_<plane>.png`` per plane, ``loss_raincloud_<plane>.png`` per loss plane.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from strokeseg.config import Config, apply_overrides
+from strokeseg.stages import s08_training as training_stage
+from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_config, stage_dir, write_csv
+
+STAGE = "09_comparison"
+RUNS, LOSS_RUNS = "runs", "losses"
+SUMMARY_METRICS = ["dice", "precision", "recall", "lesionwise_f1", "hd95_mm", "volume_difference_ml",
+                   "lesion_count_difference"]
+REFERENCE_LOSS = "tversky_plus_focal"
+
+
+def starting_config(workdir: Path, overrides: Iterable[str] = ()) -> Config:
+    """The config stage 08 recorded, plus overrides."""
+    return apply_overrides(stage_config(workdir, "08_training"), overrides).validate()
+
+
+def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = False) -> Path:
+    from strokeseg.train import experiments
+    from strokeseg.train.recipes import model_training
+    from strokeseg.evaluate.tables import paired_wilcoxon, summary_table
+
+    reference_dir = require_stage(workdir, "08_training")
+    inputs = experiments.Inputs.of(workdir)
+    comparison, root = config.comparison, stage_dir(workdir, STAGE)
+    reference = config.training.model
+
+    model_specs = []
+    for model in comparison.models:
+        training = model_training(config, model, comparison.recipe, comparison.max_epochs)
+        model_specs += experiments.run_specs(config, inputs, training, comparison.planes, comparison.folds, root / RUNS)
+    loss_specs = {}
+    for loss in comparison.losses:
+        training = replace(config.training, loss=loss, loss_options={}, max_epochs=comparison.loss_max_epochs)
+        loss_specs[loss] = experiments.run_specs(config, inputs, training, comparison.loss_planes,
+                                                 comparison.loss_folds, root / LOSS_RUNS / loss)
+    chief = True
+    for spec in model_specs + [s for specs in loss_specs.values() for s in specs]:
+        chief = experiments.train_and_evaluate(spec, inputs, fresh, progress)
+    if not chief:
+        return root
+
+    # Models: the stage-08 model's own results are the reference.
+    tables, subjects, runs = [], [read_csv(reference_dir / "test_subjects_3d.csv")], []
+    if model_specs:
+        slices, model_subjects, model_runs = experiments.collect(model_specs, root)
+        subjects.append(model_subjects)
+        runs.append(model_runs.assign(comparison="model"))
+        reference_slices = read_csv(reference_dir / "test_slices.csv")
+        tables = _fold_tables(pd.concat([reference_slices, slices], ignore_index=True),
+                              pd.concat(subjects, ignore_index=True))
+    subjects = pd.concat(subjects, ignore_index=True)
+
+    # Losses.
+    loss_tables, loss_subjects = [], []
+    for loss, specs in loss_specs.items():
+        slices, per_subject, loss_runs = experiments.collect(specs, root, loss=loss)
+        loss_subjects.append(per_subject)
+        runs.append(loss_runs.assign(comparison="loss"))
+        loss_tables += [t.assign(loss=loss) for t in _fold_tables(slices, per_subject)]
+
+    with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir), kept=(RUNS, LOSS_RUNS)) as out:
+        if model_specs:
+            write_csv(pd.concat(tables, ignore_index=True), out.path / "folds_results.csv")
+            write_csv(summary_table(subjects, ["plane", "model"], _present(subjects)), out.path / "model_comparison.csv")
+            write_csv(paired_wilcoxon(subjects, reference, "dice"), out.path / "wilcoxon.csv")
+            write_csv(subjects, out.path / "test_subjects_3d.csv")
+            _model_figures(subjects, reference, comparison.models, out)
+        if loss_specs:
+            losses = pd.concat(loss_subjects, ignore_index=True)
+            write_csv(_first(pd.concat(loss_tables, ignore_index=True), "loss"), out.path / "loss_comparison.csv")
+            write_csv(losses, out.path / "loss_test_subjects_3d.csv")
+            if REFERENCE_LOSS in loss_specs:
+                write_csv(paired_wilcoxon(losses, REFERENCE_LOSS, "dice", model_column="loss"),
+                          out.path / "loss_wilcoxon.csv")
+            _loss_figures(losses, list(loss_specs), out)
+        if runs:
+            write_csv(pd.concat(runs, ignore_index=True), out.path / "runs.csv")
+        out.extra["reference_model"] = reference
+        out.extra["recipe"] = comparison.recipe
+    return root
+
+
+def _fold_tables(slices: pd.DataFrame, subjects: pd.DataFrame) -> list[pd.DataFrame]:
+    """Stage 08's fold tables, one per (model, plane), labelled."""
+    from strokeseg.train import experiments  # imports TensorFlow: not at module import (the CLI)
+
+    return [_first(_first(table, "plane", plane), "model", model)
+            for (model, plane), table in experiments.plane_fold_tables(slices, subjects).items()]
+
+
+def _first(frame: pd.DataFrame, column: str, value=None) -> pd.DataFrame:
+    """``frame`` with ``column`` moved (or inserted with ``value``) to the front."""
+    frame = frame.copy()
+    values = frame.pop(column) if value is None else value
+    frame.insert(0, column, values)
+    return frame
+
+
+def _present(frame: pd.DataFrame) -> list[str]:
+    return [m for m in SUMMARY_METRICS if m in frame.columns]
+
+
+def _model_figures(subjects: pd.DataFrame, reference: str, models, out: StageWriter) -> None:
+    from strokeseg.evaluate.tables import comparison_raincloud
+
+    order = [reference] + [m for m in models if m != reference]
+    for plane, group in subjects.groupby("plane", sort=False):
+        present = [m for m in order if m in set(group["model"])]
+        comparison_raincloud(group, out.path / f"raincloud_dice_{plane}.png", out.synthetic, "dice", present,
+                             title=f"{plane}: per-subject 3-D Dice by model (cross-validation test folds)")
+
+
+def _loss_figures(losses: pd.DataFrame, names: list[str], out: StageWriter) -> None:
+    from strokeseg.evaluate.tables import comparison_raincloud
+
+    for plane, group in losses.groupby("plane", sort=False):
+        comparison_raincloud(group, out.path / f"loss_raincloud_{plane}.png", out.synthetic, "dice", names,
+                             title=f"{plane}: per-subject 3-D Dice by training loss", model_column="loss")
+
+
+# Command line (used by strokeseg.cli): the same --fresh flag as stage 08.
+add_arguments, run_options = training_stage.add_arguments, training_stage.run_options

@@ -1,0 +1,224 @@
+"""Batched whole-volume prediction (NumPy predictors) and per-plane model loading (tiny Keras models)."""
+import numpy as np
+import pytest
+
+from strokeseg.data import planes
+from strokeseg.data.cohort import discover
+from strokeseg.config import PLANES, ConvertConfig
+from strokeseg.errors import InputError
+from strokeseg.infer.inference import (ensemble_predict, load_plane_models, model_channels, normalized_volume,
+                                 plane_probability, plane_stack, predict_plane)
+from strokeseg.data.nifti import load_t1
+from strokeseg.data.stores import SliceStore, write_stores
+
+from conftest import write_tiny_cohort
+from helpers import Recorder, save_models, threshold_model
+
+
+def centre_channel(x):
+    return x[..., (x.shape[-1] - 1) // 2, None] / np.float32(255)
+
+
+# ------------------------------------------------------------------------------- plane_stack
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inference_cohort")
+    write_tiny_cohort(root, 2, seed=3)
+    return root, discover(root)
+
+
+CONVERTS = [ConvertConfig(), ConvertConfig(normalization="slice_max"),
+            ConvertConfig(store_dtype="float32", robust_percentiles=(2.0, 98.0), canvas_multiple=32)]
+
+
+@pytest.mark.parametrize("convert", CONVERTS, ids=["volume_robust", "slice_max", "float32_p2_m32"])
+def test_plane_stack_equals_what_stage_03_stores(cohort, tmp_path, convert):
+    _, subjects = cohort
+    write_stores(tmp_path, subjects, convert, binarize=False, workers=1, progress=False)
+    t1, _ = load_t1(subjects[1].t1w)
+    normalized = normalized_volume(t1, convert)
+    assert (normalized is None) == (convert.normalization == "slice_max")
+    for plane in PLANES:
+        store = SliceStore(tmp_path / plane)
+        rows = store.rows([subjects[1].subject] * store.n_slices, np.arange(store.n_slices))
+        stored = store.canvas.crop(store.images_at(rows)[..., 0])
+        assert store.canvas == planes.canvas_for(t1.shape, plane, convert.canvas_multiple)
+        for stack in (plane_stack(t1, plane, convert), plane_stack(t1, plane, convert, normalized)):
+            assert stack.dtype == np.dtype(convert.store_dtype)
+            np.testing.assert_array_equal(stack, stored)
+
+
+# ----------------------------------------------------------------------------- predict_plane
+@pytest.mark.parametrize("plane", PLANES)
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_predict_plane_batches_and_crops_back_exactly(plane, channels):
+    rng = np.random.default_rng(0)
+    volume = rng.integers(0, 256, (21, 26, 19), dtype=np.uint8)
+    canvas = planes.canvas_for(volume.shape, plane)
+    stack = planes.to_stack(volume, plane)
+    recorder = Recorder(centre_channel)
+    out = predict_plane(recorder, stack, canvas, channels, batch_size=4)
+    assert out.dtype == np.float32 and out.shape == stack.shape
+    assert max(recorder.sizes) <= 4 and sum(recorder.sizes) == len(stack)
+    assert all(shape[1:] == canvas.shape + (channels,) for shape in recorder.calls)
+    # The centre channel / 255 rebuilds the normalised volume exactly: no shift, no lost border.
+    np.testing.assert_array_equal(planes.from_stack(out, plane), volume.astype(np.float32) / np.float32(255))
+
+
+def test_channels_are_the_neighbouring_slices_clamped_at_the_ends():
+    stack = np.arange(5, dtype=np.uint8)[:, None, None] * np.ones((5, 3, 4), np.uint8)
+    canvas = planes.canvas_for((5, 3, 4), "sagittal")
+    seen = []
+
+    def record(x):
+        seen.append(x[:, canvas.offset[0], canvas.offset[1], :].copy())
+        return np.zeros(x.shape[:3] + (1,), np.float32)
+
+    predict_plane(record, stack, canvas, channels=4, batch_size=2)
+    np.testing.assert_array_equal(np.concatenate(seen), planes.neighbour_indices(np.arange(5), 5, 4))
+    assert all(s.dtype == np.float32 for s in seen)
+
+
+def test_skip_empty_predicts_only_slices_with_head_within_reach():
+    stack = np.zeros((10, 8, 8), np.uint8)
+    stack[4:6] = 100
+    canvas = planes.canvas_for((10, 8, 8), "sagittal")
+    recorder = Recorder(lambda x: np.ones(x.shape[:3] + (1,), np.float32))
+    out = predict_plane(recorder, stack, canvas, channels=3, batch_size=64, skip_empty=True)
+    assert sum(recorder.sizes) == 4                     # slices 3..6 see a filled neighbour
+    assert out[3:7].min() == 1 and out[:3].max() == 0 and out[7:].max() == 0
+
+
+def test_bad_stack_or_prediction_is_an_error():
+    canvas = planes.canvas_for((4, 5, 6), "sagittal")
+    with pytest.raises(ValueError, match="stack shape"):
+        predict_plane(centre_channel, np.zeros((4, 6, 5)), canvas, 1, 2)
+    with pytest.raises(ValueError, match="batch_size"):
+        predict_plane(centre_channel, np.zeros((4, 5, 6)), canvas, 1, 0)
+    with pytest.raises(ValueError, match="predict returned shape"):
+        predict_plane(lambda x: np.zeros((len(x), 2, 2, 1)), np.zeros((4, 5, 6)), canvas, 1, 2)
+
+
+# ------------------------------------------------------------------------- plane_probability
+def test_plane_probability_is_the_normalised_volume_for_the_identity_model():
+    rng = np.random.default_rng(1)
+    t1 = np.where(rng.random((20, 22, 18)) > 0.3, rng.normal(500, 80, (20, 22, 18)), 0).astype(np.float32)
+    convert = ConvertConfig()
+    expected = normalized_volume(t1, convert).astype(np.float32) / np.float32(255)
+    for plane in PLANES:
+        out = plane_probability(centre_channel, t1, plane, convert, channels=3, batch_size=7)
+        assert out.shape == t1.shape and out.dtype == np.float32
+        np.testing.assert_array_equal(out, expected)
+        shared = plane_probability(centre_channel, t1, plane, convert, 3, 7, normalized=normalized_volume(t1, convert))
+        np.testing.assert_array_equal(shared, expected)
+
+
+def position_dependent(x):
+    """Not mirror-equivariant: grows along the canvas rows and columns and reads the first channel."""
+    rows = np.linspace(0, 0.25, x.shape[1], dtype=np.float32)[:, None]
+    cols = np.linspace(0, 0.25, x.shape[2], dtype=np.float32)[None, :]
+    return ((rows + cols)[None] + x[..., 0] / np.float32(510))[..., None].astype(np.float32)
+
+
+@pytest.mark.parametrize("normalization", ["volume_robust", "slice_max"])
+def test_flip_tta_of_a_left_right_symmetric_volume_is_symmetric(normalization):
+    rng = np.random.default_rng(2)
+    half = rng.normal(500, 80, (10, 14, 12)).astype(np.float32)
+    t1 = np.concatenate([half, half[::-1]])                  # mirror-symmetric along x
+    convert = ConvertConfig(normalization=normalization)
+    for plane, channels in (("axial", 1), ("coronal", 1), ("sagittal", 3)):
+        plain = plane_probability(position_dependent, t1, plane, convert, channels, batch_size=8)
+        tta = plane_probability(position_dependent, t1, plane, convert, channels, 8, flip_tta=True)
+        assert not np.allclose(plain, plain[::-1])           # the predictor itself is not symmetric
+        np.testing.assert_allclose(tta, tta[::-1], atol=1e-6)
+        # A mirror-equivariant predictor gives the same probabilities with or without TTA.
+        np.testing.assert_allclose(plane_probability(centre_channel, t1, plane, convert, channels, 8, flip_tta=True),
+                                   plane_probability(centre_channel, t1, plane, convert, channels, 8), atol=1e-6)
+
+
+def test_flip_tta_skips_single_channel_sagittal_where_it_changes_nothing():
+    t1 = np.random.default_rng(3).normal(500, 80, (6, 16, 16)).astype(np.float32)
+    recorder = Recorder(centre_channel)
+    plane_probability(recorder, t1, "sagittal", ConvertConfig(), 1, batch_size=64, flip_tta=True)
+    assert sum(recorder.sizes) == 6
+    recorder = Recorder(centre_channel)
+    plane_probability(recorder, t1, "axial", ConvertConfig(), 1, batch_size=64, flip_tta=True)
+    assert sum(recorder.sizes) == 2 * 16
+
+
+# ------------------------------------------------------------------------------------ models
+def test_single_models_and_fold_ensembles_load_in_safe_mode(tmp_path):
+    folder = save_models(tmp_path / "models", {"axial.keras": 1, "sagittal.keras": 3,
+                                               "coronal_fold1.keras": 1, "coronal_fold2.keras": 1,
+                                               "axial_fold1.keras": 1, "notes_fold1.keras": 1})
+    (folder / "coronal_fold2.keras").rename(folder / "coronal_fold10.keras")   # numeric fold order
+    models = load_plane_models(folder)
+    assert {p: len(m) for p, m in models.items()} == {"axial": 1, "sagittal": 1, "coronal": 2}
+    assert model_channels(models["sagittal"][0]) == 3
+    with pytest.raises(InputError, match="no sagittal model"):
+        load_plane_models(folder, ensemble=True)          # --ensemble: every plane needs folds
+    x = np.full((2, 16, 16, 1), 210, np.float32)
+    single = ensemble_predict(models["axial"], batch_size=4)(x)
+    assert single.shape == (2, 16, 16, 1) and single.dtype == np.float32
+    np.testing.assert_allclose(ensemble_predict(models["coronal"], 4)(x), single, rtol=1e-6)
+
+
+def test_ensemble_is_the_mean_of_its_members(tmp_path):
+    low, high = threshold_model(level=100.0), threshold_model(level=150.0)
+    x = np.full((3, 16, 32, 1), 120, np.float32)
+    mean = ensemble_predict([low, high], batch_size=2)(x)
+    expected = (low.predict(x, verbose=0) + high.predict(x, verbose=0)) / 2
+    np.testing.assert_allclose(mean, expected, rtol=1e-6)
+
+
+def test_a_registry_model_loads_with_its_canvas(tmp_path):
+    from strokeseg.models import build_model
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    build_model("unet", (208, 240, 1), base_filters=2).save(folder / "axial.keras")
+    save_models(folder, {"sagittal.keras": 1, "coronal.keras": 1})
+    canvases = {p: planes.canvas_for(planes.ATLAS_SHAPE, p).shape for p in PLANES}
+    models = load_plane_models(folder, canvas_shapes=canvases)
+    assert tuple(models["axial"][0].inputs[0].shape) == (None, 208, 240, 1)
+    (folder / "axial.keras").rename(folder / "sagittal.keras")     # 208x240 model, 240x208 canvas
+    save_models(folder, {"axial.keras": 1})
+    with pytest.raises(InputError, match=r"sagittal\.keras: model input 208x240 does not fit the canvas 240x208"):
+        load_plane_models(folder, canvas_shapes=canvases)
+
+
+@pytest.mark.parametrize("fault", ["missing", "not_keras", "two_outputs", "channels"])
+def test_bad_model_folders_name_the_file(tmp_path, fault):
+    folder = save_models(tmp_path / "models", {"axial.keras": 1, "sagittal.keras": 1, "coronal.keras": 1})
+    if fault == "missing":
+        (folder / "coronal.keras").unlink()
+        expected = "no coronal model"
+    elif fault == "not_keras":
+        (folder / "coronal.keras").write_text("not a model")
+        expected = r"coronal\.keras: not a loadable Keras model"
+    elif fault == "two_outputs":
+        threshold_model(filters=2).save(folder / "coronal.keras")
+        expected = r"coronal\.keras: model output .* is not one \(n, H, W, 1\)"
+    else:
+        (folder / "coronal.keras").unlink()
+        save_models(folder, {"coronal_fold1.keras": 1, "coronal_fold2.keras": 3})
+        expected = r"coronal_fold2\.keras: coronal models read different numbers of input channels"
+    with pytest.raises(InputError, match=expected):
+        load_plane_models(folder)
+    with pytest.raises(InputError, match="models folder not found"):
+        load_plane_models(tmp_path / "nowhere")
+
+
+def test_models_with_custom_layers_load_in_safe_mode_in_a_fresh_process(tmp_path):
+    """X-Net registers custom layers: a process that never built one must still load its file."""
+    import subprocess
+    import sys
+
+    from strokeseg.models import build_model
+
+    build_model("xnet", (32, 32, 1)).save(tmp_path / "axial.keras")
+    code = ("import sys; from strokeseg.infer.inference import load_model; "
+            "print(load_model(sys.argv[1]).name)")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "axial.keras")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "xnet", result.stderr[-2000:]

@@ -1,0 +1,101 @@
+"""Stages 08 and 09 through their run.py entry points on the tiny cohort: a killed training stage
+resumes to the same epochs without gaps or duplicates, and both stages publish their tables."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# One plane and one fold keep the stage quick; the loop over planes and folds is the same code.
+TRAINING = ["training.planes=[\"axial\"]", "training.folds=[1]", "training.max_epochs=6",
+            "training.steps_per_epoch=0", "training.validation_steps=1", "training.eval_batch_size=16"]
+RUN = Path("08_training/runs/raxnet/axial/fold_1")
+
+
+def command(stage: str, workdir: Path, overrides=()) -> list[str]:
+    return [sys.executable, str(ROOT / stage / "run.py"), "--workdir", str(workdir), "--quiet",
+            *[a for o in overrides for a in ("--set", o)]]
+
+
+def run_ok(stage: str, workdir: Path, overrides=()) -> None:
+    result = subprocess.run(command(stage, workdir, overrides), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def epochs(workdir: Path) -> list[int]:
+    path = workdir / RUN / "history.csv"
+    return list(pd.read_csv(path)["epoch"]) if path.is_file() else []
+
+
+@pytest.fixture(scope="module")
+def trained(prepared_workdir, tmp_path_factory) -> Path:
+    """A copy of the prepared workdir whose stage 08 was killed after its first epoch, then rerun."""
+    workdir = tmp_path_factory.mktemp("stage08") / "work"
+    shutil.copytree(prepared_workdir, workdir)
+    process = subprocess.Popen(command("08_training", workdir, TRAINING), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not epochs(workdir) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = epochs(workdir)
+    assert process.returncode == -signal.SIGKILL and 1 <= len(killed_at) < 6, killed_at
+    assert not (workdir / "08_training" / "manifest.json").exists()   # nothing published yet
+    run_ok("08_training", workdir, TRAINING)
+    return workdir
+
+
+def test_a_killed_training_stage_resumes_to_the_same_epochs_without_gaps_or_duplicates(trained, prepared_workdir,
+                                                                                         tmp_path):
+    resumed = pd.read_csv(trained / RUN / "history.csv")
+    reference = tmp_path / "work"
+    shutil.copytree(prepared_workdir, reference)
+    run_ok("08_training", reference, TRAINING)
+    uninterrupted = pd.read_csv(reference / RUN / "history.csv")
+    assert list(resumed["epoch"]) == list(uninterrupted["epoch"]) == list(range(1, 7))
+    columns = ["epoch", "loss", "val_loss", "learning_rate"]
+    pd.testing.assert_frame_equal(resumed[columns], uninterrupted[columns], rtol=1e-5)
+
+
+def test_stage_08_publishes_fold_tables_runs_and_best_folds(trained):
+    stage = trained / "08_training"
+    manifest = json.loads((stage / "manifest.json").read_text())
+    assert "runs" in manifest["outputs"] and manifest["model"] == "raxnet"
+    table = pd.read_csv(stage / "axial_folds_results.csv", dtype={"fold": str})
+    assert set(table["evaluation"]) == {"slice_upstream", "lesion_slices", "subject_3d"}
+    assert list(table.loc[table["evaluation"] == "subject_3d", "fold"]) == ["1", "All"]
+    assert table.loc[table["fold"] == "1", "best_fold"].all()
+    subjects = pd.read_csv(stage / "test_subjects_3d.csv")
+    folds = pd.read_csv(trained / "04_cross_validation" / "folds.csv")
+    assert sorted(subjects["subject_name"]) == sorted(folds.loc[folds["fold"] == 1, "subject_name"])  # none dropped
+    best = pd.read_csv(stage / "best_folds.csv")
+    assert list(best["plane"]) == ["axial"] and (stage / best["model_file"].iloc[0]).is_file()
+    runs = pd.read_csv(stage / "runs.csv")
+    assert runs["epochs"].tolist() == [6] and (stage / "test_dice_3d.png").stat().st_size > 0
+
+
+def test_stage_09_compares_models_and_losses_through_the_same_protocol(trained):
+    run_ok("09_comparison", trained, ["comparison.models=[\"unet\"]", "comparison.planes=[\"axial\"]",
+                                      "comparison.folds=[1]", "comparison.max_epochs=1",
+                                      "comparison.losses=[\"dice\",\"tversky_plus_focal\"]",
+                                      "comparison.loss_folds=[1]", "comparison.loss_max_epochs=1"])
+    stage = trained / "09_comparison"
+    summary = pd.read_csv(stage / "model_comparison.csv")
+    assert set(summary["model"]) == {"raxnet", "unet"} and set(summary["plane"]) == {"axial"}
+    wilcoxon = pd.read_csv(stage / "wilcoxon.csv")
+    assert list(wilcoxon["model"]) == ["unet"] and wilcoxon["reference"].eq("raxnet").all()
+    assert wilcoxon["n_pairs"].iloc[0] == len(pd.read_csv(trained / "08_training" / "test_subjects_3d.csv"))
+    losses = pd.read_csv(stage / "loss_comparison.csv")
+    assert set(losses["loss"]) == {"dice", "tversky_plus_focal"}
+    assert (stage / "raincloud_dice_axial.png").is_file() and (stage / "loss_raincloud_axial.png").is_file()
+    runs = pd.read_csv(stage / "runs.csv")
+    assert sorted(runs["comparison"]) == ["loss", "loss", "model"]

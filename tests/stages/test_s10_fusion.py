@@ -1,0 +1,239 @@
+"""Stage 10 on the tiny cohort: every hold-out subject is predicted, fused, written and scored, the
+tables agree with the written masks, ``auto`` chooses the lesion size on cross-validation subjects
+only, and the exported models folder loads as ``strokeseg predict`` loads it.
+
+Stage 08 is run for real, as briefly as it can be (three planes, fold 1, one step of a 4-filter
+U-Net): stage 10 reads nothing but its published outputs.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from strokeseg.config import PLANES, apply_overrides, read_config
+from strokeseg.errors import StageOrderError, StrokesegError
+from strokeseg.infer.inference import PlanePredictor
+from strokeseg.workdir import stage_config
+
+TRAINING = ["training.model=unet", "training.model_options={\"base_filters\": 4}", "training.folds=[1]",
+            "training.max_epochs=1", "training.steps_per_epoch=1", "training.validation_steps=1",
+            "training.eval_batch_size=64"]
+MASKS = ["axial", "sagittal", "coronal", "fused"]
+
+
+@pytest.fixture(scope="module")
+def trained(prepared_workdir, tmp_path_factory) -> Path:
+    """A copy of the prepared workdir with stage 08 published for the three planes (fold 1)."""
+    from strokeseg.stages import s08_training as training
+
+    workdir = tmp_path_factory.mktemp("fusion") / "work"
+    shutil.copytree(prepared_workdir, workdir)
+    config = apply_overrides(stage_config(workdir, "06_preparation"), TRAINING).validate()
+    training.run(workdir, config, progress=False)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def fused(trained) -> Path:
+    """Stage 10 through the command line (the stage's flags registered as the lead registers them in
+    strokeseg.cli), with the automatic lesion size, probability maps and two overlays."""
+    from strokeseg import cli
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(cli, "OWN_ARGUMENTS", set(cli.OWN_ARGUMENTS) | {"fusion"})
+    try:
+        code = cli.main(["fusion", "--workdir", str(trained), "--quiet", "--min-lesion-voxels", "auto",
+                         "--save-probabilities", "--overlays", "2", "--batch-size", "40"])
+    finally:
+        patch.undo()
+    assert code == 0
+    return trained / "10_fusion"
+
+
+def _holdout(workdir: Path) -> pd.DataFrame:
+    return pd.read_csv(workdir / "03_convert" / "holdout.csv")
+
+
+def test_every_holdout_subject_has_the_three_planes_and_the_fused_mask(fused, trained):
+    subjects = pd.read_csv(fused / "subjects.csv")
+    holdout = _holdout(trained)
+    assert len(holdout) >= 2
+    assert sorted(subjects["subject_name"].unique()) == sorted(holdout["subject_name"])   # none dropped
+    for _, rows in subjects.groupby("subject_name"):
+        assert sorted(rows["mask"]) == sorted(MASKS)
+    bins = holdout.set_index("subject_name")["volume_bin"]
+    assert (subjects["volume_bin"] == subjects["subject_name"].map(bins)).all()
+    for column in ("dice", "precision", "recall", "volume_difference_voxels", "volume_difference_ml",
+                   "lesion_count_difference", "lesionwise_f1", "hd95_mm"):
+        assert column in subjects.columns
+    manifest = json.loads((fused / "manifest.json").read_text())
+    assert manifest["n_subjects"] == len(holdout) and manifest["options"]["fusion"] == "mean"
+    assert manifest["batch_size"] == 40 and manifest["stage"] == "10_fusion"
+
+
+def test_fused_masks_keep_the_input_geometry_and_the_metrics_are_recomputable(fused, trained):
+    from strokeseg.evaluate.volume_metrics import subject_metrics
+
+    subjects = pd.read_csv(fused / "subjects.csv")
+    for row in _holdout(trained).itertuples():
+        source = nib.load(row.t1w)
+        written = nib.load(fused / "masks" / f"{row.subject_name}_fused_mask.nii.gz")
+        mask = np.asanyarray(written.dataobj)
+        assert mask.dtype == np.uint8 and written.get_data_dtype() == np.uint8
+        assert mask.shape == source.shape and set(np.unique(mask)) <= {0, 1}
+        np.testing.assert_allclose(written.affine, source.affine)
+        np.testing.assert_allclose(written.header.get_zooms(), source.header.get_zooms())
+        assert int(written.header["sform_code"]) == int(source.header["sform_code"])
+        assert int(written.header["qform_code"]) == int(source.header["qform_code"])
+        truth = np.asanyarray(nib.load(row.mask).dataobj)
+        expected = subject_metrics(mask, truth, source.header.get_zooms()[:3])
+        got = subjects[(subjects["subject_name"] == row.subject_name) & (subjects["mask"] == "fused")].iloc[0]
+        for key in ("dice", "precision", "recall", "volume_difference_voxels", "volume_difference_ml",
+                    "lesion_count_difference", "lesionwise_f1", "hd95_mm", "pred_voxels", "truth_voxels"):
+            assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9, nan_ok=True), key
+        for plane in PLANES + ("fused",):
+            path = fused / "probabilities" / f"{row.subject_name}_{plane}_probability.nii.gz"
+            image = nib.load(path)
+            assert image.get_data_dtype() == np.uint8 and image.shape == source.shape
+
+
+def test_tables_summary_gain_and_volume_bins(fused, trained):
+    subjects = pd.read_csv(fused / "subjects.csv")
+    n = len(_holdout(trained))
+    summary = pd.read_csv(fused / "summary.csv")
+    assert list(summary["mask"]) == MASKS and (summary["n"] == n).all()
+    fused_rows = subjects[subjects["mask"] == "fused"]
+    assert summary.loc[summary["mask"] == "fused", "dice_mean"].iloc[0] == pytest.approx(fused_rows["dice"].mean())
+    gain = pd.read_csv(fused / "fusion_gain.csv")
+    assert sorted(gain["plane"].unique()) == sorted(PLANES)
+    dice = gain[gain["metric"] == "dice"].set_index("plane")
+    for plane in PLANES:
+        single = subjects[subjects["mask"] == plane]["dice"].mean()
+        assert dice.loc[plane, "n_pairs"] == n
+        assert dice.loc[plane, "mean_difference"] == pytest.approx(fused_rows["dice"].mean() - single, abs=1e-9)
+    bins = pd.read_csv(fused / "by_volume_bin.csv")
+    config = stage_config(trained, "08_training")
+    n_bins = len(config.bins.volume_edges) - 1
+    for mask in MASKS:
+        rows = bins[bins["mask"] == mask]
+        assert len(rows) == n_bins and rows["n"].sum() == n
+
+
+def test_auto_lesion_size_is_chosen_on_cross_validation_subjects_only(fused, trained):
+    sizes = pd.read_csv(fused / "min_lesion_voxels.csv")
+    assert sizes["chosen"].sum() == 1
+    chosen = int(sizes.loc[sizes["chosen"], "min_lesion_voxels"].iloc[0])
+    best = sizes["mean_dice"].max()
+    assert chosen == sizes.loc[sizes["mean_dice"] == best, "min_lesion_voxels"].min()   # ties: smallest
+    manifest = json.loads((fused / "manifest.json").read_text())
+    assert manifest["min_lesion_voxels"] == chosen and manifest["options"]["min_lesion_voxels"] == "auto"
+    assert json.loads((fused / "models" / "fusion.json").read_text())["min_lesion_voxels"] == chosen
+    used = pd.read_csv(fused / "cv_subjects.csv")
+    folds = pd.read_csv(trained / "04_cross_validation" / "folds.csv")
+    fold_1 = set(folds.loc[folds["fold"] == 1, "subject_name"])
+    assert set(used["subject_name"]) == fold_1                       # the fold-1 models' test fold
+    assert not set(used["subject_name"]) & set(_holdout(trained)["subject_name"])
+    assert (sizes["n_subjects"] == len(used)).all()
+
+
+def test_models_export_loads_like_predict_loads_it(fused, trained):
+    from strokeseg.infer import inference
+
+    models = inference.load_plane_models(fused / "models")
+    assert set(models) == set(PLANES) and all(len(m) == 1 for m in models.values())
+    best = pd.read_csv(trained / "08_training" / "best_folds.csv")
+    for plane in PLANES:
+        source = trained / "08_training" / best.loc[best["plane"] == plane, "model_file"].iloc[0]
+        assert (fused / "models" / f"{plane}.keras").read_bytes() == source.read_bytes()
+    config = read_config(fused / "models" / "config.json")
+    assert config.convert == stage_config(trained, "08_training").convert
+
+
+def test_figures_are_written(fused):
+    for name in ("dice_before_after_fusion.png", "fused_metrics_3d.png", "fusion_3d_view.png"):
+        assert (fused / name).stat().st_size > 1000, name
+    overlays = sorted((fused / "overlays").glob("*_overlay.png"))
+    assert len(overlays) == 2 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in overlays)
+
+
+def test_ensemble_members_weights_and_export(trained, tmp_path):
+    """--ensemble --fusion weighted_mean without predicting: every fold model of runs.csv per plane,
+    weights = the All row's subject-3-D Dice, <plane>_fold<k>.keras files that load as an ensemble."""
+    from strokeseg.infer import inference
+    from strokeseg.stages import s10_fusion as fusion
+
+    training_dir = trained / "08_training"
+    chosen = fusion.plane_model_files(training_dir, "unet", ensemble=True)
+    runs = pd.read_csv(training_dir / "runs.csv")
+    assert {p: [f for f, _ in m] for p, m in chosen.items()} == {p: [1] for p in PLANES}
+    assert chosen["axial"][0][1] == runs.loc[runs["plane"] == "axial", "model_file"].iloc[0]
+    weights = fusion.plane_weights(training_dir, chosen, ensemble=True)
+    for plane in PLANES:
+        table = pd.read_csv(training_dir / f"{plane}_folds_results.csv", dtype={"fold": str})
+        expected = table[(table["evaluation"] == "subject_3d") & (table["fold"] == "All")]["dice_mean"].iloc[0]
+        assert weights[plane] == pytest.approx(expected)
+    options = fusion.FusionOptions(fusion="weighted_mean", ensemble=True, min_lesion_voxels=3).checked()
+    config = fusion.starting_config(trained)
+    folder = fusion.export_models(tmp_path / "models", training_dir, chosen, config, options, weights)
+    assert sorted(p.name for p in folder.glob("*.keras")) == sorted(f"{p}_fold1.keras" for p in PLANES)
+    record = json.loads((folder / "fusion.json").read_text())
+    assert record["weights"] == weights and record["min_lesion_voxels"] == 3 and record["ensemble"]
+    assert all(len(m) == 1 for m in inference.load_plane_models(folder, ensemble=True).values())
+
+
+def test_stage_arguments_become_run_options():
+    import argparse
+
+    from strokeseg.stages import s10_fusion as fusion
+
+    parser = argparse.ArgumentParser()
+    fusion.add_arguments(parser)
+    options = fusion.run_options(parser.parse_args(["--ensemble", "--fusion", "majority", "--flip-tta",
+                                                    "--min-lesion-voxels", "25", "--overlays", "0"]))
+    assert options["ensemble"] and options["flip_tta"] and options["fusion"] == "majority"
+    assert options["min_lesion_voxels"] == 25 and options["overlays"] == 0
+    assert fusion.run_options(parser.parse_args(["--min-lesion-voxels", "auto"]))["min_lesion_voxels"] == "auto"
+    assert fusion.run_options(parser.parse_args([]))["min_lesion_voxels"] is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--min-lesion-voxels", "-3"])
+
+
+def test_missing_plane_and_bad_options_are_clear_errors(trained, tmp_path):
+    from strokeseg.stages import s10_fusion as fusion
+
+    config = fusion.starting_config(trained)
+    with pytest.raises(StrokesegError, match="min_lesion_voxels"):
+        fusion.run(trained, config, progress=False, min_lesion_voxels="big")
+    with pytest.raises(StrokesegError, match="fusion rule"):
+        fusion.run(trained, config, progress=False, fusion="max")
+    workdir = tmp_path / "work"
+    shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns("10_fusion"))
+    best = pd.read_csv(workdir / "08_training" / "best_folds.csv")
+    best[best["plane"] != "coronal"].to_csv(workdir / "08_training" / "best_folds.csv", index=False)
+    with pytest.raises(StageOrderError, match="coronal"):
+        fusion.run(workdir, config, progress=False)
+    assert not (workdir / "10_fusion" / "manifest.json").exists()
+
+
+def test_cross_validation_volumes_are_predicted_exactly_as_stage_08_evaluated_them(trained):
+    """auto's out-of-fold probabilities (store slices rebuilt into a volume, then the hold-out code
+    path) equal stage 08's own test-fold prediction of the same subject."""
+    from strokeseg.infer import inference
+    from strokeseg.evaluate.folds import plane_probability_volume
+    from strokeseg.stages import s10_fusion as fusion
+    from strokeseg.data.stores import SliceStore
+
+    folds = pd.read_csv(trained / "04_cross_validation" / "folds.csv")
+    subject = sorted(folds.loc[folds["fold"] == 1, "subject_name"])[0]
+    model = inference.load_model(trained / "08_training" / "runs" / "unet" / "coronal" / "fold_1" / "best.keras")
+    predict = inference.ensemble_predict([model], 16)
+    store = SliceStore(trained / "03_convert" / "coronal")
+    ours = fusion._store_probability(store, subject, PlanePredictor(predict, 1),
+                                     fusion.starting_config(trained), fusion.FusionOptions(), 16)
+    np.testing.assert_array_equal(ours, plane_probability_volume(predict, store, subject, 16))
