@@ -29,11 +29,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from strokeseg.contracts import DATASET, FOLDERS, PREPARATION  # noqa: E402
 from strokeseg.data import synthetic  # noqa: E402
 from strokeseg.data.cohort import discover  # noqa: E402
 
-STAGES = ["01_dataset", "02_splitting", "03_convert", "04_cross_validation", "05_batch_distribution",
-          "06_preparation"]
+DATA_STAGES = FOLDERS[:FOLDERS.index(PREPARATION) + 1]     # 01 -> 06
 
 
 def tree_rss_bytes(root_pid: int) -> int:
@@ -136,9 +136,9 @@ def main() -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     overrides = [a for o in args.overrides for a in ("--set", o)]
     rows = []
-    for stage in STAGES:
+    for stage in DATA_STAGES:
         command = [sys.executable, str(ROOT / stage / "run.py"), "--workdir", str(workdir), "--quiet"]
-        if stage == "01_dataset":
+        if stage == DATASET:
             command += ["--atlas-dir", str(cohort), "--profile", args.profile, *overrides]
         seconds, peak = run_measured(command)
         rows.append((stage, seconds, peak, disk_bytes(workdir / stage)))

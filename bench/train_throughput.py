@@ -80,7 +80,8 @@ from strokeseg.config import PLANES, PRECISIONS, Config, TrainingConfig, derive_
 from strokeseg.train.distribute import precision_policy, set_precision  # noqa: E402  (TF-free)
 from strokeseg.errors import StrokesegError  # noqa: E402
 from strokeseg.data.prepared import PreparedSplit  # noqa: E402
-from strokeseg.workdir import MANIFEST, stage_config, stage_dir  # noqa: E402
+from strokeseg.contracts import MANIFEST_JSON, MODELS, MODELS_TABLE_CSV, PREPARATION  # noqa: E402
+from strokeseg.workdir import stage_config, stage_dir  # noqa: E402
 
 MODEL = "raxnet"
 TRAIN_FLOPS_PER_FORWARD = 3          # forward + backward (≈ 2 × forward)
@@ -169,13 +170,13 @@ def open_workdir(args) -> Setup:
     """The stage-06 config and arrays, or a one-line StrokesegError naming what is missing."""
     from strokeseg.train.recipes import model_training
 
-    prepared = stage_dir(args.workdir, "06_preparation")
+    prepared = stage_dir(args.workdir, PREPARATION)
     if not prepared.is_dir():
         raise StrokesegError(f"{prepared}: no such folder; --workdir must hold a published 06_preparation")
-    if not (prepared / MANIFEST).is_file():
-        raise StrokesegError(f"{prepared}: not published (no {MANIFEST}); run 06_preparation/run.py "
+    if not (prepared / MANIFEST_JSON).is_file():
+        raise StrokesegError(f"{prepared}: not published (no {MANIFEST_JSON}); run 06_preparation/run.py "
                              f"--workdir {args.workdir} first")
-    config = stage_config(args.workdir, "06_preparation")
+    config = stage_config(args.workdir, PREPARATION)
     training = model_training(config, MODEL, "raxnet")   # stage 08's training section, model RAX-Net
     split = PreparedSplit(prepared, args.plane, args.fold, "train", config.cv.n_folds, channels=1)
     setup = Setup(args.workdir, config, training, split, args.plane, args.fold, 0, 1, args.steps)
@@ -339,7 +340,7 @@ def forward_gflops(setup: Setup, model: keras.Model) -> tuple[float | None, str]
 
         flops = count_flops(model, setup.input_shape)
         return flops.gflops, f"model_report.count_flops, not counted: {flops.uncounted_ops or 'none'}"
-    table = stage_dir(setup.workdir, "07_models") / "models.csv"
+    table = stage_dir(setup.workdir, MODELS) / MODELS_TABLE_CSV
     if table.is_file():
         import pandas as pd
 

@@ -23,6 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from strokeseg.contracts import (BY_VOLUME_BIN_CSV, COMPARISON, CONVERT, DATASET, FUSION, FUSION_GAIN_CSV,
+                                 HOLDOUT_CSV, LOSS_COMPARISON_CSV, MASKS_DIR, MODEL_COMPARISON_CSV, MODELS,
+                                 MODELS_DIR, STAGES, SUMMARY_CSV, TRAINING, fused_mask_file,
+                                 plane_folds_results_csv)
 from strokeseg.errors import StrokesegError
 from strokeseg.workdir import atomic_write_text, is_synthetic_run, read_csv, stage_config, write_csv
 
@@ -41,20 +45,11 @@ class Step:
     what: str
 
 
-STEPS = (
-    Step("01_dataset", ("01_dataset/run.py", "--profile", "demo"), "synthetic cohort and lesion statistics"),
-    Step("02_splitting", ("02_splitting/run.py",), "80/20 subject split"),
-    Step("03_convert", ("03_convert/run.py",), "per-plane slice stores"),
-    Step("04_cross_validation", ("04_cross_validation/run.py",), "subject-level folds, balance tests"),
-    Step("05_batch_distribution", ("05_batch_distribution/run.py",), "distribution-matched batch plans"),
-    Step("06_preparation", ("06_preparation/run.py",), "memory-mapped training arrays"),
-    Step("07_models", ("07_models/run.py", "--quick", "--models", "raxnet", "--planes", "axial"),
-         "model table (smoke run)"),
-    Step("08_training", ("08_training/run.py",), "RAX-Net per plane, test-fold evaluation"),
-    Step("09_comparison", ("09_comparison/run.py",), "comparison model and loss comparison"),
-    Step("10_fusion", ("10_fusion/run.py", "--min-lesion-voxels", "auto"),
-         "tri-planar fusion of the hold-out, 3-D evaluation"),
-)
+# The demo's own flags of some stages; the stages, their run.py and summaries come from the registry.
+DEMO_FLAGS = {DATASET: ("--profile", "demo"), MODELS: ("--quick", "--models", "raxnet", "--planes", "axial"),
+              FUSION: ("--min-lesion-voxels", "auto")}
+STEPS = tuple(Step(stage.folder, (stage.run_script, *DEMO_FLAGS.get(stage.folder, ())), stage.summary)
+              for stage in STAGES)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,15 +113,15 @@ def _timed(name: str, what: str, argv: list[str], timings: list) -> int:
 
 def predict_argv(workdir: Path) -> list[str]:
     """``strokeseg predict`` on every hold-out T1 volume with the models folder stage 10 wrote."""
-    holdout = read_csv(workdir / "03_convert" / "holdout.csv")
-    return ["-m", "strokeseg.infer.predict", *holdout["t1w"], "--models", str(workdir / "10_fusion" / "models"),
+    holdout = read_csv(workdir / CONVERT / HOLDOUT_CSV)
+    return ["-m", "strokeseg.infer.predict", *holdout["t1w"], "--models", str(workdir / FUSION / MODELS_DIR),
             "--output", str(workdir / PREDICT_DIR)]
 
 
 # Results ---------------------------------------------------------------------------------------------
 def fused_dice(workdir: Path) -> pd.DataFrame:
     """Stage 10's summary rows (mask = axial, sagittal, coronal, fused)."""
-    return read_csv(workdir / "10_fusion" / "summary.csv").set_index("mask")
+    return read_csv(workdir / FUSION / SUMMARY_CSV).set_index("mask")
 
 
 def best_plane(summary: pd.DataFrame) -> str:
@@ -139,11 +134,11 @@ def predict_agreement(workdir: Path) -> tuple[int, int]:
     from strokeseg.data.nifti import load_mask
     from strokeseg.infer.predict import MASK_SUFFIX, case_name
 
-    holdout = read_csv(workdir / "03_convert" / "holdout.csv")
+    holdout = read_csv(workdir / CONVERT / HOLDOUT_CSV)
     same = 0
     for subject, t1w in zip(holdout["subject_name"], holdout["t1w"]):
         predicted = workdir / PREDICT_DIR / f"{case_name(t1w)}{MASK_SUFFIX}"
-        fused = workdir / "10_fusion" / "masks" / f"{subject}_fused_mask.nii.gz"
+        fused = workdir / FUSION / MASKS_DIR / fused_mask_file(subject)
         same += bool(np.array_equal(load_mask(predicted, allow_empty=True), load_mask(fused, allow_empty=True)))
     return same, len(holdout)
 
@@ -186,7 +181,7 @@ SUMMARY_METRICS = (("dice", "Dice"), ("precision", "precision"), ("recall", "rec
 
 def results_markdown(workdir: Path, timing: pd.DataFrame, agreement: tuple[int, int]) -> str:
     """The demo's tables as Markdown, every number read from the stages' CSVs."""
-    config = stage_config(workdir, "08_training")
+    config = stage_config(workdir, TRAINING)
     same, n_holdout = agreement
     training = config.training
     data = (f"**Synthetic data, not ATLAS**: {config.dataset.n_subjects} subjects of strokeseg's ATLAS-like cohort"
@@ -216,20 +211,20 @@ def results_markdown(workdir: Path, timing: pd.DataFrame, agreement: tuple[int, 
         markdown_table(_summary_rows(summary)),
         "",
         "Fusion gain (`10_fusion/fusion_gain.csv`, per-subject Dice, paired Wilcoxon):", "",
-        markdown_table(_gain_rows(read_csv(workdir / "10_fusion" / "fusion_gain.csv"))),
+        markdown_table(_gain_rows(read_csv(workdir / FUSION / FUSION_GAIN_CSV))),
         "",
         "Fused Dice by 3-D lesion volume (`10_fusion/by_volume_bin.csv`, voxels):", "",
-        markdown_table(_bin_rows(read_csv(workdir / "10_fusion" / "by_volume_bin.csv"))),
+        markdown_table(_bin_rows(read_csv(workdir / FUSION / BY_VOLUME_BIN_CSV))),
         "",
         "Cross-validation test fold, per-subject 3-D Dice per plane (stage 08, `<plane>_folds_results.csv`, "
         "`subject_3d` rows) and per-slice upstream protocol (`slice_upstream`):", "",
         markdown_table(_fold_rows(workdir, config)),
     ]
-    comparison = workdir / "09_comparison" / "model_comparison.csv"
+    comparison = workdir / COMPARISON / MODEL_COMPARISON_CSV
     if comparison.exists():
         parts += ["", "Model comparison on the cross-validation test fold (stage 09, `model_comparison.csv`):", "",
                   markdown_table(_comparison_rows(read_csv(comparison)))]
-    losses = workdir / "09_comparison" / "loss_comparison.csv"
+    losses = workdir / COMPARISON / LOSS_COMPARISON_CSV
     if losses.exists():
         parts += ["", "Loss comparison (stage 09, `loss_comparison.csv`, `subject_3d` rows):", "",
                   markdown_table(_loss_rows(read_csv(losses)))]
@@ -267,7 +262,7 @@ def _bin_rows(bins: pd.DataFrame) -> pd.DataFrame:
 def _fold_rows(workdir: Path, config) -> pd.DataFrame:
     rows = []
     for plane in config.training.planes:
-        table = read_csv(workdir / "08_training" / f"{plane}_folds_results.csv")
+        table = read_csv(workdir / TRAINING / plane_folds_results_csv(plane))
         table = table[table["fold"].astype(str) == "All"].set_index("evaluation")
         rows.append({"plane": plane, "subjects": int(table.loc["subject_3d", "n"]),
                      "3-D Dice": f"{table.loc['subject_3d', 'dice_mean']:.3f}",

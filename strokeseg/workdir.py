@@ -21,55 +21,41 @@ from typing import Iterator
 import pandas as pd
 
 from strokeseg.config import Config, read_config, to_json
+from strokeseg.contracts import CONFIG_JSON, DATASET, FOLDERS, MANIFEST_JSON
 from strokeseg.errors import InputError, StageOrderError
 
 log = logging.getLogger(__name__)
 
-STAGES = (
-    "01_dataset",
-    "02_splitting",
-    "03_convert",
-    "04_cross_validation",
-    "05_batch_distribution",
-    "06_preparation",
-    "07_models",
-    "08_training",
-    "09_comparison",
-    "10_fusion",
-)
-MANIFEST = "manifest.json"
-CONFIG = "config.json"
-
 
 def stage_dir(workdir: Path, stage: str) -> Path:
-    if stage not in STAGES:
+    if stage not in FOLDERS:
         raise ValueError(f"unknown stage {stage!r}")
     return Path(workdir) / stage
 
 
 def previous_stage(stage: str) -> str:
-    index = STAGES.index(stage)
+    index = FOLDERS.index(stage)
     if index == 0:
-        raise ValueError("01_dataset has no previous stage")
-    return STAGES[index - 1]
+        raise ValueError(f"{stage} has no previous stage")
+    return FOLDERS[index - 1]
 
 
 def require_stage(workdir: Path, stage: str) -> Path:
     """The published output folder of ``stage``, or a clear error telling the user what to run."""
     folder = stage_dir(workdir, stage)
-    if not (folder / MANIFEST).is_file():
+    if not (folder / MANIFEST_JSON).is_file():
         raise StageOrderError(
-            f"{folder / MANIFEST}: not found; run `python {stage}/run.py --workdir {workdir}` first")
+            f"{folder / MANIFEST_JSON}: not found; run `python {stage}/run.py --workdir {workdir}` first")
     return folder
 
 
 def stage_config(workdir: Path, stage: str) -> Config:
     """The config recorded by a finished stage."""
-    return read_config(require_stage(workdir, stage) / CONFIG)
+    return read_config(require_stage(workdir, stage) / CONFIG_JSON)
 
 
 def manifest(workdir: Path, stage: str) -> dict:
-    return json.loads((require_stage(workdir, stage) / MANIFEST).read_text())
+    return json.loads((require_stage(workdir, stage) / MANIFEST_JSON).read_text())
 
 
 class StageWriter:
@@ -112,26 +98,26 @@ class StageWriter:
     def _publish(self) -> None:
         staged = sorted(p.name for p in self.path.iterdir())
         outputs = sorted(set(staged) | {k for k in self.kept if (self.final / k).exists()})
-        (self.path / CONFIG).write_text(to_json(self.config))
+        (self.path / CONFIG_JSON).write_text(to_json(self.config))
         record = {"stage": self.stage, "synthetic_data": self.synthetic, "outputs": outputs, **self.extra}
         old_outputs = []
-        if (self.final / MANIFEST).is_file():
+        if (self.final / MANIFEST_JSON).is_file():
             try:
-                old_outputs = json.loads((self.final / MANIFEST).read_text()).get("outputs", [])
+                old_outputs = json.loads((self.final / MANIFEST_JSON).read_text()).get("outputs", [])
             except (OSError, json.JSONDecodeError):
                 old_outputs = []
             # Unpublish first: if we die while swapping, no stale manifest vouches for mixed outputs.
-            (self.final / MANIFEST).unlink()
+            (self.final / MANIFEST_JSON).unlink()
         trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=self.final))
         try:
             for name in sorted(set(old_outputs) - set(outputs)):
                 _move_aside(self.final / name, trash)
-            for name in staged + [CONFIG]:
+            for name in staged + [CONFIG_JSON]:
                 _move_aside(self.final / name, trash)
                 os.replace(self.path / name, self.final / name)
         finally:
             shutil.rmtree(trash, ignore_errors=True)
-        atomic_write_text(self.final / MANIFEST, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(self.final / MANIFEST_JSON, json.dumps(record, indent=2, sort_keys=True) + "\n")
         log.info("%s: wrote %d outputs to %s", self.stage, len(outputs), self.final)
 
 
@@ -181,4 +167,4 @@ def read_csv(path: Path, **kwargs) -> pd.DataFrame:
 
 def is_synthetic_run(workdir: Path) -> bool:
     """Whether the cohort behind this workdir is synthetic (recorded by stage 01)."""
-    return bool(manifest(workdir, "01_dataset").get("synthetic_data", False))
+    return bool(manifest(workdir, DATASET).get("synthetic_data", False))

@@ -38,6 +38,7 @@ from strokeseg.infer.inference import check_batch_size, predict_chunk, predict_s
 from strokeseg.data.prepared import PreparedSplit
 from strokeseg.protocol.splits import fold_parts
 from strokeseg.data.stores import SliceStore
+from strokeseg.contracts import batches_csv
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -79,7 +80,6 @@ def role_plan(batches_dir: Path, plane: str, test_fold: int, n_folds: int,
     parts follow :func:`strokeseg.protocol.splits.fold_parts` (for the test role: the test fold's training
     part, then its inner-validation part).
     """
-    from strokeseg.stages.s05_batch_distribution import batches_csv
     from strokeseg.workdir import read_csv
 
     plans = [read_csv(Path(batches_dir) / batches_csv(plane, fold, part))

@@ -149,14 +149,15 @@ class PlaneInput:
 def plane_canvases(workdir: Path | None, config: Config, plane_names=None) -> list[PlaneCanvas]:
     """The canvases models see: a published stage-03 store's geometry, else the ATLAS grid's."""
     from strokeseg.data.stores import store_geometry
-    from strokeseg.workdir import MANIFEST, stage_dir
+    from strokeseg.contracts import CONVERT, MANIFEST_JSON
+    from strokeseg.workdir import stage_dir
 
     plane_names = tuple(plane_names or config.prepare.planes)
-    stores = stage_dir(workdir, "03_convert") if workdir is not None else None
+    stores = stage_dir(workdir, CONVERT) if workdir is not None else None
     out = []
     for plane in plane_names:
         planes_mod.check_plane(plane)
-        if stores is not None and (stores / MANIFEST).is_file():
+        if stores is not None and (stores / MANIFEST_JSON).is_file():
             canvas = store_geometry(stores, plane).canvas
             out.append(PlaneCanvas(plane, tuple(canvas.shape), "03_convert store"))
         else:

@@ -26,16 +26,11 @@ from strokeseg.data.nifti import load_pair
 from strokeseg.parallel import map_ordered
 from strokeseg.data.stores import Grid
 from strokeseg.workdir import StageWriter, stage_dir, write_csv
+from strokeseg.contracts import COHORT_CSV, DATASET, SUBJECTS_3D_CSV, plane_lesions_csv
 
 log = logging.getLogger(__name__)
-STAGE = "01_dataset"
+STAGE = DATASET
 SYNTHETIC_DIR = "synthetic_cohort"
-COHORT_CSV = "cohort.csv"
-SUBJECTS_CSV = "lesion_information_3d.csv"
-
-
-def plane_csv(plane: str) -> str:
-    return f"lesion_information_{plane}.csv"
 
 
 @dataclass(frozen=True)
@@ -66,7 +61,7 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
     subjects_frame["volume_bin"] = bins.assign_bins(subjects_frame["sum_voxel"], config.bins.volume_edges)
     with StageWriter(workdir, STAGE, config, synthetic=is_synthetic) as out:
         write_csv(cohort.cohort_frame(subjects), out.path / COHORT_CSV)
-        write_csv(subjects_frame, out.path / SUBJECTS_CSV)
+        write_csv(subjects_frame, out.path / SUBJECTS_3D_CSV)
         figures.lesion_distribution_figure(
             subjects_frame["sum_voxel"], subjects_frame["volume_bin"], config.bins.volume_edges,
             f"3-D lesion volume per subject (n={len(subjects_frame)})", "lesion voxels",
@@ -74,7 +69,7 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
         for plane in PLANES:
             frame = pd.concat(per_plane[plane], ignore_index=True)
             frame["slice_bin"] = bins.assign_bins(frame["sum_voxel"], config.bins.slice_edges(plane))
-            write_csv(frame, out.path / plane_csv(plane))
+            write_csv(frame, out.path / plane_lesions_csv(plane))
             figures.lesion_distribution_figure(
                 frame["sum_voxel"], frame["slice_bin"], config.bins.slice_edges(plane),
                 f"{plane.capitalize()} lesion slices (n={len(frame)})", "lesion pixels per slice",

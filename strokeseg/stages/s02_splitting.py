@@ -13,30 +13,25 @@ import pandas as pd
 from strokeseg.report import figures
 from strokeseg.config import PLANES, Config
 from strokeseg.protocol.splits import holdout_split
-from strokeseg.stages.s01_dataset import SUBJECTS_CSV, plane_csv
 from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, write_csv
+from strokeseg.contracts import DATASET, HOLDOUT_SUBJECTS_CSV, SPLITTING, SUBJECTS_3D_CSV, TRAIN_SUBJECTS_CSV, plane_lesions_80_csv, plane_lesions_csv
 
-STAGE = "02_splitting"
-TRAIN_CSV, HOLDOUT_CSV = "subjects_80.csv", "subjects_20.csv"
+STAGE = SPLITTING
 COLUMNS = ["subject_name", "sum_voxel", "volume_bin"]
 
 
-def plane_80_csv(plane: str) -> str:
-    return f"lesion_information_{plane}_80.csv"
-
-
 def run(workdir: Path, config: Config, progress: bool = True) -> Path:
-    dataset = require_stage(workdir, "01_dataset")
-    subjects = read_csv(dataset / SUBJECTS_CSV)[COLUMNS]
+    dataset = require_stage(workdir, DATASET)
+    subjects = read_csv(dataset / SUBJECTS_3D_CSV)[COLUMNS]
     train, holdout = holdout_split(subjects, config.split.holdout_fraction, config.seed)
     synthetic = is_synthetic_run(workdir)
     with StageWriter(workdir, STAGE, config, synthetic=synthetic) as out:
-        write_csv(train[COLUMNS], out.path / TRAIN_CSV)
-        write_csv(holdout[COLUMNS], out.path / HOLDOUT_CSV)
+        write_csv(train[COLUMNS], out.path / TRAIN_SUBJECTS_CSV)
+        write_csv(holdout[COLUMNS], out.path / HOLDOUT_SUBJECTS_CSV)
         keep = set(train["subject_name"])
         for plane in PLANES:
-            slices = read_csv(dataset / plane_csv(plane))
-            write_csv(slices[slices["subject_name"].isin(keep)], out.path / plane_80_csv(plane))
+            slices = read_csv(dataset / plane_lesions_csv(plane))
+            write_csv(slices[slices["subject_name"].isin(keep)], out.path / plane_lesions_80_csv(plane))
         groups = [("all", subjects), ("80 %", train), ("20 %", holdout)]
         long = pd.concat([frame.assign(set=name)[["set", "sum_voxel"]] for name, frame in groups],
                          ignore_index=True)

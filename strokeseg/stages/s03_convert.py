@@ -8,25 +8,23 @@ from pathlib import Path
 
 from strokeseg.data.cohort import SubjectFiles
 from strokeseg.config import Config
-from strokeseg.stages.s01_dataset import COHORT_CSV
-from strokeseg.stages.s02_splitting import HOLDOUT_CSV, TRAIN_CSV
 from strokeseg.data.stores import write_stores
 from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, write_csv
+from strokeseg.contracts import COHORT_CSV, CONVERT, DATASET, HOLDOUT_CSV, HOLDOUT_SUBJECTS_CSV, SPLITTING, TRAIN_SUBJECTS_CSV
 
-STAGE = "03_convert"
-HOLDOUT_REFERENCE = "holdout.csv"
+STAGE = CONVERT
 
 
 def run(workdir: Path, config: Config, progress: bool = True) -> Path:
-    files = read_csv(require_stage(workdir, "01_dataset") / COHORT_CSV)
-    split = require_stage(workdir, "02_splitting")
-    train = read_csv(split / TRAIN_CSV).merge(files, on="subject_name", validate="one_to_one")
-    holdout = read_csv(split / HOLDOUT_CSV).merge(files, on="subject_name", validate="one_to_one")
+    files = read_csv(require_stage(workdir, DATASET) / COHORT_CSV)
+    split = require_stage(workdir, SPLITTING)
+    train = read_csv(split / TRAIN_SUBJECTS_CSV).merge(files, on="subject_name", validate="one_to_one")
+    holdout = read_csv(split / HOLDOUT_SUBJECTS_CSV).merge(files, on="subject_name", validate="one_to_one")
     subjects = [SubjectFiles(r.subject_name, r.site, Path(r.t1w), Path(r.mask))
                 for r in train.sort_values("subject_name").itertuples()]
     with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir)) as out:
         counts = write_stores(out.path, subjects, config.convert, config.dataset.binarize_masks,
                               config.workers, progress)
-        write_csv(holdout.sort_values("subject_name"), out.path / HOLDOUT_REFERENCE)
+        write_csv(holdout.sort_values("subject_name"), out.path / HOLDOUT_CSV)
         out.extra["rows_per_plane"] = counts
     return stage_dir(workdir, STAGE)

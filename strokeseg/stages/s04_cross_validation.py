@@ -20,26 +20,18 @@ from strokeseg.protocol.balance import PERMUTATION_COLUMN, fold_balance_tests
 from strokeseg.config import PLANES, Config, derive_seed
 from strokeseg.errors import StrokesegError
 from strokeseg.protocol.splits import select_normal_slices, subject_folds
-from strokeseg.stages.s02_splitting import TRAIN_CSV, plane_80_csv
 from strokeseg.data.stores import store_geometry, store_index
 from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, write_csv
+from strokeseg.contracts import CONVERT, CROSS_VALIDATION, FOLDS_CSV, SPLITTING, TRAIN_SUBJECTS_CSV, lesion_slices_csv, normal_slices_csv, plane_lesions_80_csv
 
-STAGE = "04_cross_validation"
-FOLDS_CSV, BALANCE_CSV = "folds.csv", "balance_tests.csv"
-
-
-def lesion_csv(plane: str, fold: int) -> str:
-    return f"{plane}/fold_{fold}_lesion.csv"
-
-
-def normal_csv(plane: str, fold: int) -> str:
-    return f"{plane}/fold_{fold}_normal.csv"
+STAGE = CROSS_VALIDATION
+BALANCE_CSV = "balance_tests.csv"
 
 
 def run(workdir: Path, config: Config, progress: bool = True) -> Path:
-    split = require_stage(workdir, "02_splitting")
-    stores = require_stage(workdir, "03_convert")
-    subjects = read_csv(split / TRAIN_CSV)
+    split = require_stage(workdir, SPLITTING)
+    stores = require_stage(workdir, CONVERT)
+    subjects = read_csv(split / TRAIN_SUBJECTS_CSV)
     folds = subject_folds(subjects, config.cv.n_folds, config.seed)
     fold_of = folds.set_index("subject_name")["fold"]
     per_subject = subjects.assign(fold=subjects["subject_name"].map(fold_of), bin=subjects["volume_bin"])
@@ -49,7 +41,7 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
         write_csv(folds, out.path / FOLDS_CSV)
         for plane in PLANES:
             (out.path / plane).mkdir()
-            lesion_slices = read_csv(split / plane_80_csv(plane))
+            lesion_slices = read_csv(split / plane_lesions_80_csv(plane))
             lesion_slices["fold"] = lesion_slices["subject_name"].map(fold_of)
             index = store_index(stores, plane)
             index["fold"] = index["subject_name"].map(fold_of)
@@ -61,8 +53,8 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
                 normals = select_normal_slices(index[index["fold"] == fold].drop(columns="fold"), counts,
                                                config.cv.normal_ratio, min_brain,
                                                derive_seed(config.seed, "normals", plane, fold))
-                write_csv(fold_lesions, out.path / lesion_csv(plane, fold))
-                write_csv(normals, out.path / normal_csv(plane, fold))
+                write_csv(fold_lesions, out.path / lesion_slices_csv(plane, fold))
+                write_csv(normals, out.path / normal_slices_csv(plane, fold))
             n_slice_bins = len(config.bins.slice_edges(plane)) - 1
             tests.append(fold_balance_tests(lesion_slices.rename(columns={"slice_bin": "bin"}), n_slice_bins,
                                             plane, groups="subject_name",
@@ -84,7 +76,7 @@ def check_subject_disjoint(folder: Path, n_folds: int) -> None:
     owner: dict[str, int] = {}
     for plane in PLANES:
         for fold in range(1, n_folds + 1):
-            for name in (lesion_csv(plane, fold), normal_csv(plane, fold)):
+            for name in (lesion_slices_csv(plane, fold), normal_slices_csv(plane, fold)):
                 for subject in read_csv(folder / name)["subject_name"].unique():
                     if owner.setdefault(subject, fold) != fold:
                         raise StrokesegError(f"{folder / name}: subject {subject} is in folds "

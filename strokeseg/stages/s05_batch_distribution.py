@@ -19,19 +19,15 @@ from strokeseg.protocol import bins
 from strokeseg.protocol.batches import compose_batches
 from strokeseg.config import PLANES, Config, derive_seed
 from strokeseg.protocol.splits import PARTS, inner_validation_subjects
-from strokeseg.stages.s04_cross_validation import FOLDS_CSV, lesion_csv, normal_csv
 from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, write_csv
+from strokeseg.contracts import BATCHES, CROSS_VALIDATION, FOLDS_CSV, INNER_VALIDATION_CSV, batches_csv, lesion_slices_csv, normal_slices_csv
 
-STAGE = "05_batch_distribution"
-INNER_CSV, USAGE_CSV = "inner_validation.csv", "bin_usage.csv"
-
-
-def batches_csv(plane: str, fold: int, part: str) -> str:
-    return f"{plane}/fold_{fold}/{part}_batches.csv"
+STAGE = BATCHES
+USAGE_CSV = "bin_usage.csv"
 
 
 def run(workdir: Path, config: Config, progress: bool = True) -> Path:
-    cv = require_stage(workdir, "04_cross_validation")
+    cv = require_stage(workdir, CROSS_VALIDATION)
     folds = read_csv(cv / FOLDS_CSV)
     n_folds = int(folds["fold"].max())
     inner = inner_validation_subjects(folds, config.batches.inner_validation_fraction, config.seed)
@@ -42,14 +38,14 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
     normal_per_batch = config.batches.batch_size - config.batches.lesion_per_batch
     usage = []
     with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir)) as out:
-        write_csv(inner, out.path / INNER_CSV)
+        write_csv(inner, out.path / INNER_VALIDATION_CSV)
         for plane in PLANES:
             edges = config.bins.slice_edges(plane)
             labels = dict(enumerate(bins.bin_labels(edges)))
             for fold in range(1, n_folds + 1):
                 (out.path / plane / f"fold_{fold}").mkdir(parents=True)
-                lesions = read_csv(cv / lesion_csv(plane, fold))
-                normals = read_csv(cv / normal_csv(plane, fold))
+                lesions = read_csv(cv / lesion_slices_csv(plane, fold))
+                normals = read_csv(cv / normal_slices_csv(plane, fold))
                 for part in PARTS:
                     chosen = parts[(fold, part)]
                     plan, used = compose_batches(

@@ -13,16 +13,16 @@ from tqdm import tqdm
 from strokeseg.config import Config
 from strokeseg.data.prepared import part_dir, write_prepared
 from strokeseg.protocol.splits import PARTS
-from strokeseg.stages.s05_batch_distribution import batches_csv
 from strokeseg.data.stores import SliceStore
 from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir
+from strokeseg.contracts import BATCHES, CONVERT, PREPARATION, batches_csv
 
-STAGE = "06_preparation"
+STAGE = PREPARATION
 
 
 def run(workdir: Path, config: Config, progress: bool = True) -> Path:
-    stores = require_stage(workdir, "03_convert")
-    plans = require_stage(workdir, "05_batch_distribution")
+    stores = require_stage(workdir, CONVERT)
+    plans = require_stage(workdir, BATCHES)
     work = [(p, k, part) for p in config.prepare.planes for k in range(1, config.cv.n_folds + 1) for part in PARTS]
     shapes = {}
     with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir)) as out:

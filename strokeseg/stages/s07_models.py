@@ -18,17 +18,17 @@ from pathlib import Path
 from typing import Iterable
 
 from strokeseg.config import Config, apply_overrides, load_profile
-from strokeseg.workdir import MANIFEST, STAGES, StageWriter, is_synthetic_run, stage_config, stage_dir, write_csv
+from strokeseg.workdir import StageWriter, is_synthetic_run, stage_config, stage_dir, write_csv
+from strokeseg.contracts import DATASET, FOLDERS, MANIFEST_JSON, MODELS, MODELS_TABLE_CSV
 
-STAGE = "07_models"
-TABLE = "models.csv"
+STAGE = MODELS
 SUMMARIES = "summaries"
 
 
 def starting_config(workdir: Path, overrides: Iterable[str] = ()) -> Config:
     """The config recorded by the latest published stage before 07 (else the paper profile), plus overrides."""
-    for stage in reversed(STAGES[:STAGES.index(STAGE)]):
-        if (stage_dir(workdir, stage) / MANIFEST).is_file():
+    for stage in reversed(FOLDERS[:FOLDERS.index(STAGE)]):
+        if (stage_dir(workdir, stage) / MANIFEST_JSON).is_file():
             return apply_overrides(stage_config(workdir, stage), overrides).validate()
     return load_profile("paper", overrides)
 
@@ -50,7 +50,7 @@ def run(workdir: Path, config: Config, progress: bool = True, *, models=None, pl
     options = replace(options, strict=strict, seed=config.seed,
                       **{k: v for k, v in given.items() if v is not None}).validate()
     canvases = plane_canvases(workdir, config, options.planes)
-    dataset_done = (stage_dir(workdir, "01_dataset") / MANIFEST).is_file()
+    dataset_done = (stage_dir(workdir, DATASET) / MANIFEST_JSON).is_file()
     synthetic = is_synthetic_run(workdir) if dataset_done else config.synthetic
     with StageWriter(workdir, STAGE, config, synthetic=synthetic) as out:
         report = build_report(canvases, options, progress=progress)
@@ -58,7 +58,7 @@ def run(workdir: Path, config: Config, progress: bool = True, *, models=None, pl
         if not (table["status"] == "ok").any():
             reasons = "; ".join(dict.fromkeys(table["model"] + ": " + table["error"].astype(str)))
             raise ModelReportError(f"no model could be measured ({reasons})")
-        write_csv(table, out.path / TABLE)
+        write_csv(table, out.path / MODELS_TABLE_CSV)
         (out.path / SUMMARIES).mkdir()
         for name, text in report.summaries.items():
             (out.path / SUMMARIES / f"{name}.txt").write_text(text, encoding="utf-8")

@@ -21,14 +21,14 @@ from typing import Iterable
 
 from strokeseg.config import Config, apply_overrides
 from strokeseg.workdir import StageWriter, is_synthetic_run, stage_config, stage_dir, write_csv
+from strokeseg.contracts import BEST_FOLDS_CSV, PREPARATION, RUNS_CSV, RUNS_DIR, TEST_SLICES_CSV, TEST_SUBJECTS_3D_CSV, TRAINING, plane_folds_results_csv
 
-STAGE = "08_training"
-RUNS = "runs"
+STAGE = TRAINING
 
 
 def starting_config(workdir: Path, overrides: Iterable[str] = ()) -> Config:
     """The config stage 06 recorded (stage 07, the model table, is optional), plus overrides."""
-    return apply_overrides(stage_config(workdir, "06_preparation"), overrides).validate()
+    return apply_overrides(stage_config(workdir, PREPARATION), overrides).validate()
 
 
 def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = False) -> Path:
@@ -37,7 +37,7 @@ def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = Fals
     inputs = experiments.Inputs.of(workdir)
     training = config.training
     root = stage_dir(workdir, STAGE)
-    specs = experiments.run_specs(config, inputs, training, training.planes, training.folds, root / RUNS)
+    specs = experiments.run_specs(config, inputs, training, training.planes, training.folds, root / RUNS_DIR)
     chief = True
     for spec in specs:
         chief = experiments.train_and_evaluate(spec, inputs, fresh, progress)
@@ -45,13 +45,13 @@ def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = Fals
         return root
     slices, subjects, runs = experiments.collect(specs, root)
     tables = experiments.plane_fold_tables(slices, subjects)
-    with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir), kept=(RUNS,)) as out:
+    with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir), kept=(RUNS_DIR,)) as out:
         for (model, plane), table in tables.items():
-            write_csv(table, out.path / f"{plane}_folds_results.csv")
-        write_csv(slices, out.path / "test_slices.csv")
-        write_csv(subjects, out.path / "test_subjects_3d.csv")
-        write_csv(runs, out.path / "runs.csv")
-        write_csv(experiments.best_folds(tables, runs), out.path / "best_folds.csv")
+            write_csv(table, out.path / plane_folds_results_csv(plane))
+        write_csv(slices, out.path / TEST_SLICES_CSV)
+        write_csv(subjects, out.path / TEST_SUBJECTS_3D_CSV)
+        write_csv(runs, out.path / RUNS_CSV)
+        write_csv(experiments.best_folds(tables, runs), out.path / BEST_FOLDS_CSV)
         _figure(subjects, out.path / "test_dice_3d.png", out.synthetic, training.model)
         out.extra["model"] = training.model
         out.extra["runs"] = [str(s.folder.relative_to(root)) for s in specs]

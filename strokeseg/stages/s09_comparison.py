@@ -31,9 +31,10 @@ import pandas as pd
 from strokeseg.config import Config, apply_overrides
 from strokeseg.stages import s08_training as training_stage
 from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_config, stage_dir, write_csv
+from strokeseg.contracts import COMPARISON, LOSS_COMPARISON_CSV, MODEL_COMPARISON_CSV, RUNS_CSV, RUNS_DIR, TEST_SLICES_CSV, TEST_SUBJECTS_3D_CSV, TRAINING
 
-STAGE = "09_comparison"
-RUNS, LOSS_RUNS = "runs", "losses"
+STAGE = COMPARISON
+LOSS_RUNS = "losses"
 SUMMARY_METRICS = ["dice", "precision", "recall", "lesionwise_f1", "hd95_mm", "volume_difference_ml",
                    "lesion_count_difference"]
 REFERENCE_LOSS = "tversky_plus_focal"
@@ -41,7 +42,7 @@ REFERENCE_LOSS = "tversky_plus_focal"
 
 def starting_config(workdir: Path, overrides: Iterable[str] = ()) -> Config:
     """The config stage 08 recorded, plus overrides."""
-    return apply_overrides(stage_config(workdir, "08_training"), overrides).validate()
+    return apply_overrides(stage_config(workdir, TRAINING), overrides).validate()
 
 
 def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = False) -> Path:
@@ -49,7 +50,7 @@ def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = Fals
     from strokeseg.train.recipes import model_training
     from strokeseg.evaluate.tables import paired_wilcoxon, summary_table
 
-    reference_dir = require_stage(workdir, "08_training")
+    reference_dir = require_stage(workdir, TRAINING)
     inputs = experiments.Inputs.of(workdir)
     comparison, root = config.comparison, stage_dir(workdir, STAGE)
     reference = config.training.model
@@ -57,7 +58,7 @@ def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = Fals
     model_specs = []
     for model in comparison.models:
         training = model_training(config, model, comparison.recipe, comparison.max_epochs)
-        model_specs += experiments.run_specs(config, inputs, training, comparison.planes, comparison.folds, root / RUNS)
+        model_specs += experiments.run_specs(config, inputs, training, comparison.planes, comparison.folds, root / RUNS_DIR)
     loss_specs = {}
     for loss in comparison.losses:
         training = replace(config.training, loss=loss, loss_options={}, max_epochs=comparison.loss_max_epochs)
@@ -70,12 +71,12 @@ def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = Fals
         return root
 
     # Models: the stage-08 model's own results are the reference.
-    tables, subjects, runs = [], [read_csv(reference_dir / "test_subjects_3d.csv")], []
+    tables, subjects, runs = [], [read_csv(reference_dir / TEST_SUBJECTS_3D_CSV)], []
     if model_specs:
         slices, model_subjects, model_runs = experiments.collect(model_specs, root)
         subjects.append(model_subjects)
         runs.append(model_runs.assign(comparison="model"))
-        reference_slices = read_csv(reference_dir / "test_slices.csv")
+        reference_slices = read_csv(reference_dir / TEST_SLICES_CSV)
         tables = _fold_tables(pd.concat([reference_slices, slices], ignore_index=True),
                               pd.concat(subjects, ignore_index=True))
     subjects = pd.concat(subjects, ignore_index=True)
@@ -88,23 +89,23 @@ def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = Fals
         runs.append(loss_runs.assign(comparison="loss"))
         loss_tables += [t.assign(loss=loss) for t in _fold_tables(slices, per_subject)]
 
-    with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir), kept=(RUNS, LOSS_RUNS)) as out:
+    with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir), kept=(RUNS_DIR, LOSS_RUNS)) as out:
         if model_specs:
             write_csv(pd.concat(tables, ignore_index=True), out.path / "folds_results.csv")
-            write_csv(summary_table(subjects, ["plane", "model"], _present(subjects)), out.path / "model_comparison.csv")
+            write_csv(summary_table(subjects, ["plane", "model"], _present(subjects)), out.path / MODEL_COMPARISON_CSV)
             write_csv(paired_wilcoxon(subjects, reference, "dice"), out.path / "wilcoxon.csv")
-            write_csv(subjects, out.path / "test_subjects_3d.csv")
+            write_csv(subjects, out.path / TEST_SUBJECTS_3D_CSV)
             _model_figures(subjects, reference, comparison.models, out)
         if loss_specs:
             losses = pd.concat(loss_subjects, ignore_index=True)
-            write_csv(_first(pd.concat(loss_tables, ignore_index=True), "loss"), out.path / "loss_comparison.csv")
+            write_csv(_first(pd.concat(loss_tables, ignore_index=True), "loss"), out.path / LOSS_COMPARISON_CSV)
             write_csv(losses, out.path / "loss_test_subjects_3d.csv")
             if REFERENCE_LOSS in loss_specs:
                 write_csv(paired_wilcoxon(losses, REFERENCE_LOSS, "dice", model_column="loss"),
                           out.path / "loss_wilcoxon.csv")
             _loss_figures(losses, list(loss_specs), out)
         if runs:
-            write_csv(pd.concat(runs, ignore_index=True), out.path / "runs.csv")
+            write_csv(pd.concat(runs, ignore_index=True), out.path / RUNS_CSV)
         out.extra["reference_model"] = reference
         out.extra["recipe"] = comparison.recipe
     return root

@@ -28,6 +28,7 @@ from strokeseg.evaluate.tables import folds_results_table
 from strokeseg.data.stores import SliceStore
 from strokeseg.train.loop import BEST_MODEL, RunSpec, RunState, load_best_model, read_history, train
 from strokeseg.workdir import read_csv, require_stage, write_csv
+from strokeseg.contracts import BATCHES, CONVERT, CROSS_VALIDATION, FOLDS_CSV, PREPARATION
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,9 @@ class Inputs:
 
     @classmethod
     def of(cls, workdir: Path) -> "Inputs":
-        folds = read_csv(require_stage(workdir, "04_cross_validation") / "folds.csv")
-        return cls(require_stage(workdir, "03_convert"), folds, require_stage(workdir, "05_batch_distribution"),
-                   require_stage(workdir, "06_preparation"))
+        folds = read_csv(require_stage(workdir, CROSS_VALIDATION) / FOLDS_CSV)
+        return cls(require_stage(workdir, CONVERT), folds, require_stage(workdir, BATCHES),
+                   require_stage(workdir, PREPARATION))
 
 
 def run_specs(config: Config, inputs: Inputs, training: TrainingConfig, planes, folds, root: Path) -> list[RunSpec]:

@@ -15,7 +15,7 @@ from strokeseg.evaluate.folds import (SLICE_COLUMNS, plane_probability_volume, p
                                        role_plan, slice_evaluation, store_spacing, subject_evaluation,
                                        truth_volume)
 from strokeseg.data.prepared import PreparedSplit, part_dir, write_prepared
-from strokeseg.stages.s05_batch_distribution import batches_csv
+from strokeseg.contracts import batches_csv
 from strokeseg.data.stores import SliceStore, write_stores
 
 from conftest import write_tiny_cohort

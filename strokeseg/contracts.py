@@ -1,0 +1,121 @@
+"""The numbered stages and the files they hand to each other, each named once.
+
+:data:`STAGES` is the registry the command line, the workdir and the demo share: folder, command,
+module under :mod:`strokeseg.stages` and a one-line summary. Below it, per stage, the names of the
+outputs that later stages, ``strokeseg predict``, ``strokeseg evaluate`` or the demo read; a reader
+imports the name from here instead of retyping it. Files only the writing stage itself uses stay in
+that stage's module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stage:
+    folder: str           # output folder under the workdir, and the folder of its run.py
+    command: str          # `strokeseg <command>`
+    module: str           # strokeseg.stages.<module>
+    summary: str
+
+    @property
+    def run_script(self) -> str:
+        return f"{self.folder}/run.py"
+
+
+STAGES = (
+    Stage("01_dataset", "dataset", "s01_dataset", "01: cohort (ATLAS v2.0 or synthetic) and lesion statistics"),
+    Stage("02_splitting", "splitting", "s02_splitting", "02: stratified 80/20 subject split"),
+    Stage("03_convert", "convert", "s03_convert", "03: per-plane slice stores of the 80 % subjects"),
+    Stage("04_cross_validation", "cross-validation", "s04_cross_validation",
+          "04: subject-level folds shared by all planes, normal slices, balance tests"),
+    Stage("05_batch_distribution", "batches", "s05_batch_distribution",
+          "05: distribution-matched batch plans and inner validation subjects"),
+    Stage("06_preparation", "prepare", "s06_preparation", "06: memory-mapped arrays (n_batches, batch, H, W, C)"),
+    Stage("07_models", "models", "s07_models",
+          "07: the model zoo table (parameters, GFLOPs, measured speed per slice)"),
+    Stage("08_training", "training", "s08_training",
+          "08: train the configured model per (plane, fold) with resume; test-fold tables"),
+    Stage("09_comparison", "comparison", "s09_comparison",
+          "09: comparison models and loss comparison under the same protocol; Wilcoxon tests, figures"),
+    Stage("10_fusion", "fusion", "s10_fusion",
+          "10: tri-planar inference and fusion of the held-out volumes; 3-D evaluation, tables, figures"),
+)
+FOLDERS = tuple(stage.folder for stage in STAGES)
+BY_COMMAND = {stage.command: stage for stage in STAGES}
+(DATASET, SPLITTING, CONVERT, CROSS_VALIDATION, BATCHES, PREPARATION, MODELS, TRAINING, COMPARISON,
+ FUSION) = FOLDERS
+
+# Every stage folder
+MANIFEST_JSON = "manifest.json"     # what the stage wrote; written last, so its presence means "finished"
+CONFIG_JSON = "config.json"         # the config the stage ran with; the next stage starts from it
+
+# 01_dataset
+COHORT_CSV = "cohort.csv"                          # subject, T1 and mask paths
+SUBJECTS_3D_CSV = "lesion_information_3d.csv"      # per-subject lesion statistics and volume bin
+
+
+def plane_lesions_csv(plane: str) -> str:
+    """01_dataset: per-slice lesion statistics of one plane."""
+    return f"lesion_information_{plane}.csv"
+
+
+# 02_splitting
+TRAIN_SUBJECTS_CSV, HOLDOUT_SUBJECTS_CSV = "subjects_80.csv", "subjects_20.csv"
+
+
+def plane_lesions_80_csv(plane: str) -> str:
+    """02_splitting: the 80 % subjects' rows of :func:`plane_lesions_csv`."""
+    return f"lesion_information_{plane}_80.csv"
+
+
+# 03_convert (slice stores in <plane>/, see strokeseg.data.stores)
+HOLDOUT_CSV = "holdout.csv"                        # hold-out subjects with their T1 and mask paths
+
+# 04_cross_validation
+FOLDS_CSV = "folds.csv"                            # subject_name, fold
+
+
+def lesion_slices_csv(plane: str, fold: int) -> str:
+    return f"{plane}/fold_{fold}_lesion.csv"
+
+
+def normal_slices_csv(plane: str, fold: int) -> str:
+    return f"{plane}/fold_{fold}_normal.csv"
+
+
+# 05_batch_distribution
+INNER_VALIDATION_CSV = "inner_validation.csv"
+
+
+def batches_csv(plane: str, fold: int, part: str) -> str:
+    return f"{plane}/fold_{fold}/{part}_batches.csv"
+
+
+# 07_models
+MODELS_TABLE_CSV = "models.csv"
+
+# 08_training and 09_comparison (both train runs and tabulate them the same way)
+RUNS_DIR = "runs"                                  # runs/<model>/<plane>/fold_<k>/
+RUNS_CSV = "runs.csv"                              # one row per run, with its model_file
+BEST_FOLDS_CSV = "best_folds.csv"                  # 08: per plane, the fold stage 10 uses
+TEST_SLICES_CSV = "test_slices.csv"
+TEST_SUBJECTS_3D_CSV = "test_subjects_3d.csv"
+
+
+def plane_folds_results_csv(plane: str) -> str:
+    """08_training: per evaluation and fold, the plane's cross-validation scores."""
+    return f"{plane}_folds_results.csv"
+
+
+MODEL_COMPARISON_CSV, LOSS_COMPARISON_CSV = "model_comparison.csv", "loss_comparison.csv"   # 09
+
+# 10_fusion (and `strokeseg evaluate`, which writes the same three tables)
+SUBJECTS_CSV, SUMMARY_CSV, BY_VOLUME_BIN_CSV = "subjects.csv", "summary.csv", "by_volume_bin.csv"
+FUSION_GAIN_CSV = "fusion_gain.csv"
+MASKS_DIR, MODELS_DIR = "masks", "models"
+
+
+def fused_mask_file(subject: str) -> str:
+    """10_fusion: ``masks/<subject>_fused_mask.nii.gz``."""
+    return f"{subject}_fused_mask.nii.gz"
