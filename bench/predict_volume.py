@@ -14,8 +14,8 @@ monkey-patched for the run, so the code path is exactly the command's):
 
     read        load_t1 (gzip NIfTI read and validation)
     resample    to_mni (input → MNI grid) + from_mni_mask / from_mni (MNI → input grid)
-    normalise   inference.normalized_volume (per-volume robust window, once for the three planes)
-    axial …     inference.plane_probability per plane (slicing, padding, batched model calls, crop)
+    normalise   tri_planar.normalized_volume (per-volume robust window, once for the three planes)
+    axial …     tri_planar.plane_probability per plane (slicing, padding, batched model calls, crop)
     fusion      fusion.fuse (+ fused_probability, remove_small_components when asked)
     write       write_nifti of the mask (and probability map)
     other       the rest of predict_case (lesion count and volume for predictions.csv)
@@ -127,12 +127,12 @@ def write_inputs(folder: Path, source: Path | None) -> list[tuple[str, Path]]:
 @contextlib.contextmanager
 def timed_phases(times: dict):
     """Wrap predict_case's inner calls with timers (restored on exit)."""
-    from strokeseg.infer import fusion, inference, predict
     from strokeseg.data import resample
+    from strokeseg.infer import fusion, predict, tri_planar
 
     patches = [(predict, "load_t1", "read"), (resample, "to_mni", "resample"),
                (resample, "from_mni_mask", "resample"), (resample, "from_mni", "resample"),
-               (inference, "normalized_volume", "normalise"), (fusion, "fuse", "fusion"),
+               (tri_planar, "normalized_volume", "normalise"), (fusion, "fuse", "fusion"),
                (fusion, "fused_probability", "fusion"), (fusion, "remove_small_components", "fusion"),
                (predict, "write_nifti", "write")]
     saved = []
@@ -159,8 +159,8 @@ def timed_phases(times: dict):
         for module, name, phase in patches:
             saved.append((module, name, getattr(module, name)))
             setattr(module, name, wrap(getattr(module, name), phase))
-        saved.append((inference, "plane_probability", inference.plane_probability))
-        inference.plane_probability = plane_wrap(inference.plane_probability)
+        saved.append((tri_planar, "plane_probability", tri_planar.plane_probability))
+        tri_planar.plane_probability = plane_wrap(tri_planar.plane_probability)
         yield times
     finally:
         for module, name, original in reversed(saved):
@@ -174,7 +174,8 @@ def warm_up(predictor, batch_size: int) -> float:
     start = time.perf_counter()
     for plane in PLANES:
         canvas = planes.canvas_for(resample.MNI_SHAPE, plane).shape
-        predictor[plane].predict(np.zeros((batch_size,) + tuple(canvas) + (predictor[plane].channels,), np.float32))
+        plane_predictor = predictor.predictors[plane]
+        plane_predictor.predict(np.zeros((batch_size,) + tuple(canvas) + (plane_predictor.channels,), np.float32))
     return time.perf_counter() - start
 
 
@@ -195,6 +196,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from strokeseg.infer import predict
+    from strokeseg.infer.fusion import FusionSettings
 
     batch = args.batch_size or predict.DEFAULT_BATCH_SIZE
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
@@ -210,11 +212,11 @@ def main(argv=None) -> int:
         if args.no_resample_case:
             cases = cases[:1]
         convert = predict.convert_config(models)
-        options = predict.Options(convert=convert, flip_tta=args.flip_tta, min_lesion_voxels=args.min_lesion_voxels,
-                                  save_probabilities=args.save_probabilities, batch_size=batch,
-                                  skip_empty=args.skip_empty_slices)
+        settings = FusionSettings(flip_tta=args.flip_tta, min_lesion_voxels=args.min_lesion_voxels)
+        options = predict.Options(convert=convert, settings=settings, save_probabilities=args.save_probabilities,
+                                  batch_size=batch, skip_empty=args.skip_empty_slices)
         start = time.perf_counter()
-        predictor = predict.load_predictor(models, convert, batch)
+        predictor = predict.load_predictor(models, options)
         load_s = time.perf_counter() - start
         warm_s = warm_up(predictor, batch)
         baseline = current_rss_gb()

@@ -178,15 +178,6 @@ class PlanePredictor:
     channels: int
 
 
-def volume_probabilities(volume: np.ndarray, predictors: dict[str, PlanePredictor], convert: ConvertConfig,
-                         batch_size: int, flip_tta: bool = False, skip_empty: bool = False) -> dict[str, np.ndarray]:
-    """Per plane, the float32 probability volume of ``volume`` (normalised once for all planes)."""
-    normalized = normalized_volume(volume, convert)
-    return {plane: plane_probability(p.predict, volume, plane, convert, p.channels, batch_size, flip_tta=flip_tta,
-                                     normalized=normalized, skip_empty=skip_empty)
-            for plane, p in predictors.items()}
-
-
 # ------------------------------------------------------------------------------------- models
 def model_channels(model: "keras.Model") -> int:
     """The number of input channels (adjacent slices) a single-input (n, H, W, C) model reads."""

@@ -36,6 +36,7 @@ the others are still processed. Exit status: 0 every case ok, 1 some case failed
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -46,13 +47,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from strokeseg.infer import fusion
-from strokeseg.data import planes, resample
 from strokeseg.config import PLANES, ConvertConfig, from_dict
+from strokeseg.data import planes, resample
+from strokeseg.data.lesions import component_sizes
 from strokeseg.errors import InputError, StrokesegError
 from strokeseg.evaluate.volume_metrics import voxel_volume_ml
-from strokeseg.infer.inference import PlanePredictor
-from strokeseg.data.lesions import component_sizes
+from strokeseg.infer import models_folder
+from strokeseg.infer.fusion import FUSION_RULES, FusionSettings
+from strokeseg.infer.tri_planar import TriPlanarPredictor
 from strokeseg.data.nifti import load_t1, write_nifti
 from strokeseg.runtime import configure_tensorflow
 from strokeseg.workdir import write_csv
@@ -64,11 +66,9 @@ CSV_COLUMNS = ("case", "input", "status", "message", "resampled", "lesion_volume
                "voxels", "seconds")
 MASK_SUFFIX = "_mask.nii.gz"
 PROBABILITY_SUFFIX = "_probability.nii.gz"
-CONFIG_NAME = "config.json"
-FUSION_NAME = "fusion.json"         # stage 10's fusion settings, exported with its models
-FUSION_DEFAULTS = {"fusion": "mean", "threshold": 0.5, "weights": None, "flip_tta": False, "min_lesion_voxels": 0}
+CONFIG_NAME = models_folder.CONFIG_JSON
+FUSION_NAME = models_folder.FUSION_JSON     # stage 10's fusion settings, exported with its models
 CONVERT_KEYS = ("normalization", "robust_percentiles", "canvas_multiple", "store_dtype")
-COUNT_CONNECTIVITY = 6
 DEFAULT_BATCH_SIZE = 8     # CPU: small batches keep activations in cache; use 32+ on a GPU
 
 
@@ -79,11 +79,7 @@ class UsageError(StrokesegError):
 @dataclass(frozen=True)
 class Options:
     convert: ConvertConfig = field(default_factory=ConvertConfig)
-    fusion: str = "mean"
-    threshold: float = 0.5
-    weights: dict | None = None
-    flip_tta: bool = False
-    min_lesion_voxels: int = 0
+    settings: FusionSettings = field(default_factory=FusionSettings)
     save_probabilities: bool = False
     batch_size: int = DEFAULT_BATCH_SIZE
     skip_empty: bool = False
@@ -104,20 +100,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "(without it, <plane>.keras is used when present, else the fold set)")
     # Fusion settings default to the models folder's fusion.json (written by stage 10), so that
     # `strokeseg predict --models 10_fusion/models` fuses exactly as stage 10 did; flags override it.
-    parser.add_argument("--fusion", choices=fusion.FUSION_RULES, default=None,
+    defaults = FusionSettings()
+    parser.add_argument("--fusion", choices=FUSION_RULES, default=None,
                         help="mean: mean probability >= threshold (upstream); majority: >= 2 of 3 planes "
                              "with probability > threshold; weighted_mean: needs weights (default: the models "
-                             f"folder's {FUSION_NAME}, else {FUSION_DEFAULTS['fusion']})")
+                             f"folder's {FUSION_NAME}, else {defaults.rule})")
     parser.add_argument("--weights", type=float, nargs=3, metavar=("AXIAL", "SAGITTAL", "CORONAL"),
                         default=None, help=f"plane weights of weighted_mean (default: {FUSION_NAME})")
     parser.add_argument("--threshold", type=float, default=None,
-                        help=f"fusion threshold (default: {FUSION_NAME}, else {FUSION_DEFAULTS['threshold']})")
+                        help=f"fusion threshold (default: {FUSION_NAME}, else {defaults.threshold})")
     parser.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
                         help="left-right flip test-time augmentation, twice the prediction time "
                              f"(default: {FUSION_NAME}, else off)")
     parser.add_argument("--min-lesion-voxels", type=int, default=None, metavar="N",
                         help="remove lesions (6-connected components) smaller than N voxels of the "
-                             f"1 mm MNI grid, i.e. N mm3; 0 keeps all (default: {FUSION_NAME}, else 0)")
+                             f"1 mm MNI grid, i.e. N mm3; 0 keeps all (default: {FUSION_NAME}, else "
+                             f"{defaults.min_lesion_voxels})")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <case>_probability.nii.gz (float32 fused probability)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
@@ -180,46 +178,40 @@ def convert_config(models_dir: Path, args: argparse.Namespace | None = None) -> 
         raise UsageError(f"{path}: {exc}" if path.is_file() else str(exc)) from None
 
 
-def fusion_settings(models_dir: Path, args: argparse.Namespace) -> dict:
-    """Package defaults, then ``<models>/fusion.json`` if present, then the flags given."""
-    settings = dict(FUSION_DEFAULTS)
+def fusion_settings(models_dir: Path, args: argparse.Namespace) -> FusionSettings:
+    """The models folder's ``fusion.json`` settings (else the defaults), then the flags given."""
     path = Path(models_dir) / FUSION_NAME
+    try:
+        settings = models_folder.fusion_settings(models_dir) or FusionSettings()
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
     if path.is_file():
-        record = _json_object(path, "fusion settings")
-        settings.update({k: record[k] for k in FUSION_DEFAULTS if record.get(k) is not None})
-        if isinstance(settings["weights"], dict):
-            settings["weights"] = [settings["weights"].get(p) for p in PLANES]
         log.info("fusion settings from %s", path)
-    for key in FUSION_DEFAULTS:
-        if getattr(args, key, None) is not None:
-            settings[key] = getattr(args, key)
-    if settings["fusion"] not in fusion.FUSION_RULES:
-        raise UsageError(f"{path}: unknown fusion rule {settings['fusion']!r}")
-    if settings["fusion"] != "weighted_mean":
-        if args.weights is not None:
-            raise UsageError("--weights is only used with --fusion weighted_mean")
-        settings["weights"] = None
-    return settings
+    rule = args.fusion or settings.rule
+    if rule != "weighted_mean" and args.weights is not None:
+        raise UsageError("--weights is only used with --fusion weighted_mean")
+    weights = dict(zip(PLANES, args.weights)) if args.weights is not None else settings.weights
+    if rule == "weighted_mean" and weights is None:
+        raise UsageError("--fusion weighted_mean needs --weights AXIAL SAGITTAL CORONAL")
+    # Each flag is checked on its own first, so that an error names the flag at fault.
+    flags = {"threshold": args.threshold, "min_lesion_voxels": args.min_lesion_voxels, "flip_tta": args.flip_tta,
+             "weights": weights if args.weights is not None else None}
+    changes = {"rule": rule, "weights": weights if rule == "weighted_mean" else None}
+    for field, value in flags.items():
+        if value is None:
+            continue
+        try:
+            FusionSettings(**{field: value}, **({"rule": rule} if field == "weights" else {}))
+        except StrokesegError as exc:
+            raise UsageError(f"--{field.replace('_', '-')}: {exc}") from None
+        changes[field] = value
+    return dataclasses.replace(settings, **changes)
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
-    settings = fusion_settings(args.models, args)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not 0.0 <= settings["threshold"] <= 1.0:
-        raise UsageError(f"--threshold must be in [0, 1], got {settings['threshold']}")
-    if settings["min_lesion_voxels"] < 0:
-        raise UsageError(f"--min-lesion-voxels must be >= 0, got {settings['min_lesion_voxels']}")
-    weights = None
-    if settings["fusion"] == "weighted_mean":
-        if settings["weights"] is None or None in settings["weights"]:
-            raise UsageError("--fusion weighted_mean needs --weights AXIAL SAGITTAL CORONAL")
-        weights = dict(zip(PLANES, (float(w) for w in settings["weights"])))
-        if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-            raise UsageError(f"--weights must be >= 0 and not all 0, got {settings['weights']}")
-    return Options(convert=convert_config(args.models, args), fusion=settings["fusion"],
-                   threshold=float(settings["threshold"]), weights=weights, flip_tta=bool(settings["flip_tta"]),
-                   min_lesion_voxels=int(settings["min_lesion_voxels"]),
+    return Options(convert=convert_config(args.models, args), settings=fusion_settings(args.models, args),
                    save_probabilities=args.save_probabilities, batch_size=args.batch_size,
                    skip_empty=args.skip_empty_slices)
 
@@ -271,16 +263,15 @@ def find_inputs(paths, output: Path | None = None) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------ one case
-def load_predictor(models_dir: Path, convert: ConvertConfig, batch_size: int,
-                   ensemble: bool = False) -> dict[str, PlanePredictor]:
+def load_predictor(models_dir: Path, options: Options, ensemble: bool = False) -> TriPlanarPredictor:
     from strokeseg.infer.inference import load_plane_models, plane_predictors
 
-    canvases = {p: planes.canvas_for(resample.MNI_SHAPE, p, convert.canvas_multiple).shape for p in PLANES}
+    canvases = {p: planes.canvas_for(resample.MNI_SHAPE, p, options.convert.canvas_multiple).shape for p in PLANES}
     models = load_plane_models(models_dir, ensemble=ensemble, canvas_shapes=canvases)
-    predictors = plane_predictors(models, batch_size)
+    predictors = plane_predictors(models, options.batch_size)
     for plane, predictor in predictors.items():
         log.info("%s: %d model(s), %d input channel(s)", plane, len(models[plane]), predictor.channels)
-    return predictors
+    return TriPlanarPredictor(predictors, options.convert, options.settings, options.batch_size, options.skip_empty)
 
 
 def _describe_grid(shape, affine) -> str:
@@ -291,18 +282,12 @@ def _describe_grid(shape, affine) -> str:
             f"{''.join(nib.aff2axcodes(affine))}")
 
 
-def predict_volume(volume: np.ndarray, predictor: dict[str, PlanePredictor],
-                   options: Options) -> tuple[np.ndarray, np.ndarray | None]:
+def predict_volume(volume: np.ndarray, predictor: TriPlanarPredictor,
+                   save_probability: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Fused uint8 mask (and the fused probability when asked for) of a volume on the model grid."""
-    from strokeseg.infer.inference import volume_probabilities
-
-    probabilities = volume_probabilities(volume, predictor, options.convert, options.batch_size,
-                                         flip_tta=options.flip_tta, skip_empty=options.skip_empty)
-    mask = fusion.fused_mask(probabilities, options.fusion, options.threshold, options.weights,
-                             options.min_lesion_voxels, COUNT_CONNECTIVITY)
-    probability = (fusion.fused_probability(probabilities, options.fusion, options.weights)
-                   if options.save_probabilities else None)
-    return mask, probability
+    probabilities = predictor.probabilities(volume)
+    probability = predictor.fused_probability(probabilities) if save_probability else None
+    return predictor.mask(probabilities), probability
 
 
 def _outputs(output: Path, case: str) -> tuple[Path, Path]:
@@ -323,7 +308,7 @@ def _failed_row(path: Path, message: str) -> dict:
             "seconds": np.nan}
 
 
-def predict_case(path: Path, predictor: dict[str, PlanePredictor], options: Options, output: Path) -> dict:
+def predict_case(path: Path, predictor: TriPlanarPredictor, options: Options, output: Path) -> dict:
     """One CSV row; the case's files are written only when everything before succeeded."""
     case = case_name(path)
     mask_path, probability_path = _outputs(output, case)
@@ -347,7 +332,7 @@ def predict_case(path: Path, predictor: dict[str, PlanePredictor], options: Opti
         else:
             log.info("%s: on the MNI152 grid (%s): used as is", case, _describe_grid(shape, affine))
             volume = t1
-        mask, probability = predict_volume(volume, predictor, options)
+        mask, probability = predict_volume(volume, predictor, options.save_probabilities)
         del volume
         if resampled:
             mask = resample.from_mni_mask(mask, shape, affine)
@@ -363,7 +348,7 @@ def predict_case(path: Path, predictor: dict[str, PlanePredictor], options: Opti
         voxels = int(np.count_nonzero(mask))
         spacing = np.linalg.norm(affine[:3, :3], axis=0)
         row.update(status="ok", voxels=voxels, lesion_volume_ml=voxels * voxel_volume_ml(spacing),
-                   lesion_count=int(len(component_sizes(mask, COUNT_CONNECTIVITY))))
+                   lesion_count=int(len(component_sizes(mask, options.settings.connectivity))))
     except Exception as exc:  # one bad case never stops the others
         _remove(*written)
         _remove(mask_path, probability_path)
@@ -395,7 +380,7 @@ def run(inputs, models: Path, output: Path, options: Options, ensemble: bool = F
     except OSError as exc:
         raise UsageError(f"{output}: cannot create the output folder ({exc.__class__.__name__}: {exc})") from None
     try:
-        predictor = load_predictor(models, options.convert, options.batch_size, ensemble)
+        predictor = load_predictor(models, options, ensemble)
     except InputError as exc:  # a missing or mismatched model fails every case: say so per case, too
         write_table([_failed_row(path, f"models: {exc}") for path in paths], output / CSV_NAME)
         raise

@@ -1,6 +1,6 @@
 """Figures of stage 10 (tri-planar fusion on the hold-out): rainclouds, tri-planar overlays, a 3-D view.
 
-Corrections to upstream (reference/upstream-raxnet.md §11.5, §11.6):
+Corrections to upstream (docs/upstream-raxnet.md §11.5, §11.6):
 
 - the rainclouds are drawn by :func:`strokeseg.report.figures.raincloud_figure`, whose tick labels are
   built from the data ("axial (before fusion) (n=…)", "fused (after fusion) (n=…)"), so an "after"
@@ -236,3 +236,40 @@ def _require(frame: pd.DataFrame, columns: Sequence[str], where: str) -> None:
         raise ValueError(f"{where}: missing columns {missing}")
     if frame.empty:
         raise ValueError(f"{where}: no rows")
+
+
+# ----------------------------------------------------------------------------- stage 10's set
+def holdout_figures(subjects: pd.DataFrame, files: pd.DataFrame, masks_dir: Path, root: Path, synthetic: bool,
+                    rule: str, overlays: int, binarize_masks: bool = False) -> None:
+    """Stage 10's figures under ``root``: the before/after and fused-metrics rainclouds, tri-planar
+    overlays of ``overlays`` subjects spread over the fused-Dice ranking (``overlays/``) and the 3-D
+    view of the median subject with a lesion. ``files``: t1w and mask paths indexed by subject name;
+    ``masks_dir``: the fused masks (``<subject>_fused_mask.nii.gz``); ``rule``: the fusion in words."""
+    from strokeseg.contracts import fused_mask_file
+    from strokeseg.data.nifti import load_mask, load_t1
+
+    before_after_raincloud(subjects, root / "dice_before_after_fusion.png", synthetic, rule=rule)
+    fused_metrics_raincloud(subjects, root / "fused_metrics_3d.png", synthetic,
+                            title=f"Hold-out: per-subject 3-D metrics of the fused mask ({rule})")
+    fused = subjects[subjects["mask"] == FUSED]
+    picks = overlay_subjects(fused, overlays)
+    lesion = fused[(fused["truth_voxels"] > 0) | (fused["pred_voxels"] > 0)]
+    view = overlay_subjects(lesion if not lesion.empty else fused, 3)
+    view_subject = view[len(view) // 2] if view else None
+    if picks:
+        (root / "overlays").mkdir()
+    for name in dict.fromkeys(picks + ([view_subject] if view_subject else [])):
+        t1, image = load_t1(files.loc[name, "t1w"])
+        truth = load_mask(files.loc[name, "mask"], binarize=binarize_masks, shape=t1.shape,
+                          affine=image.affine, allow_empty=True)
+        prediction = load_mask(masks_dir / fused_mask_file(name), allow_empty=True)
+        spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
+        dice = float(fused.loc[fused["subject_name"] == name, "dice"].iloc[0])
+        if name in picks:
+            overlay_figure(t1, truth, prediction, root / "overlays" / f"{name}_overlay.png", synthetic, spacing,
+                           title=f"{name}: T1, ground truth and fused mask (3-D Dice {dice:.3f})")
+        if name == view_subject:
+            lesion_3d_figure(truth, prediction, root / "fusion_3d_view.png", synthetic, spacing,
+                             title=f"{name}: fused mask vs ground truth, surface voxels "
+                                   f"(3-D Dice {dice:.3f}, median subject)")
+        del t1, truth, prediction

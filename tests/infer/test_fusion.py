@@ -1,9 +1,13 @@
-"""Fusion rules on hand-made probability volumes, component removal and the choice of its size."""
+"""Fusion rules on hand-made probability volumes, and the fusion settings' defaults, checks and JSON."""
+import json
+
 import numpy as np
 import pytest
 
-from strokeseg.infer.fusion import (FUSION_RULES, choose_min_component_size, component_size_scores, fuse,
-                              fused_probability, remove_small_components)
+from strokeseg.errors import ConfigError, InputError
+from strokeseg.infer.fusion import FUSION_RULES, FusionSettings, fuse, fused_mask, fused_probability
+
+MAJORITY = FusionSettings(rule="majority")
 
 
 def planes_of(*values):
@@ -20,81 +24,79 @@ def test_mean_is_upstreams_soft_average_with_greater_or_equal():
     # a mean of exactly 0.5 is lesion (upstream's >=), also from unequal planes; 1/3 and 0.497 are not
     assert mask.ravel().tolist() == [1, 1, 1, 0, 0]
     np.testing.assert_array_equal(fused_probability(probs).ravel()[:3], np.float32([0.5, 0.5, 0.5]))
-    assert fuse(probs, threshold=0.3).ravel().tolist() == [1, 1, 1, 1, 1]
+    assert fuse(probs, FusionSettings(threshold=0.3)).ravel().tolist() == [1, 1, 1, 1, 1]
 
 
 def test_majority_counts_planes_strictly_above_the_threshold():
     probs = planes_of([0.5, 0.5, 0.5], [0.51, 0.51, 0.0], [0.51, 0.0, 0.0], [1.0, 1.0, 1.0], [0.9, 0.9, 0.5])
-    assert fuse(probs, "majority").ravel().tolist() == [0, 1, 0, 1, 1]
+    assert fuse(probs, MAJORITY).ravel().tolist() == [0, 1, 0, 1, 1]
     # with two planes both must vote; with one plane it is the plane's own mask
     two = {k: v for k, v in probs.items() if k != "coronal"}
-    assert fuse(two, "majority").ravel().tolist() == [0, 1, 0, 1, 1]
-    assert fuse({"axial": probs["axial"]}, "majority").ravel().tolist() == [0, 1, 1, 1, 1]
+    assert fuse(two, MAJORITY).ravel().tolist() == [0, 1, 0, 1, 1]
+    assert fuse({"axial": probs["axial"]}, MAJORITY).ravel().tolist() == [0, 1, 1, 1, 1]
 
 
 def test_weighted_mean():
     probs = planes_of([1.0, 0.0, 0.0], [0.0, 1.0, 0.5], [0.5, 0.5, 0.5])
-    weights = {"axial": 2.0, "sagittal": 1.0, "coronal": 1.0}
-    assert fuse(probs, "weighted_mean", weights=weights).ravel().tolist() == [1, 0, 1]
-    np.testing.assert_allclose(fused_probability(probs, "weighted_mean", weights).ravel(), [0.5, 0.375, 0.5])
+    weighted = FusionSettings(rule="weighted_mean", weights={"axial": 2.0, "sagittal": 1.0, "coronal": 1.0})
+    assert fuse(probs, weighted).ravel().tolist() == [1, 0, 1]
+    np.testing.assert_allclose(fused_probability(probs, weighted).ravel(), [0.5, 0.375, 0.5])
     assert fuse(probs).ravel().tolist() == [0, 1, 1]          # the plain mean: 1/3, 1/2, 1/2
-    equal = {k: 1.0 for k in weights}
-    np.testing.assert_array_equal(fuse(probs, "weighted_mean", weights=equal), fuse(probs))
+    equal = FusionSettings(rule="weighted_mean", weights={k: 1.0 for k in weighted.weights})
+    np.testing.assert_array_equal(fuse(probs, equal), fuse(probs))
+
+
+def test_settings_refuse_what_no_fusion_could_apply():
+    with pytest.raises(ConfigError, match="fusion rule 'vote' is not one of"):
+        FusionSettings(rule="vote")
+    with pytest.raises(ConfigError, match="needs one weight per plane"):
+        FusionSettings(rule="weighted_mean")
+    with pytest.raises(ConfigError, match="needs one weight per plane"):
+        FusionSettings(rule="weighted_mean", weights={"axial": 1, "sagittal": 1})
+    with pytest.raises(ConfigError, match="not all 0"):
+        FusionSettings(rule="weighted_mean", weights={"axial": 0, "sagittal": 0, "coronal": 0})
+    with pytest.raises(ConfigError, match="only used by the weighted_mean"):
+        FusionSettings(weights={"axial": 1, "sagittal": 1, "coronal": 1})
+    for field, value in [("threshold", 1.5), ("threshold", True), ("min_lesion_voxels", -1),
+                         ("min_lesion_voxels", 2.5), ("connectivity", 8), ("flip_tta", "yes")]:
+        with pytest.raises(ConfigError, match=field):
+            FusionSettings(**{field: value})
+
+
+def test_settings_round_trip_through_fusion_json_and_ignore_provenance(tmp_path):
+    settings = FusionSettings(rule="weighted_mean", threshold=0.4, weights={"axial": 0.7, "sagittal": 0.5,
+                                                                           "coronal": 0.6},
+                              min_lesion_voxels=12, connectivity=26, flip_tta=True)
+    path = tmp_path / "fusion.json"
+    path.write_text(settings.to_json(model="raxnet", sources={"axial": []}))
+    record = json.loads(path.read_text())
+    assert record["fusion"] == "weighted_mean" and record["model"] == "raxnet"   # the file's key for the rule
+    assert FusionSettings.from_json(path) == settings
+    assert FusionSettings.from_record({"fusion": "majority", "threshold": None}) == MAJORITY   # null = default
+    assert settings.replace(threshold=None, min_lesion_voxels=3).min_lesion_voxels == 3
+    with pytest.raises(ValueError, match="clash"):
+        settings.to_json(threshold=0.1)
+    path.write_text(json.dumps({"fusion": "mean", "threshold": 7}))
+    with pytest.raises(InputError, match=r"fusion\.json: fusion threshold must be in \[0, 1\]"):
+        FusionSettings.from_json(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(InputError, match="not a JSON object"):
+        FusionSettings.from_json(path)
+
+
+def test_fused_mask_removes_components_below_the_settings_size():
+    probs = planes_of([0.9, 0.9, 0.9], [0.1, 0.1, 0.1], [0.9, 0.9, 0.9])   # two separate 1-voxel lesions
+    assert fused_mask(probs).sum() == 2
+    assert fused_mask(probs, FusionSettings(min_lesion_voxels=2)).sum() == 0
 
 
 def test_clear_errors():
     probs = planes_of([0.1, 0.2, 0.3])
-    with pytest.raises(ValueError, match="unknown fusion rule 'vote'"):
-        fuse(probs, "vote")
-    with pytest.raises(ValueError, match="needs weights"):
-        fuse(probs, "weighted_mean")
-    with pytest.raises(ValueError, match="missing weight.*coronal"):
-        fuse(probs, "weighted_mean", weights={"axial": 1, "sagittal": 1})
-    with pytest.raises(ValueError, match="only used by the weighted_mean"):
-        fuse(probs, "mean", weights={"axial": 1, "sagittal": 1, "coronal": 1})
+    weighted = FusionSettings(rule="weighted_mean", weights={"axial": 1, "sagittal": 1, "coronal": 1})
+    with pytest.raises(ValueError, match="no weight for other"):
+        fuse({**probs, "other": probs["axial"]}, weighted)
     with pytest.raises(ValueError, match="differ in shape"):
         fuse({"axial": np.zeros((2, 2, 2)), "sagittal": np.zeros((2, 2, 3))})
     with pytest.raises(ValueError, match="at least one"):
         fuse({})
     assert FUSION_RULES == ("mean", "majority", "weighted_mean")
-
-
-def test_component_removal_uses_6_connectivity():
-    mask = np.zeros((12, 12, 12), np.uint8)
-    mask[1:4, 1:4, 1:4] = 1                  # 27 voxels
-    mask[8, 8, 8] = mask[9, 9, 9] = 1        # two single voxels touching only by a corner
-    mask[8:10, 2, 2] = 1                     # 2 voxels
-    kept = remove_small_components(mask, 2)
-    assert kept.dtype == np.uint8
-    assert kept.sum() == 27 + 2 and kept[8, 8, 8] == 0 and kept[9, 9, 9] == 0
-    assert remove_small_components(mask, 3).sum() == 27
-    np.testing.assert_array_equal(remove_small_components(mask, 0), mask)
-    # 26-connectivity joins the corner-touching voxels into one component of 2
-    assert remove_small_components(mask, 2, connectivity=26).sum() == 27 + 2 + 2
-    assert remove_small_components(np.zeros((3, 3, 3)), 5).sum() == 0
-
-
-def case(truth_blob, false_sizes, shape=(30, 30, 30), probability=False):
-    """A prediction that finds the true blob and adds false positive lines of the given sizes."""
-    truth = np.zeros(shape, np.uint8)
-    truth[truth_blob] = 1
-    pred = truth.astype(np.float32) * 0.9 if probability else truth.copy()
-    for i, size in enumerate(false_sizes):
-        pred[25, 2 * i, :size] = 0.8 if probability else 1
-    return pred, truth
-
-
-def test_component_size_choice_maximises_mean_dice_and_prefers_the_smallest():
-    blob = (slice(5, 10), slice(5, 10), slice(5, 10))    # 125 voxels
-    cases = [case(blob, [3, 4]), case(blob, [2], probability=True), case(blob, [])]
-    scores = component_size_scores(cases, [0, 3, 5, 6, 200])
-    assert scores[0] < scores[3] < scores[5] == scores[6] == 1.0
-    assert scores[200] == pytest.approx(0.0)               # the lesion itself is removed
-    assert choose_min_component_size(cases, [6, 200, 5, 0, 3]) == 5   # tie between 5 and 6
-    # an empty prediction against an empty truth scores 1 (ATLAS rule)
-    empty = np.zeros((4, 4, 4), np.uint8)
-    assert component_size_scores([(empty, empty)], [0]) == {0: 1.0}
-    with pytest.raises(ValueError, match="candidates"):
-        choose_min_component_size(cases, [])
-    with pytest.raises(ValueError, match="no cases"):
-        choose_min_component_size([], [1])

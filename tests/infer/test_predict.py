@@ -18,8 +18,9 @@ from strokeseg.data.lesions import component_sizes
 
 from helpers import save_models
 
-ISLES_DWI = Path("/work/shared/data/isles22/rawdata/sub-strokecase0009/ses-0001/"
-                 "sub-strokecase0009_ses-0001_dwi.nii.gz")
+# The real ISLES'22 case lives in the project's shared/ folder beside the repository (CC BY-SA 4.0).
+ISLES_DWI = (Path(__file__).resolve().parents[3] / "shared" / "data" / "isles22" / "rawdata" / "sub-strokecase0009"
+             / "ses-0001" / "sub-strokecase0009_ses-0001_dwi.nii.gz")
 PLANE_MODELS = {"axial.keras": 1, "sagittal.keras": 1, "coronal.keras": 1}
 
 
@@ -218,16 +219,17 @@ def test_fusion_json_in_the_models_folder_sets_the_fusion_and_flags_override_it(
         return predict.options_from_args(parser.parse_args(["in.nii", "--models", str(folder), "--output", "o",
                                                             *flags]))
 
-    assert (options().fusion, options().threshold, options().flip_tta) == ("mean", 0.5, False)
+    defaults = options().settings
+    assert (defaults.rule, defaults.threshold, defaults.flip_tta) == ("mean", 0.5, False)
     (folder / "fusion.json").write_text(json.dumps({   # as stage 10 exports it
         "fusion": "weighted_mean", "threshold": 0.4, "flip_tta": True, "min_lesion_voxels": 12,
         "weights": {"axial": 0.7, "sagittal": 0.5, "coronal": 0.6}, "ensemble": False}))
-    chosen = options()
-    assert (chosen.fusion, chosen.threshold, chosen.flip_tta, chosen.min_lesion_voxels) == \
+    chosen = options().settings
+    assert (chosen.rule, chosen.threshold, chosen.flip_tta, chosen.min_lesion_voxels) == \
         ("weighted_mean", 0.4, True, 12)
     assert chosen.weights == {"axial": 0.7, "sagittal": 0.5, "coronal": 0.6}
-    flagged = options("--fusion", "mean", "--no-flip-tta", "--min-lesion-voxels", "0")
-    assert (flagged.fusion, flagged.weights, flagged.flip_tta, flagged.min_lesion_voxels) == ("mean", None, False, 0)
+    flagged = options("--fusion", "mean", "--no-flip-tta", "--min-lesion-voxels", "0").settings
+    assert (flagged.rule, flagged.weights, flagged.flip_tta, flagged.min_lesion_voxels) == ("mean", None, False, 0)
     (folder / "fusion.json").write_text("{broken")
     with pytest.raises(predict.UsageError, match="fusion.json"):
         options()

@@ -41,17 +41,12 @@ def trained(prepared_workdir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fused(trained) -> Path:
-    """Stage 10 through the command line (the stage's flags registered as the lead registers them in
-    strokeseg.cli), with the automatic lesion size, probability maps and two overlays."""
+    """Stage 10 through the command line, with the automatic lesion size, probability maps and two
+    overlays."""
     from strokeseg import cli
 
-    patch = pytest.MonkeyPatch()
-    patch.setattr(cli, "OWN_ARGUMENTS", set(cli.OWN_ARGUMENTS) | {"fusion"})
-    try:
-        code = cli.main(["fusion", "--workdir", str(trained), "--quiet", "--min-lesion-voxels", "auto",
-                         "--save-probabilities", "--overlays", "2", "--batch-size", "40"])
-    finally:
-        patch.undo()
+    code = cli.main(["fusion", "--workdir", str(trained), "--quiet", "--min-lesion-voxels", "auto",
+                     "--save-probabilities", "--overlays", "2", "--batch-size", "40"])
     assert code == 0
     return trained / "10_fusion"
 
@@ -165,25 +160,30 @@ def test_figures_are_written(fused):
 def test_ensemble_members_weights_and_export(trained, tmp_path):
     """--ensemble --fusion weighted_mean without predicting: every fold model of runs.csv per plane,
     weights = the All row's subject-3-D Dice, <plane>_fold<k>.keras files that load as an ensemble."""
-    from strokeseg.infer import inference
+    from strokeseg.infer import inference, models_folder
+    from strokeseg.infer.fusion import FusionSettings
     from strokeseg.stages import s10_fusion as fusion
 
     training_dir = trained / "08_training"
-    chosen = fusion.plane_model_files(training_dir, "unet", ensemble=True)
+    chosen = models_folder.trained_models(training_dir, "unet", ensemble=True)
     runs = pd.read_csv(training_dir / "runs.csv")
     assert {p: [f for f, _ in m] for p, m in chosen.items()} == {p: [1] for p in PLANES}
     assert chosen["axial"][0][1] == runs.loc[runs["plane"] == "axial", "model_file"].iloc[0]
-    weights = fusion.plane_weights(training_dir, chosen, ensemble=True)
+    weights = models_folder.cross_validation_weights(training_dir, chosen, ensemble=True)
     for plane in PLANES:
         table = pd.read_csv(training_dir / f"{plane}_folds_results.csv", dtype={"fold": str})
         expected = table[(table["evaluation"] == "subject_3d") & (table["fold"] == "All")]["dice_mean"].iloc[0]
         assert weights[plane] == pytest.approx(expected)
-    options = fusion.FusionOptions(fusion="weighted_mean", ensemble=True, min_lesion_voxels=3).checked()
+    options = fusion.FusionStageOptions(fusion="weighted_mean", ensemble=True, min_lesion_voxels=3)
     config = fusion.starting_config(trained)
-    folder = fusion.export_models(tmp_path / "models", training_dir, chosen, config, options, weights)
+    sources = {p: [(f, training_dir / path) for f, path in m] for p, m in chosen.items()}
+    folder = models_folder.export_models(tmp_path / "models", sources, config, ensemble=True)
+    models_folder.write_fusion_settings(folder, options.settings(weights), ensemble=True)
     assert sorted(p.name for p in folder.glob("*.keras")) == sorted(f"{p}_fold1.keras" for p in PLANES)
     record = json.loads((folder / "fusion.json").read_text())
     assert record["weights"] == weights and record["min_lesion_voxels"] == 3 and record["ensemble"]
+    assert models_folder.fusion_settings(folder) == FusionSettings(rule="weighted_mean", weights=weights,
+                                                                   min_lesion_voxels=3)
     assert all(len(m) == 1 for m in inference.load_plane_models(folder, ensemble=True).values())
 
 
@@ -194,12 +194,15 @@ def test_stage_arguments_become_run_options():
 
     parser = argparse.ArgumentParser()
     fusion.add_arguments(parser)
-    options = fusion.run_options(parser.parse_args(["--ensemble", "--fusion", "majority", "--flip-tta",
-                                                    "--min-lesion-voxels", "25", "--overlays", "0"]))
-    assert options["ensemble"] and options["flip_tta"] and options["fusion"] == "majority"
-    assert options["min_lesion_voxels"] == 25 and options["overlays"] == 0
-    assert fusion.run_options(parser.parse_args(["--min-lesion-voxels", "auto"]))["min_lesion_voxels"] == "auto"
-    assert fusion.run_options(parser.parse_args([]))["min_lesion_voxels"] is None
+    def options(*argv):
+        return fusion.run_options(parser.parse_args(list(argv)))["options"]
+
+    chosen = options("--ensemble", "--fusion", "majority", "--flip-tta", "--min-lesion-voxels", "25", "--overlays", "0")
+    assert chosen.ensemble and chosen.flip_tta and chosen.fusion == "majority"
+    assert chosen.min_lesion_voxels == 25 and chosen.overlays == 0
+    assert chosen.settings(None).min_lesion_voxels == 25 and chosen.settings(None).rule == "majority"
+    assert options("--min-lesion-voxels", "auto").chooses_min_size
+    assert options().min_lesion_voxels is None and options() == fusion.FusionStageOptions()
     with pytest.raises(SystemExit):
         parser.parse_args(["--min-lesion-voxels", "-3"])
 
@@ -209,9 +212,9 @@ def test_missing_plane_and_bad_options_are_clear_errors(trained, tmp_path):
 
     config = fusion.starting_config(trained)
     with pytest.raises(StrokesegError, match="min_lesion_voxels"):
-        fusion.run(trained, config, progress=False, min_lesion_voxels="big")
+        fusion.FusionStageOptions(min_lesion_voxels="big")
     with pytest.raises(StrokesegError, match="fusion rule"):
-        fusion.run(trained, config, progress=False, fusion="max")
+        fusion.FusionStageOptions(fusion="max")
     workdir = tmp_path / "work"
     shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns("10_fusion"))
     best = pd.read_csv(workdir / "08_training" / "best_folds.csv")
@@ -224,16 +227,18 @@ def test_missing_plane_and_bad_options_are_clear_errors(trained, tmp_path):
 def test_cross_validation_volumes_are_predicted_exactly_as_stage_08_evaluated_them(trained):
     """auto's out-of-fold probabilities (store slices rebuilt into a volume, then the hold-out code
     path) equal stage 08's own test-fold prediction of the same subject."""
-    from strokeseg.infer import inference
-    from strokeseg.evaluate.folds import plane_probability_volume
-    from strokeseg.stages import s10_fusion as fusion
     from strokeseg.data.stores import SliceStore
+    from strokeseg.evaluate.folds import plane_probability_volume
+    from strokeseg.infer import inference, postprocessing
+    from strokeseg.infer.tri_planar import TriPlanarPredictor
+    from strokeseg.stages import s10_fusion as fusion
 
     folds = pd.read_csv(trained / "04_cross_validation" / "folds.csv")
     subject = sorted(folds.loc[folds["fold"] == 1, "subject_name"])[0]
     model = inference.load_model(trained / "08_training" / "runs" / "unet" / "coronal" / "fold_1" / "best.keras")
     predict = inference.ensemble_predict([model], 16)
     store = SliceStore(trained / "03_convert" / "coronal")
-    ours = fusion._store_probability(store, subject, PlanePredictor(predict, 1),
-                                     fusion.starting_config(trained), fusion.FusionOptions(), 16)
+    predictor = TriPlanarPredictor({"coronal": PlanePredictor(predict, 1)}, fusion.starting_config(trained).convert,
+                                   batch_size=16)
+    ours = postprocessing._store_probability(store, subject, predictor)
     np.testing.assert_array_equal(ours, plane_probability_volume(predict, store, subject, 16))

@@ -1,0 +1,53 @@
+"""One object that turns a volume on the model grid into per-plane probabilities and a fused mask.
+
+:class:`TriPlanarPredictor` carries what every tri-planar prediction needs together: each plane's
+predictor, the normalisation the models were trained with, the fusion settings and the batch size.
+Stage 10 (hold-out and cross-validation volumes) and ``strokeseg predict`` use it, so both
+normalise, predict, fuse and clean up in exactly one way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from strokeseg.config import ConvertConfig
+from strokeseg.infer import fusion
+from strokeseg.infer.fusion import FusionSettings
+from strokeseg.infer.inference import PlanePredictor, check_batch_size, normalized_volume, plane_probability
+
+
+@dataclass(frozen=True)
+class TriPlanarPredictor:
+    predictors: dict[str, PlanePredictor]           # plane -> predictor (one model or a fold ensemble)
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
+    settings: FusionSettings = field(default_factory=FusionSettings)
+    batch_size: int = 8
+    skip_empty: bool = False                        # probability 0 for slices without a head voxel
+
+    def __post_init__(self):
+        if not self.predictors:
+            raise ValueError("a tri-planar predictor needs at least one plane")
+        check_batch_size(self.batch_size)
+
+    def with_settings(self, settings: FusionSettings) -> "TriPlanarPredictor":
+        return TriPlanarPredictor(self.predictors, self.convert, settings, self.batch_size, self.skip_empty)
+
+    def plane_probability(self, plane: str, volume: np.ndarray, normalized: np.ndarray | None = None) -> np.ndarray:
+        """float32 probability volume of one plane (``normalized``: the volume already normalised)."""
+        predictor = self.predictors[plane]
+        return plane_probability(predictor.predict, volume, plane, self.convert, predictor.channels,
+                                 self.batch_size, flip_tta=self.settings.flip_tta, normalized=normalized,
+                                 skip_empty=self.skip_empty)
+
+    def probabilities(self, volume: np.ndarray) -> dict[str, np.ndarray]:
+        """Per plane, the float32 probability volume of ``volume`` (normalised once for all planes)."""
+        normalized = normalized_volume(volume, self.convert)
+        return {plane: self.plane_probability(plane, volume, normalized) for plane in self.predictors}
+
+    def mask(self, probabilities: dict[str, np.ndarray]) -> np.ndarray:
+        """The fused uint8 mask, small components removed as the settings say."""
+        return fusion.fused_mask(probabilities, self.settings)
+
+    def fused_probability(self, probabilities: dict[str, np.ndarray]) -> np.ndarray:
+        return fusion.fused_probability(probabilities, self.settings)
