@@ -22,7 +22,7 @@ from strokeseg.errors import ConfigError
 
 PLANES = ("axial", "sagittal", "coronal")
 
-# Upstream bin edges (reference/upstream-raxnet.md §1.4, §2.1, §4.1). One convention for every
+# Upstream bin edges (docs/upstream-raxnet.md §1.4, §2.1, §4.1). One convention for every
 # stage: right-closed, lo < v <= hi (the splitting and k-fold convention upstream); see bins.py.
 VOLUME_BIN_EDGES = (0, 5_000, 30_000, 60_000, 100_000, 200_000, math.inf)
 AXIAL_CORONAL_SLICE_EDGES = (0, 200, 500, 1_000, 2_000, 3_000, math.inf)
@@ -87,7 +87,7 @@ class PrepareConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Stage 08 (and the defaults stage 09 starts from). Paper: upstream-raxnet.md §8, §8.1, §14.14."""
+    """Stage 08 (and the defaults stage 09 starts from). Paper: docs/upstream-raxnet.md §8, §8.1, §14.14."""
     model: str = "raxnet"
     model_options: dict = field(default_factory=dict)
     loss: str = "tversky_plus_focal"
@@ -122,7 +122,7 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class ComparisonConfig:
-    """Stage 09: comparison models and the loss comparison (upstream-raxnet.md §9, §10, §14.17–19)."""
+    """Stage 09: comparison models and the loss comparison (docs/upstream-raxnet.md §9, §10, §14.17–19)."""
     models: tuple[str, ...] = ("xnet", "clci", "dunet", "lcnn", "unet", "resunet", "attention_unet")
     recipe: str = "published"
     model_options: dict = field(default_factory=dict)
@@ -313,7 +313,7 @@ def _check(ok: bool, message: str) -> None:
 
 # Profiles -----------------------------------------------------------------------------------------
 # "paper": the upstream protocol's numbers (655 subjects, 80/20, 5 folds, batches 16+16, canvases),
-# with the corrections of upstream-raxnet.md §14 that the README's protocol section lists.
+# with the corrections of docs/upstream-raxnet.md §14 that the README's protocol section lists.
 # "demo": the same protocol on a small synthetic cohort that runs on a 2-core CPU.
 PROFILES: dict[str, dict[str, object]] = {
     "paper": {},

@@ -2,7 +2,7 @@
 
 One convention everywhere: a voxel is lesion when ``mask > 0`` (upstream's binarisation);
 ``lesion_size_k`` is the size of the k-th LARGEST component (upstream used label-id order,
-reference/upstream-raxnet.md §1.2), 0 when there are fewer than k; components beyond the
+docs/upstream-raxnet.md §1.2), 0 when there are fewer than k; components beyond the
 ``N_LARGEST``-th still count in ``number_of_lesion``, ``sum_voxel`` and ``max_size``.
 Subjects use 26-connectivity in 3-D; slices use 8-connectivity within the slice. Slice axes come
 from :mod:`strokeseg.data.planes` (axial ``vol[:, :, k]``, sagittal ``vol[k]``, coronal ``vol[:, k, :]``).

@@ -1,6 +1,6 @@
 """Intensity normalisation onto the 0..255 scale the models see.
 
-``slice_max`` is upstream's rule (reference/upstream-raxnet.md §6): each 2-D slice divided by its
+``slice_max`` is upstream's rule (docs/upstream-raxnet.md §6): each 2-D slice divided by its
 own maximum and multiplied by 255, so intensities depend on what else the slice contains; we add
 the missing guard (an all-zero slice stays zero instead of becoming NaN). ``volume_robust`` is the
 correction of §14.8: one linear map per volume, shared by the three planes, from the

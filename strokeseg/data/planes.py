@@ -1,8 +1,8 @@
 """The only module that knows axis order: volume -> slices, canvas padding, and the exact inverse.
 
-Arrays use the NIfTI voxel order ``[x, y, z]`` (design.md): sagittal slices run along x,
+Arrays use the NIfTI voxel order ``[x, y, z]`` (docs/architecture.md): sagittal slices run along x,
 coronal along y, axial along z. A slice keeps the two remaining axes in their volume order,
-without transposition, exactly as upstream (reference/upstream-raxnet.md §3):
+without transposition, exactly as upstream (docs/upstream-raxnet.md §3):
 axial ``vol[:, :, k]`` is (197, 233), sagittal ``vol[k]`` is (233, 189), coronal ``vol[:, k]``
 is (197, 189).
 

@@ -1,4 +1,4 @@
-"""Prepared arrays in the card's layout ``(n_batches, batch, H, W, C)``, memory-mapped.
+"""Prepared arrays in upstream's layout ``(n_batches, batch, H, W, C)``, memory-mapped.
 
 Each fold is split once into a training part and an inner-validation part (strokeseg.protocol.splits),
 and each (plane, fold, part) batch plan of stage 05 is materialised once, from the plane's slice

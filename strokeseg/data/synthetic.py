@@ -31,7 +31,7 @@ Per subject (see :func:`synthesize_subject`):
   every head voxel is >= 1, so ``T1 > 0`` is the head.
 
 Lesion statistics (:func:`sample_lesion_targets`) follow ATLAS v2.0 (655 subjects,
-reference/upstream-raxnet.md §1.3, §2.1):
+docs/upstream-raxnet.md §1.3, §2.1):
 
 - total volume: a piecewise log-linear quantile function through ATLAS's bin frequencies
   (319, 154, 64, 49, 44, 25 of 655 in the right-closed bins of ``VOLUME_BIN_EDGES``), its median

@@ -6,7 +6,7 @@ here is recomputable from the per-item CSVs the stages write (with :func:`stroke
 Conventions:
 
 - **Fold table** (:func:`folds_results_table`) follows upstream's ``{Plane}_folds_Results.csv``
-  (``/work/shared/reference/upstream-raxnet.md`` §10.1): per fold, mean and pandas std (ddof 1,
+  (``docs/upstream-raxnet.md`` §10.1): per fold, mean and pandas std (ddof 1,
   NaN when a fold has one item) over items; an ``All`` row whose mean is the *mean of the fold
   means* (every fold weighs the same, whatever its size) and whose std is ``np.std`` (ddof 0) of
   the fold means — the spread between folds, not between items. "Average score" is upstream's

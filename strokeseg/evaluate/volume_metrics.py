@@ -1,7 +1,7 @@
 """Per-subject 3-D metrics on binary volumes, following the ATLAS R2.0 evaluator.
 
-Source: ``/work/shared/reference/anchors.md`` §4 (ATLAS R2.0 grand-challenge scoring: Dice,
-Volume Difference, Simple Lesion Count, Lesion-wise F1) and ``upstream-raxnet.md`` §14 item 15
+Source: ``docs/references.md`` §4 (ATLAS R2.0 grand-challenge scoring: Dice,
+Volume Difference, Simple Lesion Count, Lesion-wise F1) and ``docs/upstream-raxnet.md`` §14 item 15
 (report HD95 in mm, volume difference, lesion-wise F1 and lesion-count difference per subject).
 NumPy/SciPy only, so evaluation never imports a deep-learning framework.
 

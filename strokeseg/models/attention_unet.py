@@ -1,6 +1,6 @@
 """2-D attention U-Net: additive attention gates (Oktay et al. 2018) on every skip.
 
-The 2-D counterpart of the ISLES'22 3-D attention U-Net (reference/upstream-other-seeds.md C.3):
+The 2-D counterpart of the ISLES'22 3-D attention U-Net (docs/upstream-other-projects.md C.3):
 
 - Encoder: four levels of ``base_filters`` × 1, 2, 4, 8 filters (64-128-256-512 by default, the
   configuration upstream trains with), bridge of × 16 (1024) at H/16. Each block is

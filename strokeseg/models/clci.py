@@ -1,7 +1,7 @@
 """CLCI-Net, the cross-level fusion and context inference network (Yang et al., MICCAI 2019,
 arXiv 1907.07008), the second baseline RAX-Net is compared with.
 
-Spec: ``reference/upstream-raxnet.md`` §10 (table, column "CLCI-Net (as used here)") and §10.4.
+Spec: ``docs/upstream-raxnet.md`` §10 (table, column "CLCI-Net (as used here)") and §10.4.
 
 Encoder: five levels of two 3×3 conv-BN-ReLU with 32-64-128-256-512 channels. Between levels,
 *Cross-Level Fusion* replaces plain pooling: the max-pooled map of the level above is concatenated

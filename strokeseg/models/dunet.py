@@ -1,6 +1,6 @@
 """D-UNet, the dimension-fusion U-Net (Zhou et al., IEEE/ACM TCBB 2021, arXiv 1908.05104).
 
-Spec: ``reference/upstream-raxnet.md`` §10.4 (and §14 item 18: the RAX-Net study names D-UNet but
+Spec: ``docs/upstream-raxnet.md`` §10.4 (and §14 item 18: the RAX-Net study names D-UNet but
 never ran it; this is the port it lacked).
 
 The input's C channels are C adjacent slices. They feed two encoders at once:

@@ -1,6 +1,6 @@
 """LCNN: the SEAN local path and a ResNeXt-50 32×4d global path, fused per pixel (hoangtung386).
 
-Spec: ``reference/upstream-other-seeds.md`` §A.2 (architecture v1), §A.3 (ver2 differences),
+Spec: ``docs/upstream-other-projects.md`` §A.2 (architecture v1), §A.3 (ver2 differences),
 §A.4 (alignment losses) and §A.6 (porting notes). This is the ver2 "alignment first" design with
 v1's ResNeXt global path, corrected where §A.6 says upstream is wrong.
 

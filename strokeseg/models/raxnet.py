@@ -1,4 +1,4 @@
-"""RAX-Net, as the upstream code builds it (reference/upstream-raxnet.md §7).
+"""RAX-Net, as the upstream code builds it (docs/upstream-raxnet.md §7).
 
 Encoder (§7.1), for an H×W input:
 

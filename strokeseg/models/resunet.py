@@ -1,4 +1,4 @@
-"""U-Net with a ResNet-50 encoder (reference/upstream-other-seeds.md B.2, StrokeSeg AI's best
+"""U-Net with a ResNet-50 encoder (docs/upstream-other-projects.md B.2, StrokeSeg AI's best
 model: segmentation_models_pytorch ``Unet(encoder_name="resnet50")``).
 
 - Channels: a 1×1 conv maps the C input channels (adjacent slices) to the 3 channels ResNet-50

@@ -1,4 +1,4 @@
-"""Classic 2-D U-Net, base 32 filters (reference/upstream-other-seeds.md D.4, the LGG FLAIR U-Net).
+"""Classic 2-D U-Net, base 32 filters (docs/upstream-other-projects.md D.4, the LGG FLAIR U-Net).
 
 - Encoder: four blocks of 32, 64, 128, 256 filters (``base_filters`` × 1, 2, 4, 8), each
   [Conv 3×3 (no bias) → BN → ReLU] × 2, kept as a skip, then MaxPool 2×2.

@@ -1,6 +1,6 @@
 """X-Net (Qi et al., MICCAI 2019, arXiv 1907.07000), the baseline RAX-Net is compared with.
 
-Spec: ``reference/upstream-raxnet.md`` §10 (table, column "X-Net (as used here)") and §10.4.
+Spec: ``docs/upstream-raxnet.md`` §10 (table, column "X-Net (as used here)") and §10.4.
 
 A five-stage U-shape (64-128-256-512-1024 channels). Every stage is an *x_block*: a 1×1
 conv-BN-ReLU shortcut added to three depthwise-separable units (depthwise 3×3 without bias → BN →

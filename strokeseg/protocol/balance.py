@@ -1,6 +1,6 @@
 """Are the folds balanced? Per-fold tests of the lesion-size distribution.
 
-Upstream (reference/upstream-raxnet.md §4.2) compared each fold with the whole pool, the fold
+Upstream (docs/upstream-raxnet.md §4.2) compared each fold with the whole pool, the fold
 included, by a Mann–Whitney U test. That test is weak (the fold is part of its reference), so it is
 kept only as ``mannwhitney_fold_vs_pool`` for comparison; the meaningful tests are fold versus the
 rest: a two-sided Mann–Whitney U on ``sum_voxel`` and a χ² test on the size-bin counts.

@@ -1,6 +1,6 @@
 """Distribution-matched batch plans: which lesion and normal slices go together in each batch.
 
-Upstream (reference/upstream-raxnet.md §5, §14 item 5) rounded per-bin slot counts, which gave 0
+Upstream (docs/upstream-raxnet.md §5, §14 item 5) rounded per-bin slot counts, which gave 0
 slots to the rare large-lesion bins, took as many batches as the scarcest bin allowed, and
 silently dropped 14-35 % of lesion slices. Normal slices were batched in ``glob`` order and the
 batches were visited in the same order every epoch. Here:

@@ -1,7 +1,7 @@
 """Size bins, with one convention for every stage: right-closed, ``lo < v <= hi``.
 
 Upstream mixed right-closed bins (splitting, k-fold) with left-closed ones (batching, plots)
-(reference/upstream-raxnet.md §14.3). We keep the splitting convention everywhere. Bin indices are
+(docs/upstream-raxnet.md §14.3). We keep the splitting convention everywhere. Bin indices are
 0-based; labels read like ``(5000, 30000]``.
 """
 from __future__ import annotations

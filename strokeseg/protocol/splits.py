@@ -1,6 +1,6 @@
 """Subject-level splits: the 80/20 hold-out, the k folds, the inner validation set, normal slices.
 
-Corrections of upstream (reference/upstream-raxnet.md §14.1, §14.2, §14.4, §14.6):
+Corrections of upstream (docs/upstream-raxnet.md §14.1, §14.2, §14.4, §14.6):
 
 * Folds are made of SUBJECTS, never of slices, and one subject-level assignment is shared by all
   three planes, so no subject is ever on both sides of a train/test boundary.

@@ -1,6 +1,6 @@
 """Figures: lesion-size distributions, rainclouds, fold-balance p-values.
 
-Corrections to upstream (reference/upstream-raxnet.md §1.4, §2.3, §4.2, §11.6):
+Corrections to upstream (docs/upstream-raxnet.md §1.4, §2.3, §4.2, §11.6):
 
 - every tick label is built from the data (group name and its n), never typed by hand, so an
   "after" column can not carry a "before" label and the n shown is the n plotted;

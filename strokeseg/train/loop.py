@@ -1,7 +1,7 @@
 """Training one model on one (plane, test fold): tf.distribute, mixed precision, exact resume.
 
 A run trains on the training parts of the other folds, selects on their inner-validation parts
-(never on the test fold: ``reference/upstream-raxnet.md`` §14 item 6) and stops early when the
+(never on the test fold: ``docs/upstream-raxnet.md`` §14 item 6) and stops early when the
 inner-validation loss has not improved for ``patience`` epochs. Its folder holds:
 
 - ``state.json``       what is done: epochs, best epoch and loss, early-stopping counters, the

@@ -6,9 +6,9 @@ model's compute dtype (mixed precision), and only ``keras.ops`` is used, so the 
 the TensorFlow and JAX backends. All classes are Keras-serialisable (package ``strokeseg``), so
 saved models reload in safe mode.
 
-Sources (``/work/shared/reference/``):
+Sources (``docs/``):
 
-- ``upstream-raxnet.md`` §8 — RAX-Net's losses: soft sums over the WHOLE batch flattened, +1
+- ``docs/upstream-raxnet.md`` §8 — RAX-Net's losses: soft sums over the WHOLE batch flattened, +1
   smoothing. Its "FocalTverskyLoss" is ``(1 − TI) + focal`` (§14 item 13), registered here as
   ``"tversky_plus_focal"``; the canonical focal-Tversky ``(1 − TI)^γ`` is ``"focal_tversky"``.
 - §10 / §10.4 — X-Net: BCE + soft Dice (``"bce_dice"``); CLCI-Net: soft Dice with squared
@@ -16,7 +16,7 @@ Sources (``/work/shared/reference/``):
   (α 0.48, γ 1.1) − log(soft Dice) (``"dunet_mixing"``). D-UNet's own ``Statistics.py`` uses
   batch-flattened sums, a squared-denominator Dice with +1 smoothing and pixel means for the
   focal term; we follow that (its committed file does not run, §10.4 note).
-- ``upstream-other-seeds.md`` A.3/A.4 — LCNN: 0.7·Dice + 0.3·CE (v1); 0.5·Dice + 0.2·weighted CE
+- ``docs/upstream-other-projects.md`` A.3/A.4 — LCNN: 0.7·Dice + 0.3·CE (v1); 0.5·Dice + 0.2·weighted CE
   + 0.3·focal (ver2); plus a warmed-up alignment term (``"lcnn"``, :class:`LCNNLoss`).
 
 Tversky weights are named ``fp_weight`` / ``fn_weight`` (papers disagree on which of α/β is
@@ -133,7 +133,7 @@ class TverskyLoss(SegmentationLoss):
 
 @keras.saving.register_keras_serializable(package="strokeseg")
 class FocalTverskyLoss(TverskyLoss):
-    """Canonical focal-Tversky (Abraham & Khan form as the issue states it): mean over samples of
+    """Canonical focal-Tversky (the Abraham & Khan form): mean over samples of
     ``(1 − TI)^gamma``, TI per sample with 0.25 on FP, 0.85 on FN, γ 2, +1 smoothing.
 
     Not upstream's "FocalTversky", which is :func:`tversky_plus_focal` (§14 item 13).

@@ -2,7 +2,7 @@
 
 A pixel is predicted lesion when ``p > threshold`` (0.5) and is lesion when ``y > 0.5``.
 (Upstream rounded ``clip(y·p)`` with TensorFlow's round-half-to-even, so ``p = 0.5`` exactly is
-negative there too; ``/work/shared/reference/upstream-raxnet.md`` §8.)
+negative there too; ``docs/upstream-raxnet.md`` §8.)
 
 Two modes, chosen by ``smooth``:
 

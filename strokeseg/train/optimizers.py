@@ -2,7 +2,7 @@
 
 Kept apart from strokeseg.train.loop, which needs TensorFlow for its tf.data input and strategies,
 so that the same optimizer is built where only Keras runs (JAX on a GPU machine: the benchmarks).
-Upstream RAX-Net (reference/upstream-raxnet.md §8): AdamW, β 0.9/0.999, ε 1e-7, weight decay 0.004,
+Upstream RAX-Net (docs/upstream-raxnet.md §8): AdamW, β 0.9/0.999, ε 1e-7, weight decay 0.004,
 ``ExponentialDecay(lr, 100000, 0.9, staircase=False)``.
 """
 from __future__ import annotations

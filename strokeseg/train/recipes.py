@@ -2,12 +2,12 @@
 
 Stage 09 trains every comparison model through the same stores, normalisation, batches, folds,
 epoch budget, early stopping and evaluation code as RAX-Net (upstream's comparison did not:
-``reference/upstream-raxnet.md`` §10, §14 items 17–18). What differs per model by default is only
+``docs/upstream-raxnet.md`` §10, §14 items 17–18). What differs per model by default is only
 what its authors published for the loss and the optimiser (``recipe="published"``); with
 ``recipe="raxnet"`` every model gets RAX-Net's (the ``training`` section as configured).
 
-Sources: ``upstream-raxnet.md`` §8 (RAX-Net), §10 table and §10.4 (X-Net, CLCI-Net, D-UNet);
-``upstream-other-seeds.md`` A.4 (LCNN), B (ResNet-U-Net), C.4 (attention U-Net), D.4 (U-Net).
+Sources: ``docs/upstream-raxnet.md`` §8 (RAX-Net), §10 table and §10.4 (X-Net, CLCI-Net, D-UNet);
+``docs/upstream-other-projects.md`` A.4 (LCNN), B (ResNet-U-Net), C.4 (attention U-Net), D.4 (U-Net).
 Deliberate departures, the same for every model: batch composition and size are the shared
 16 lesion + 16 normal batches; epochs and patience are the protocol's, not each paper's;
 per-epoch PyTorch schedulers become Keras per-step schedules over the same number of epochs.

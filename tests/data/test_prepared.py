@@ -6,7 +6,7 @@ from strokeseg.errors import InputError
 from strokeseg.data.prepared import PreparedPart, PreparedSplit, part_dir, write_prepared
 from strokeseg.data.stores import SliceStore, write_stores
 
-def test_arrays_have_the_cards_layout(prepared):
+def test_arrays_have_upstreams_layout(prepared):
     store, plans, root, shapes = prepared
     n_batches = plans[(1, "train")]["batch"].nunique()
     h, w = store.canvas.shape

@@ -13,7 +13,7 @@ from strokeseg.protocol.splits import (half_up_quota, holdout_split, inner_valid
                               inner_validation_subjects, merge_small_strata, select_normal_slices,
                               stratified_subset, subject_folds)
 
-ATLAS_BIN_SIZES = (319, 154, 64, 49, 44, 25)          # upstream-raxnet.md §2.1
+ATLAS_BIN_SIZES = (319, 154, 64, 49, 44, 25)          # docs/upstream-raxnet.md §2.1
 ATLAS_HOLDOUT = (64, 31, 13, 10, 9, 5)
 
 
