@@ -13,30 +13,15 @@ import sys
 from pathlib import Path
 
 from strokeseg.config import PROFILES, apply_overrides, field_table, load_profile
+from strokeseg.contracts import BY_COMMAND
 from strokeseg.errors import StrokesegError
 from strokeseg.runtime import configure_tensorflow
 from strokeseg.workdir import previous_stage, stage_config
 
 log = logging.getLogger("strokeseg")
 
-# subcommand -> (stage folder, module under strokeseg.stages, one-line help)
-COMMANDS = {
-    "dataset": ("01_dataset", "s01_dataset", "01: cohort (ATLAS v2.0 or synthetic) and lesion statistics"),
-    "splitting": ("02_splitting", "s02_splitting", "02: stratified 80/20 subject split"),
-    "convert": ("03_convert", "s03_convert", "03: per-plane slice stores of the 80 % subjects"),
-    "cross-validation": ("04_cross_validation", "s04_cross_validation",
-                         "04: subject-level folds shared by all planes, normal slices, balance tests"),
-    "batches": ("05_batch_distribution", "s05_batch_distribution",
-                "05: distribution-matched batch plans and inner validation subjects"),
-    "prepare": ("06_preparation", "s06_preparation", "06: memory-mapped arrays (n_batches, batch, H, W, C)"),
-    "models": ("07_models", "s07_models", "07: the model zoo table (parameters, GFLOPs, measured speed per slice)"),
-    "training": ("08_training", "s08_training",
-                 "08: train the configured model per (plane, fold) with resume; test-fold tables"),
-    "comparison": ("09_comparison", "s09_comparison",
-                   "09: comparison models and loss comparison under the same protocol; Wilcoxon tests, figures"),
-    "fusion": ("10_fusion", "s10_fusion",
-               "10: tri-planar inference and fusion of the held-out volumes; 3-D evaluation, tables, figures"),
-}
+# subcommand -> the stage (folder, module under strokeseg.stages, one-line help), from the one registry
+COMMANDS = BY_COMMAND
 
 # Stages whose module adds flags of its own (add_arguments / run_options); their modules import light.
 OWN_ARGUMENTS = {"models", "training", "comparison", "fusion"}
@@ -86,7 +71,8 @@ def config_epilog(command: str) -> str:
 def build_parser(default_workdir: Path | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="strokeseg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
-    for name, (folder, _, text) in COMMANDS.items():
+    for name, stage in COMMANDS.items():
+        folder, text = stage.folder, stage.summary
         sub = commands.add_parser(name, help=text, description=text, epilog=config_epilog(name),
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.add_argument("--workdir", type=Path, default=default_workdir or Path.cwd(),
@@ -117,11 +103,14 @@ def build_parser(default_workdir: Path | None = None) -> argparse.ArgumentParser
 
     text = "tri-planar inference on T1 NIfTI volumes with trained models (the Docker entrypoint)"
     predict.add_arguments(commands.add_parser("predict", help=text, description=text))
+    from strokeseg.evaluate import external  # imports its table code only when it runs
+
+    external.add_arguments(commands.add_parser("evaluate", help=external.HELP, description=external.HELP))
     return parser
 
 
 def _stage_module(command: str):
-    return importlib.import_module(f"strokeseg.stages.{COMMANDS[command][1]}")
+    return importlib.import_module(f"strokeseg.stages.{COMMANDS[command].module}")
 
 
 def stage_overrides(args: argparse.Namespace) -> list[str]:
@@ -150,7 +139,11 @@ def main(argv: list[str] | None = None, default_workdir: Path | None = None) -> 
         from strokeseg.infer import predict
 
         return predict.run_from_args(args)
-    folder = COMMANDS[args.command][0]
+    if args.command == "evaluate":
+        from strokeseg.evaluate import external
+
+        return external.run_from_args(args)
+    folder = COMMANDS[args.command].folder
     try:
         workdir = args.workdir.expanduser().resolve()
         stage = _stage_module(args.command)

@@ -242,3 +242,25 @@ def test_cross_validation_volumes_are_predicted_exactly_as_stage_08_evaluated_th
                                    batch_size=16)
     ours = postprocessing._store_probability(store, subject, predictor)
     np.testing.assert_array_equal(ours, plane_probability_volume(predict, store, subject, 16))
+
+
+def test_strokeseg_evaluate_reproduces_the_fused_rows(fused, trained, tmp_path):
+    """`strokeseg evaluate` on stage 10's masks against the hold-out's reference masks (copied into one
+    flat folder) gives every metric of subjects.csv's fused rows exactly: same code, same numbers."""
+    from strokeseg import cli
+    from strokeseg.evaluate.volume_metrics import METRIC_KEYS
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for mask in _holdout(trained)["mask"]:
+        shutil.copy(mask, reference / Path(mask).name)
+    out = tmp_path / "evaluation"
+    assert cli.main(["evaluate", str(fused / "masks"), "--reference", str(reference), "--output", str(out),
+                     "--quiet"]) == 0
+    stage = pd.read_csv(fused / "subjects.csv")
+    stage = stage[stage["mask"] == "fused"].set_index("subject_name").sort_index()
+    ours = pd.read_csv(out / "subjects.csv").set_index("subject_name").sort_index()
+    assert list(ours.index) == list(stage.index) and (ours["mask"] == "masks").all()
+    # as floats: a column read back from fused rows alone may hold only whole numbers (e.g. F1 0 or 1)
+    pd.testing.assert_frame_equal(ours[list(METRIC_KEYS)].astype(float), stage[list(METRIC_KEYS)].astype(float),
+                                  check_exact=True)
