@@ -4,10 +4,10 @@ import argparse
 import fnmatch
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from strokeseg.infer import predict
 
@@ -118,3 +118,27 @@ def test_readme_shows_the_build_and_run_lines():
     assert "docker build -f docker/Dockerfile -t strokeseg ." in readme
     assert all(f":{mount}" in readme for mount in ("/input", "/models", "/output"))
     assert "--user" in readme
+
+
+def test_predict_imports_with_only_the_images_runtime_libraries():
+    """The image installs TensorFlow (its base) and the pins it greps from requirements.txt, nothing
+    else: `import strokeseg.infer.predict` (its build check and its entrypoint) must not need
+    another library at import time."""
+    import subprocess
+    import sys
+
+    install = next(rest for word, rest in instructions() if word == "RUN" and "requirements.txt" in rest)
+    pinned = set(re.search(r"\^\(([^)]*)\)==", install).group(1).split("|"))
+    assert {"numpy", "nibabel", "keras"} <= pinned
+    absent = [name for name in ("tqdm", "matplotlib", "seaborn", "ptitprince", "sklearn", "nilearn", "cv2")
+              if name not in pinned]
+    blocker = ("import sys\n"
+               "class Absent:\n"
+               f"    names = {absent!r}\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] in self.names:\n"
+               "            raise ImportError(f'{name} is not installed in the image')\n"
+               "sys.meta_path.insert(0, Absent())\n"
+               "import strokeseg.infer.predict\n")
+    result = subprocess.run([sys.executable, "-c", blocker], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

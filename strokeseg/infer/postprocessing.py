@@ -18,12 +18,12 @@ from strokeseg.config import PLANES
 from strokeseg.contracts import CROSS_VALIDATION, FOLDS_CSV, RUNS_CSV
 from strokeseg.data import planes
 from strokeseg.data.lesions import structure
-from strokeseg.data.stores import SliceStore
 from strokeseg.errors import StrokesegError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from strokeseg.data.stores import SliceStore
     from strokeseg.infer.inference import PlanePredictor
-    from strokeseg.infer.tri_planar import TriPlanarPredictor  # noqa: F401  (annotations only)
+    from strokeseg.infer.tri_planar import TriPlanarPredictor
 
 
 def _labels(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +164,7 @@ def out_of_fold_cases(source: CrossValidationRuns, used: pd.DataFrame, template:
     subject's volumes at a time. ``loaded``: predictors already built, keyed by (plane, fold)."""
     from tqdm import tqdm
 
+    from strokeseg.data.stores import SliceStore
     from strokeseg.evaluate.folds import truth_volume
     from strokeseg.infer.inference import load_model, plane_predictors
     from strokeseg.infer.tri_planar import TriPlanarPredictor
