@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Stage 01: the cohort (ATLAS v2.0 or synthetic) and its lesion statistics. Options: `python 01_dataset/run.py --help` (same as `strokeseg dataset`)."""
+"""Stage 01: the cohort (ATLAS v2.0 or synthetic) and its lesion statistics.
+
+Options: `python 01_dataset/run.py --help` (same as `strokeseg dataset`).
+"""
 import sys
 from pathlib import Path
 

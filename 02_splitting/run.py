@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Stage 02: stratified 80/20 subject split. Options: `python 02_splitting/run.py --help` (same as `strokeseg splitting`)."""
+"""Stage 02: stratified 80/20 subject split.
+
+Options: `python 02_splitting/run.py --help` (same as `strokeseg splitting`).
+"""
 import sys
 from pathlib import Path
 

@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Stage 03: per-plane slice stores of the 80 % subjects. Options: `python 03_convert/run.py --help` (same as `strokeseg convert`)."""
+"""Stage 03: per-plane slice stores of the 80 % subjects.
+
+Options: `python 03_convert/run.py --help` (same as `strokeseg convert`).
+"""
 import sys
 from pathlib import Path
 

@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Stage 04: subject-level folds shared by all planes, normal slices, balance tests. Options: `python 04_cross_validation/run.py --help` (same as `strokeseg cross-validation`)."""
+"""Stage 04: subject-level folds shared by all planes, normal slices, balance tests.
+
+Options: `python 04_cross_validation/run.py --help` (same as `strokeseg cross-validation`).
+"""
 import sys
 from pathlib import Path
 

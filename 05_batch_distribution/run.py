@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Stage 05: distribution-matched batch plans per plane and fold. Options: `python 05_batch_distribution/run.py --help` (same as `strokeseg batches`)."""
+"""Stage 05: distribution-matched batch plans per plane and fold.
+
+Options: `python 05_batch_distribution/run.py --help` (same as `strokeseg batches`).
+"""
 import sys
 from pathlib import Path
 

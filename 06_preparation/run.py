@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Stage 06: memory-mapped prepared arrays and the tf.data loader's inputs. Options: `python 06_preparation/run.py --help` (same as `strokeseg prepare`)."""
+"""Stage 06: memory-mapped prepared arrays and the tf.data loader's inputs.
+
+Options: `python 06_preparation/run.py --help` (same as `strokeseg prepare`).
+"""
 import sys
 from pathlib import Path
 

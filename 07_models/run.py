@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Stage 07: the model table (parameters, GFLOPs, measured ms per slice, matmul fraction). Options: `python 07_models/run.py --help` (same as `strokeseg models`)."""
+"""Stage 07: the model table (parameters, GFLOPs, measured ms per slice, matmul fraction).
+
+Options: `python 07_models/run.py --help` (same as `strokeseg models`).
+"""
 import sys
 from pathlib import Path
 

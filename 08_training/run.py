@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""Stage 08: train the configured model per (plane, fold), evaluate on the test folds, write the fold tables. Options: `python 08_training/run.py --help` (same as `strokeseg training`)."""
+"""Stage 08: train the configured model per (plane, fold), evaluate on the test folds, write the fold
+tables.
+
+Options: `python 08_training/run.py --help` (same as `strokeseg training`).
+"""
 import sys
 from pathlib import Path
 

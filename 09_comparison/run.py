@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""Stage 09: the comparison models and the loss comparison under stage 08's protocol, with tables, Wilcoxon tests and rainclouds. Options: `python 09_comparison/run.py --help` (same as `strokeseg comparison`)."""
+"""Stage 09: the comparison models and the loss comparison under stage 08's protocol, with tables,
+Wilcoxon tests and rainclouds.
+
+Options: `python 09_comparison/run.py --help` (same as `strokeseg comparison`).
+"""
 import sys
 from pathlib import Path
 

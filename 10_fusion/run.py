@@ -1,5 +1,10 @@
 #!/usr/bin/env python3
-"""Stage 10: tri-planar inference and fusion of every held-out volume with stage 08's models; per-subject 3-D metrics of each plane and of the fused mask, tables, figures, fused masks and a ready-to-mount models folder. Options: `python 10_fusion/run.py --help` (same as `strokeseg fusion`)."""
+"""Stage 10: tri-planar inference and fusion of every held-out volume with stage 08's models;
+per-subject 3-D metrics of each plane and of the fused mask, tables, figures, fused masks and a
+ready-to-mount models folder.
+
+Options: `python 10_fusion/run.py --help` (same as `strokeseg fusion`).
+"""
 import sys
 from pathlib import Path
 

@@ -78,8 +78,8 @@ def build_models(folder: Path) -> None:
     """Untrained RAX-Net per plane on its MNI canvas, saved as <plane>.keras."""
     import keras
 
-    from strokeseg.data import planes, resample
     from strokeseg.config import PLANES
+    from strokeseg.data import planes, resample
     from strokeseg.models import build_model
 
     for plane in PLANES:
@@ -168,8 +168,8 @@ def timed_phases(times: dict):
 
 
 def warm_up(predictor, batch_size: int) -> float:
-    from strokeseg.data import planes, resample
     from strokeseg.config import PLANES
+    from strokeseg.data import planes, resample
 
     start = time.perf_counter()
     for plane in PLANES:

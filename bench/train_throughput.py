@@ -77,10 +77,10 @@ sys.path.insert(0, str(ROOT))
 import keras  # noqa: E402
 
 from strokeseg.config import PLANES, PRECISIONS, Config, TrainingConfig, derive_seed  # noqa: E402
-from strokeseg.train.distribute import precision_policy, set_precision  # noqa: E402  (TF-free)
-from strokeseg.errors import StrokesegError  # noqa: E402
-from strokeseg.data.prepared import PreparedSplit  # noqa: E402
 from strokeseg.contracts import MANIFEST_JSON, MODELS, MODELS_TABLE_CSV, PREPARATION  # noqa: E402
+from strokeseg.data.prepared import PreparedSplit  # noqa: E402
+from strokeseg.errors import StrokesegError  # noqa: E402
+from strokeseg.train.distribute import precision_policy, set_precision  # noqa: E402  (TF-free)
 from strokeseg.workdir import stage_config, stage_dir  # noqa: E402
 
 MODEL = "raxnet"
@@ -297,10 +297,10 @@ def prefetched(items, depth: int):
 def build_tf_model(setup: Setup, policy: str) -> keras.Model:
     """As strokeseg.train.loop.train: precision, strategy scope, loss, build_training_model, compile, build."""
     from strokeseg.train.distribute import strategy_scope
+    from strokeseg.train.loop import build_training_model
     from strokeseg.train.losses import get_loss
     from strokeseg.train.metrics import training_metrics
     from strokeseg.train.optimizers import build_optimizer
-    from strokeseg.train.loop import build_training_model
 
     training = setup.training
     set_precision(policy)
@@ -317,17 +317,17 @@ def build_tf_model(setup: Setup, policy: str) -> keras.Model:
 def build_generic_model(setup: Setup, policy: str) -> keras.Model:
     """Without TensorFlow (strokeseg.train.loop imports it): the same model, loss, metrics and
     optimizer, built from the TF-free modules."""
+    from strokeseg.models import build_model
     from strokeseg.train.losses import get_loss
     from strokeseg.train.metrics import training_metrics
-    from strokeseg.models import build_model
     from strokeseg.train.optimizers import build_optimizer
 
     training = setup.training
     set_precision(policy)
     keras.utils.set_random_seed(derive_seed(setup.config.seed, "init", setup.plane, setup.fold))
     model = build_model(training.model, setup.input_shape, **training.model_options)
-    model.compile(optimizer=build_optimizer(training, setup.split.n_batches), loss=get_loss(training.loss, **training.loss_options),
-                  metrics=training_metrics())
+    model.compile(optimizer=build_optimizer(training, setup.split.n_batches),
+                  loss=get_loss(training.loss, **training.loss_options), metrics=training_metrics())
     model.optimizer.build(model.trainable_variables)
     return model
 
@@ -434,7 +434,7 @@ def measure(arms: list[Arm], feeds: Feeds, setup: Setup, repeats: int, gflops: f
         for arm in arms:
             arm.use()
             for kind in order:
-                make = (lambda: feeds.pipeline(r, setup.steps)) if kind == "pipeline" else \
+                make = (lambda r=r: feeds.pipeline(r, setup.steps)) if kind == "pipeline" else \
                        (lambda: feeds.constant(setup.steps))
                 getattr(arm, kind).append(timed_fit(arm.model, make, setup.steps, setup.slices_per_step))
         matmul.append(matmul_gflops())

@@ -23,10 +23,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from strokeseg.contracts import (BY_VOLUME_BIN_CSV, COMPARISON, CONVERT, DATASET, FUSION, FUSION_GAIN_CSV,
-                                 HOLDOUT_CSV, LOSS_COMPARISON_CSV, MASKS_DIR, MODEL_COMPARISON_CSV, MODELS,
-                                 MODELS_DIR, STAGES, SUMMARY_CSV, TRAINING, fused_mask_file,
-                                 plane_folds_results_csv)
+from strokeseg.contracts import (
+    BY_VOLUME_BIN_CSV,
+    COMPARISON,
+    CONVERT,
+    DATASET,
+    FUSION,
+    FUSION_GAIN_CSV,
+    HOLDOUT_CSV,
+    LOSS_COMPARISON_CSV,
+    MASKS_DIR,
+    MODEL_COMPARISON_CSV,
+    MODELS,
+    MODELS_DIR,
+    STAGES,
+    SUMMARY_CSV,
+    TRAINING,
+    fused_mask_file,
+    plane_folds_results_csv,
+)
 from strokeseg.errors import StrokesegError
 from strokeseg.workdir import atomic_write_text, is_synthetic_run, read_csv, stage_config, write_csv
 
@@ -198,7 +213,8 @@ def results_markdown(workdir: Path, timing: pd.DataFrame, agreement: tuple[int, 
         f"`{training.model}` with options `{_json(training.model_options)}`, test fold(s) "
         f"{', '.join(map(str, config.training_folds(training.folds)))} of {config.cv.n_folds}, "
         f"{training.max_epochs} epochs × {training.steps_per_epoch or 'all'} steps of "
-        f"{config.batches.batch_size} slices, {training.optimizer} lr {training.learning_rate:g} ({training.schedule}), "
+        f"{config.batches.batch_size} slices, {training.optimizer} lr {training.learning_rate:g} "
+        f"({training.schedule}), "
         f"augmentation {'on' if training.augment else 'off'}; run on {os.cpu_count()} CPU cores.",
         "",
         targets,

@@ -93,11 +93,12 @@ def prepared_workdir(tiny_cohort, tmp_path_factory) -> Path:
 def prepared(tiny_cohort, tmp_path_factory):
     """Axial stores of four tiny subjects and prepared arrays of two folds; in each fold one subject is
     the training part, one the inner-validation part."""
-    from helpers import PREPARED_LAYOUT, plan_for
     from strokeseg.config import ConvertConfig
     from strokeseg.data.cohort import discover
     from strokeseg.data.prepared import part_dir, write_prepared
     from strokeseg.data.stores import SliceStore, write_stores
+
+    from helpers import PREPARED_LAYOUT, plan_for
 
     folder = tmp_path_factory.mktemp("prepared")
     subjects = discover(tiny_cohort)[:4]

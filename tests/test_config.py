@@ -4,8 +4,17 @@ import math
 
 import pytest
 
-from strokeseg.config import (FIELD_HELP, Config, derive_seed, describe_fields, field_table, from_dict, load_profile,
-                              read_config, to_json)
+from strokeseg.config import (
+    FIELD_HELP,
+    Config,
+    derive_seed,
+    describe_fields,
+    field_table,
+    from_dict,
+    load_profile,
+    read_config,
+    to_json,
+)
 from strokeseg.errors import ConfigError
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from strokeseg.data.stores import SliceStore
 from strokeseg.errors import InputError
 from strokeseg.protocol.splits import fold_parts
-from strokeseg.data.stores import SliceStore
 
 LESION_BIT, REPEAT_BIT = 1, 2
 

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from strokeseg.config import PLANES, ConvertConfig
 from strokeseg.data import normalization, planes
 from strokeseg.data.brain import brain_pixels_per_slice
 from strokeseg.data.cohort import SubjectFiles
-from strokeseg.config import PLANES, ConvertConfig
-from strokeseg.errors import InputError
 from strokeseg.data.lesions import lesion_pixels_per_slice
 from strokeseg.data.nifti import load_pair, same_affine
+from strokeseg.errors import InputError
 from strokeseg.parallel import map_ordered
 from strokeseg.workdir import read_csv, write_csv
 

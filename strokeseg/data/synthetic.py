@@ -67,8 +67,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.special import ndtr, ndtri
 
-from strokeseg.data.cohort import MASK_SUFFIX, T1W_SUFFIX
 from strokeseg.config import VOLUME_BIN_EDGES
+from strokeseg.data.cohort import MASK_SUFFIX, T1W_SUFFIX
 from strokeseg.errors import InputError
 from strokeseg.parallel import map_ordered
 from strokeseg.workdir import atomic_path, atomic_write_text
@@ -483,7 +483,7 @@ def _draw_lesions(rng: np.random.Generator, t1: np.ndarray, tissue: np.ndarray, 
                            mask=np.zeros(t1.shape, np.uint8), affine=affine, d=d)
     territories = []
     dominant = None
-    for n, (size, size_1mm) in enumerate(zip(plan.sizes, plan.sizes_1mm)):
+    for size, size_1mm in zip(plan.sizes, plan.sizes_1mm):
         if dominant is not None and dominant[0].max_voxels >= size_1mm and rng.random() < _P_SAME_TERRITORY:
             territory, side = dominant
         else:
@@ -601,7 +601,8 @@ def _write_subject(out_dir: str, seed: int, index: int, downsample: int) -> str:
 
 
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or (hi is not None and value > hi):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo \
+            or (hi is not None and value > hi):
         bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
         raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
     return int(value)

@@ -32,13 +32,13 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from strokeseg.contracts import batches_csv
 from strokeseg.data import planes
+from strokeseg.data.prepared import PreparedSplit
+from strokeseg.data.stores import SliceStore
 from strokeseg.evaluate.volume_metrics import METRIC_KEYS, scores_from_counts, subject_metrics
 from strokeseg.infer.inference import check_batch_size, predict_chunk, predict_slices
-from strokeseg.data.prepared import PreparedSplit
 from strokeseg.protocol.splits import fold_parts
-from strokeseg.data.stores import SliceStore
-from strokeseg.contracts import batches_csv
 
 Predict = Callable[[np.ndarray], np.ndarray]
 

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from strokeseg.data import normalization, planes
 from strokeseg.config import PLANES, ConvertConfig
+from strokeseg.data import normalization, planes
 from strokeseg.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover

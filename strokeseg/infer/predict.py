@@ -50,12 +50,12 @@ import pandas as pd
 from strokeseg.config import PLANES, ConvertConfig, from_dict
 from strokeseg.data import planes, resample
 from strokeseg.data.lesions import component_sizes
+from strokeseg.data.nifti import load_t1, write_nifti
 from strokeseg.errors import InputError, StrokesegError
 from strokeseg.evaluate.volume_metrics import voxel_volume_ml
 from strokeseg.infer import models_folder
 from strokeseg.infer.fusion import FUSION_RULES, FusionSettings
 from strokeseg.infer.tri_planar import TriPlanarPredictor
-from strokeseg.data.nifti import load_t1, write_nifti
 from strokeseg.runtime import configure_tensorflow
 from strokeseg.workdir import write_csv
 
@@ -197,14 +197,14 @@ def fusion_settings(models_dir: Path, args: argparse.Namespace) -> FusionSetting
     flags = {"threshold": args.threshold, "min_lesion_voxels": args.min_lesion_voxels, "flip_tta": args.flip_tta,
              "weights": weights if args.weights is not None else None}
     changes = {"rule": rule, "weights": weights if rule == "weighted_mean" else None}
-    for field, value in flags.items():
+    for name, value in flags.items():
         if value is None:
             continue
         try:
-            FusionSettings(**{field: value}, **({"rule": rule} if field == "weights" else {}))
+            FusionSettings(**{name: value}, **({"rule": rule} if name == "weights" else {}))
         except StrokesegError as exc:
-            raise UsageError(f"--{field.replace('_', '-')}: {exc}") from None
-        changes[field] = value
+            raise UsageError(f"--{name.replace('_', '-')}: {exc}") from None
+        changes[name] = value
     return dataclasses.replace(settings, **changes)
 
 

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2_contingency, mannwhitneyu, rankdata
 
-from strokeseg.protocol.bins import bin_counts
 from strokeseg.errors import StrokesegError
+from strokeseg.protocol.bins import bin_counts
 
 __all__ = ["fold_balance_tests", "bin_table_test", "TESTS", "COLUMNS", "PERMUTATION_COLUMN"]
 
@@ -158,5 +158,6 @@ def _rank_z(u, n1, n2):
 def _pearson_chi2(first, second):
     """Pearson χ² of 2×B tables given row by row (one table per permutation)."""
     table = np.stack([first, second], axis=1)               # (n, 2, B)
-    expected = table.sum(axis=2, keepdims=True) * table.sum(axis=1, keepdims=True) / table.sum(axis=(1, 2))[:, None, None]
+    totals = table.sum(axis=(1, 2))[:, None, None]
+    expected = table.sum(axis=2, keepdims=True) * table.sum(axis=1, keepdims=True) / totals
     return np.sum(np.where(expected > 0, (table - expected) ** 2 / np.where(expected > 0, expected, 1), 0), axis=(1, 2))

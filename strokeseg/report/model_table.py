@@ -60,8 +60,8 @@ import numpy as np
 import pandas as pd
 
 from strokeseg import models as registry
-from strokeseg.data import planes as planes_mod
 from strokeseg.config import PLANES, Config
+from strokeseg.data import planes as planes_mod
 from strokeseg.errors import ConfigError, StrokesegError
 
 log = logging.getLogger(__name__)
@@ -148,8 +148,8 @@ class PlaneInput:
 
 def plane_canvases(workdir: Path | None, config: Config, plane_names=None) -> list[PlaneCanvas]:
     """The canvases models see: a published stage-03 store's geometry, else the ATLAS grid's."""
-    from strokeseg.data.stores import store_geometry
     from strokeseg.contracts import CONVERT, MANIFEST_JSON
+    from strokeseg.data.stores import store_geometry
     from strokeseg.workdir import stage_dir
 
     plane_names = tuple(plane_names or config.prepare.planes)

@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from strokeseg.protocol import bins
-from strokeseg.data import cohort, lesions, synthetic
-from strokeseg.report import figures
 from strokeseg.config import PLANES, Config
-from strokeseg.data.nifti import load_pair
-from strokeseg.parallel import map_ordered
-from strokeseg.data.stores import Grid
-from strokeseg.workdir import StageWriter, stage_dir, write_csv
 from strokeseg.contracts import COHORT_CSV, DATASET, SUBJECTS_3D_CSV, plane_lesions_csv
+from strokeseg.data import cohort, lesions, synthetic
+from strokeseg.data.nifti import load_pair
+from strokeseg.data.stores import Grid
+from strokeseg.parallel import map_ordered
+from strokeseg.protocol import bins
+from strokeseg.report import figures
+from strokeseg.workdir import StageWriter, stage_dir, write_csv
 
 log = logging.getLogger(__name__)
 STAGE = DATASET

@@ -10,11 +10,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from strokeseg.report import figures
 from strokeseg.config import PLANES, Config
+from strokeseg.contracts import (
+    DATASET,
+    HOLDOUT_SUBJECTS_CSV,
+    SPLITTING,
+    SUBJECTS_3D_CSV,
+    TRAIN_SUBJECTS_CSV,
+    plane_lesions_80_csv,
+    plane_lesions_csv,
+)
 from strokeseg.protocol.splits import holdout_split
+from strokeseg.report import figures
 from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, write_csv
-from strokeseg.contracts import DATASET, HOLDOUT_SUBJECTS_CSV, SPLITTING, SUBJECTS_3D_CSV, TRAIN_SUBJECTS_CSV, plane_lesions_80_csv, plane_lesions_csv
 
 STAGE = SPLITTING
 COLUMNS = ["subject_name", "sum_voxel", "volume_bin"]

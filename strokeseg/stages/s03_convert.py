@@ -6,11 +6,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from strokeseg.data.cohort import SubjectFiles
 from strokeseg.config import Config
+from strokeseg.contracts import (
+    COHORT_CSV,
+    CONVERT,
+    DATASET,
+    HOLDOUT_CSV,
+    HOLDOUT_SUBJECTS_CSV,
+    SPLITTING,
+    TRAIN_SUBJECTS_CSV,
+)
+from strokeseg.data.cohort import SubjectFiles
 from strokeseg.data.stores import write_stores
 from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, write_csv
-from strokeseg.contracts import COHORT_CSV, CONVERT, DATASET, HOLDOUT_CSV, HOLDOUT_SUBJECTS_CSV, SPLITTING, TRAIN_SUBJECTS_CSV
 
 STAGE = CONVERT
 

@@ -15,14 +15,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from strokeseg.report import figures
-from strokeseg.protocol.balance import PERMUTATION_COLUMN, fold_balance_tests
 from strokeseg.config import PLANES, Config, derive_seed
-from strokeseg.errors import StrokesegError
-from strokeseg.protocol.splits import select_normal_slices, subject_folds
+from strokeseg.contracts import (
+    CONVERT,
+    CROSS_VALIDATION,
+    FOLDS_CSV,
+    SPLITTING,
+    TRAIN_SUBJECTS_CSV,
+    lesion_slices_csv,
+    normal_slices_csv,
+    plane_lesions_80_csv,
+)
 from strokeseg.data.stores import store_geometry, store_index
+from strokeseg.errors import StrokesegError
+from strokeseg.protocol.balance import PERMUTATION_COLUMN, fold_balance_tests
+from strokeseg.protocol.splits import select_normal_slices, subject_folds
+from strokeseg.report import figures
 from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, write_csv
-from strokeseg.contracts import CONVERT, CROSS_VALIDATION, FOLDS_CSV, SPLITTING, TRAIN_SUBJECTS_CSV, lesion_slices_csv, normal_slices_csv, plane_lesions_80_csv
 
 STAGE = CROSS_VALIDATION
 BALANCE_CSV = "balance_tests.csv"

@@ -15,12 +15,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from strokeseg.config import PLANES, Config, derive_seed
+from strokeseg.contracts import (
+    BATCHES,
+    CROSS_VALIDATION,
+    FOLDS_CSV,
+    INNER_VALIDATION_CSV,
+    batches_csv,
+    lesion_slices_csv,
+    normal_slices_csv,
+)
 from strokeseg.protocol import bins
 from strokeseg.protocol.batches import compose_batches
-from strokeseg.config import PLANES, Config, derive_seed
 from strokeseg.protocol.splits import PARTS, inner_validation_subjects
 from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, write_csv
-from strokeseg.contracts import BATCHES, CROSS_VALIDATION, FOLDS_CSV, INNER_VALIDATION_CSV, batches_csv, lesion_slices_csv, normal_slices_csv
 
 STAGE = BATCHES
 USAGE_CSV = "bin_usage.csv"
@@ -48,8 +56,9 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
                 normals = read_csv(cv / normal_slices_csv(plane, fold))
                 for part in PARTS:
                     chosen = parts[(fold, part)]
+                    columns = ["subject_name", "slice", "sum_voxel", "slice_bin"]
                     plan, used = compose_batches(
-                        lesions[lesions["subject_name"].isin(chosen)][["subject_name", "slice", "sum_voxel", "slice_bin"]],
+                        lesions[lesions["subject_name"].isin(chosen)][columns],
                         normals[normals["subject_name"].isin(chosen)][["subject_name", "slice"]],
                         len(edges) - 1, config.batches.lesion_per_batch, normal_per_batch,
                         derive_seed(config.seed, "batches", plane, fold, part))

@@ -1,8 +1,9 @@
 """Stage 06: prepared arrays ``(n_batches, batch, H, W, C)`` per plane, fold and fold part.
 
 Materialises the stage-05 batch plans from the stage-03 stores for the planes, folds and channel
-counts in ``config.prepare`` (every fold: a test fold needs the others' parts) (see strokeseg.data.prepared); ``strokeseg.train.input_pipeline`` turns the parts a
-test fold needs into tf.data pipelines.
+counts in ``config.prepare`` (every fold: a test fold needs the others' parts; see
+strokeseg.data.prepared); ``strokeseg.train.input_pipeline`` turns the parts a test fold needs into
+tf.data pipelines.
 """
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from strokeseg.config import Config
-from strokeseg.data.prepared import part_dir, write_prepared
-from strokeseg.protocol.splits import PARTS
-from strokeseg.data.stores import SliceStore
-from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir
 from strokeseg.contracts import BATCHES, CONVERT, PREPARATION, batches_csv
+from strokeseg.data.prepared import part_dir, write_prepared
+from strokeseg.data.stores import SliceStore
+from strokeseg.protocol.splits import PARTS
+from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir
 
 STAGE = PREPARATION
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Iterable
 
 from strokeseg.config import Config, apply_overrides, load_profile
-from strokeseg.workdir import StageWriter, is_synthetic_run, stage_config, stage_dir, write_csv
 from strokeseg.contracts import DATASET, FOLDERS, MANIFEST_JSON, MODELS, MODELS_TABLE_CSV
+from strokeseg.workdir import StageWriter, is_synthetic_run, stage_config, stage_dir, write_csv
 
 STAGE = MODELS
 SUMMARIES = "summaries"

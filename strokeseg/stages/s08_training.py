@@ -16,12 +16,20 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
 from typing import Iterable
 
 from strokeseg.config import Config, apply_overrides
+from strokeseg.contracts import (
+    BEST_FOLDS_CSV,
+    PREPARATION,
+    RUNS_CSV,
+    RUNS_DIR,
+    TEST_SLICES_CSV,
+    TEST_SUBJECTS_3D_CSV,
+    TRAINING,
+    plane_folds_results_csv,
+)
 from strokeseg.workdir import StageWriter, is_synthetic_run, stage_config, stage_dir, write_csv
-from strokeseg.contracts import BEST_FOLDS_CSV, PREPARATION, RUNS_CSV, RUNS_DIR, TEST_SLICES_CSV, TEST_SUBJECTS_3D_CSV, TRAINING, plane_folds_results_csv
 
 STAGE = TRAINING
 
@@ -46,7 +54,7 @@ def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = Fals
     slices, subjects, runs = experiments.collect(specs, root)
     tables = experiments.plane_fold_tables(slices, subjects)
     with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir), kept=(RUNS_DIR,)) as out:
-        for (model, plane), table in tables.items():
+        for (_, plane), table in tables.items():
             write_csv(table, out.path / plane_folds_results_csv(plane))
         write_csv(slices, out.path / TEST_SLICES_CSV)
         write_csv(subjects, out.path / TEST_SUBJECTS_3D_CSV)

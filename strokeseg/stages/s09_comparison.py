@@ -29,9 +29,18 @@ from typing import Iterable
 import pandas as pd
 
 from strokeseg.config import Config, apply_overrides
+from strokeseg.contracts import (
+    COMPARISON,
+    LOSS_COMPARISON_CSV,
+    MODEL_COMPARISON_CSV,
+    RUNS_CSV,
+    RUNS_DIR,
+    TEST_SLICES_CSV,
+    TEST_SUBJECTS_3D_CSV,
+    TRAINING,
+)
 from strokeseg.stages import s08_training as training_stage
 from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_config, stage_dir, write_csv
-from strokeseg.contracts import COMPARISON, LOSS_COMPARISON_CSV, MODEL_COMPARISON_CSV, RUNS_CSV, RUNS_DIR, TEST_SLICES_CSV, TEST_SUBJECTS_3D_CSV, TRAINING
 
 STAGE = COMPARISON
 LOSS_RUNS = "losses"
@@ -46,9 +55,9 @@ def starting_config(workdir: Path, overrides: Iterable[str] = ()) -> Config:
 
 
 def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = False) -> Path:
+    from strokeseg.evaluate.tables import paired_wilcoxon, summary_table
     from strokeseg.train import experiments
     from strokeseg.train.recipes import model_training
-    from strokeseg.evaluate.tables import paired_wilcoxon, summary_table
 
     reference_dir = require_stage(workdir, TRAINING)
     inputs = experiments.Inputs.of(workdir)
@@ -58,7 +67,8 @@ def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = Fals
     model_specs = []
     for model in comparison.models:
         training = model_training(config, model, comparison.recipe, comparison.max_epochs)
-        model_specs += experiments.run_specs(config, inputs, training, comparison.planes, comparison.folds, root / RUNS_DIR)
+        model_specs += experiments.run_specs(config, inputs, training, comparison.planes, comparison.folds,
+                                             root / RUNS_DIR)
     loss_specs = {}
     for loss in comparison.losses:
         training = replace(config.training, loss=loss, loss_options={}, max_epochs=comparison.loss_max_epochs)

@@ -77,9 +77,22 @@ import numpy as np
 import pandas as pd
 
 from strokeseg.config import PLANES, Config, apply_overrides
-from strokeseg.contracts import (BY_VOLUME_BIN_CSV, CONVERT, CROSS_VALIDATION, FOLDS_CSV, FUSION,
-                                 FUSION_GAIN_CSV, HOLDOUT_CSV, MASKS_DIR, MODELS_DIR, RUNS_CSV, SUBJECTS_CSV,
-                                 SUMMARY_CSV, TRAINING, fused_mask_file)
+from strokeseg.contracts import (
+    BY_VOLUME_BIN_CSV,
+    CONVERT,
+    CROSS_VALIDATION,
+    FOLDS_CSV,
+    FUSION,
+    FUSION_GAIN_CSV,
+    HOLDOUT_CSV,
+    MASKS_DIR,
+    MODELS_DIR,
+    RUNS_CSV,
+    SUBJECTS_CSV,
+    SUMMARY_CSV,
+    TRAINING,
+    fused_mask_file,
+)
 from strokeseg.errors import ConfigError
 from strokeseg.evaluate.holdout import FUSED, SINGLE_PLANE_THRESHOLD
 from strokeseg.infer.fusion import FUSION_RULES, FusionSettings

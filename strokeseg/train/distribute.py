@@ -57,6 +57,7 @@ import keras
 
 from strokeseg.config import PRECISIONS  # ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 from strokeseg.errors import ConfigError
+
 _WORKER_TYPES = ("chief", "worker")
 
 

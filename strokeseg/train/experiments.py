@@ -21,14 +21,14 @@ import numpy as np
 import pandas as pd
 
 from strokeseg.config import Config, TrainingConfig
+from strokeseg.contracts import BATCHES, CONVERT, CROSS_VALIDATION, FOLDS_CSV, PREPARATION
+from strokeseg.data.stores import SliceStore
 from strokeseg.errors import ConfigError, StrokesegError
 from strokeseg.evaluate.folds import role_plan, slice_evaluation, subject_evaluation
-from strokeseg.models import slice_channels
 from strokeseg.evaluate.tables import folds_results_table
-from strokeseg.data.stores import SliceStore
+from strokeseg.models import slice_channels
 from strokeseg.train.loop import BEST_MODEL, RunSpec, RunState, load_best_model, read_history, train
 from strokeseg.workdir import read_csv, require_stage, write_csv
-from strokeseg.contracts import BATCHES, CONVERT, CROSS_VALIDATION, FOLDS_CSV, PREPARATION
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def collect(specs: list[RunSpec], root: Path, **labels) -> tuple[pd.DataFrame, p
         slices.append(_labelled(read_csv(spec.folder / TEST_SLICES), spec, **labels))
         subjects.append(_labelled(read_csv(spec.folder / TEST_SUBJECTS), spec, **labels))
         runs.append(_labelled(pd.DataFrame([run_summary(spec, root)]), spec, **labels))
-    return pd.concat(slices, ignore_index=True), pd.concat(subjects, ignore_index=True), pd.concat(runs, ignore_index=True)
+    return tuple(pd.concat(frames, ignore_index=True) for frames in (slices, subjects, runs))
 
 
 def run_summary(spec: RunSpec, root: Path) -> dict:

@@ -17,9 +17,9 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from strokeseg.protocol.batches import epoch_batch_order
 from strokeseg.config import derive_seed
 from strokeseg.data.prepared import PreparedSplit
+from strokeseg.protocol.batches import epoch_batch_order
 
 PARALLEL_READS = 2   # batches read (and augmented) concurrently
 PREFETCH = 2         # batches ready ahead of the training step

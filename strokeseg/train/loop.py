@@ -38,16 +38,16 @@ import keras
 import numpy as np
 import pandas as pd
 
-from strokeseg.train.augmentation import Augmentation
 from strokeseg.config import TrainingConfig, derive_seed
-from strokeseg.train.distribute import choose_strategy, global_batches, set_precision, strategy_scope, worker_info
+from strokeseg.data.prepared import PreparedSplit
 from strokeseg.errors import StrokesegError
+from strokeseg.models import build_model, load_model, slice_channels
+from strokeseg.train.augmentation import Augmentation
+from strokeseg.train.distribute import choose_strategy, global_batches, set_precision, strategy_scope, worker_info
+from strokeseg.train.input_pipeline import batch_dataset
 from strokeseg.train.losses import LCNNLoss, get_loss
 from strokeseg.train.metrics import training_metrics
-from strokeseg.models import build_model, load_model, slice_channels
 from strokeseg.train.optimizers import build_optimizer
-from strokeseg.train.input_pipeline import batch_dataset
-from strokeseg.data.prepared import PreparedSplit
 from strokeseg.workdir import atomic_path, atomic_write_text, write_csv
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from strokeseg.errors import InputError
 from strokeseg.data.nifti import (
     SubjectVolumes,
     load_image,
@@ -15,6 +14,7 @@ from strokeseg.data.nifti import (
     same_affine,
     write_nifti,
 )
+from strokeseg.errors import InputError
 
 SHAPE = (12, 14, 10)
 AFFINE = np.array([[-1.0, 0, 0, 98], [0, 1.0, 0, -134], [0, 0, 1.5, -72], [0, 0, 0, 1]])

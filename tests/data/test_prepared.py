@@ -1,10 +1,9 @@
 import numpy as np
-import pandas as pd
 import pytest
 
-from strokeseg.errors import InputError
 from strokeseg.data.prepared import PreparedPart, PreparedSplit, part_dir, write_prepared
-from strokeseg.data.stores import SliceStore, write_stores
+from strokeseg.errors import InputError
+
 
 def test_arrays_have_upstreams_layout(prepared):
     store, plans, root, shapes = prepared

@@ -3,12 +3,12 @@ import json
 import numpy as np
 import pytest
 
+from strokeseg.config import ConvertConfig
 from strokeseg.data import planes
 from strokeseg.data.cohort import discover
-from strokeseg.config import ConvertConfig
-from strokeseg.errors import InputError
 from strokeseg.data.nifti import load_pair
 from strokeseg.data.stores import SliceStore, open_stores, write_stores
+from strokeseg.errors import InputError
 
 from conftest import subject_paths, write_tiny_cohort
 

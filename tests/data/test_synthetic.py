@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from strokeseg.protocol.bins import assign_bins
 from strokeseg.config import VOLUME_BIN_EDGES
-from strokeseg.errors import InputError
 from strokeseg.data.synthetic import (
     GENERATOR_VERSION,
     MIN_LESION_VOXELS,
@@ -25,6 +23,8 @@ from strokeseg.data.synthetic import (
     subject_paths,
     template_grid,
 )
+from strokeseg.errors import InputError
+from strokeseg.protocol.bins import assign_bins
 
 SEED, OTHER_SEED, D = 7, 8, 4
 N = 3

@@ -11,12 +11,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import subject_paths, write_tiny_cohort
 from scipy import stats
 
 from strokeseg.cli import main
 from strokeseg.evaluate import external
 from strokeseg.evaluate.volume_metrics import METRIC_KEYS, subject_metrics
+
+from conftest import subject_paths, write_tiny_cohort
 
 SHAPE = (12, 10, 8)
 AFFINE = np.diag([2.0, 1.0, 3.0, 1.0])        # anisotropic: HD95 and mL must use the header's voxel size

@@ -7,16 +7,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from strokeseg.config import PLANES, ConvertConfig
+from strokeseg.contracts import batches_csv
 from strokeseg.data import planes
 from strokeseg.data.cohort import discover
-from strokeseg.config import PLANES, ConvertConfig
-from strokeseg.evaluate.volume_metrics import METRIC_KEYS
-from strokeseg.evaluate.folds import (SLICE_COLUMNS, plane_probability_volume, predict_in_batches,
-                                       role_plan, slice_evaluation, store_spacing, subject_evaluation,
-                                       truth_volume)
 from strokeseg.data.prepared import PreparedSplit, part_dir, write_prepared
-from strokeseg.contracts import batches_csv
 from strokeseg.data.stores import SliceStore, write_stores
+from strokeseg.evaluate.folds import (
+    SLICE_COLUMNS,
+    plane_probability_volume,
+    predict_in_batches,
+    role_plan,
+    slice_evaluation,
+    store_spacing,
+    subject_evaluation,
+    truth_volume,
+)
+from strokeseg.evaluate.volume_metrics import METRIC_KEYS
 
 from conftest import write_tiny_cohort
 from helpers import Recorder, plan_for

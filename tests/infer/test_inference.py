@@ -2,14 +2,21 @@
 import numpy as np
 import pytest
 
+from strokeseg.config import PLANES, ConvertConfig
 from strokeseg.data import planes
 from strokeseg.data.cohort import discover
-from strokeseg.config import PLANES, ConvertConfig
-from strokeseg.errors import InputError
-from strokeseg.infer.inference import (ensemble_predict, load_plane_models, model_channels, normalized_volume,
-                                 plane_probability, plane_stack, predict_plane)
 from strokeseg.data.nifti import load_t1
 from strokeseg.data.stores import SliceStore, write_stores
+from strokeseg.errors import InputError
+from strokeseg.infer.inference import (
+    ensemble_predict,
+    load_plane_models,
+    model_channels,
+    normalized_volume,
+    plane_probability,
+    plane_stack,
+    predict_plane,
+)
 
 from conftest import write_tiny_cohort
 from helpers import Recorder, save_models, threshold_model

@@ -2,8 +2,12 @@
 import numpy as np
 import pytest
 
-from strokeseg.infer.postprocessing import (choose_min_component_size, component_size_scores, min_size_table,
-                                            remove_small_components)
+from strokeseg.infer.postprocessing import (
+    choose_min_component_size,
+    component_size_scores,
+    min_size_table,
+    remove_small_components,
+)
 
 
 def test_component_removal_uses_6_connectivity():

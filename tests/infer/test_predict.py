@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from strokeseg.infer import predict
-from strokeseg.data import resample
 from strokeseg.config import ConvertConfig
-from strokeseg.infer.inference import normalized_volume
+from strokeseg.data import resample
 from strokeseg.data.lesions import component_sizes
+from strokeseg.infer import predict
+from strokeseg.infer.inference import normalized_volume
 
 from helpers import save_models
 

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from scipy.stats import chi2_contingency, mannwhitneyu
 
+from strokeseg.errors import StrokesegError
 from strokeseg.protocol.balance import COLUMNS, TESTS, bin_table_test, fold_balance_tests
 from strokeseg.protocol.bins import assign_bins
-from strokeseg.errors import StrokesegError
 
 EDGES = (0, 200, 500, 1_000, 2_000, 3_000, np.inf)      # axial slice edges, right-closed
 
@@ -98,7 +98,7 @@ def clustered_slices(n_subjects=40, slices_per_subject=30, seed=0):
     rows = []
     for s in range(n_subjects):
         scale = rng.lognormal(7, 1.2)
-        for k in range(slices_per_subject):
+        for _ in range(slices_per_subject):
             rows.append((f"s{s:03d}", 1 + s % 5, scale * rng.lognormal(0, 0.2)))
     frame = pd.DataFrame(rows, columns=["subject_name", "fold", "sum_voxel"])
     frame["bin"] = np.digitize(frame["sum_voxel"], [500, 1500, 4000])

@@ -5,10 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from strokeseg.protocol.batches import (BATCH_COLUMNS, USAGE_COLUMNS, allocate_slots, compose_batches,
-                               epoch_batch_order)
 from strokeseg.errors import StrokesegError
-
+from strokeseg.protocol.batches import BATCH_COLUMNS, USAGE_COLUMNS, allocate_slots, compose_batches, epoch_batch_order
 
 # -------------------------------------------------------------------------------------------------
 # allocate_slots
@@ -292,14 +290,14 @@ def test_too_many_nonempty_bins_for_slots():
 
 
 @pytest.mark.parametrize("mutate, match", [
-    (lambda l, n: (l.drop(columns="slice_bin"), n), "lack column"),
-    (lambda l, n: (l, n.drop(columns="slice")), "lack column"),
-    (lambda l, n: (l.assign(slice_bin=l["slice_bin"].where(l.index != 0, 4)), n), "outside 0..3"),
-    (lambda l, n: (l.assign(slice_bin=l["slice_bin"].where(l.index != 0, -1)), n), "outside 0..3"),
-    (lambda l, n: (pd.concat([l, l.iloc[:1]]), n), "more than once"),
-    (lambda l, n: (l, pd.concat([n, n.iloc[:1]])), "more than once"),
-    (lambda l, n: (l, pd.concat([n, l[["subject_name", "slice"]].iloc[:1]])), "both as a lesion"),
-    (lambda l, n: (l.assign(slice_bin=l["slice_bin"] + 0.5), n), "integers"),
+    (lambda les, n: (les.drop(columns="slice_bin"), n), "lack column"),
+    (lambda les, n: (les, n.drop(columns="slice")), "lack column"),
+    (lambda les, n: (les.assign(slice_bin=les["slice_bin"].where(les.index != 0, 4)), n), "outside 0..3"),
+    (lambda les, n: (les.assign(slice_bin=les["slice_bin"].where(les.index != 0, -1)), n), "outside 0..3"),
+    (lambda les, n: (pd.concat([les, les.iloc[:1]]), n), "more than once"),
+    (lambda les, n: (les, pd.concat([n, n.iloc[:1]])), "more than once"),
+    (lambda les, n: (les, pd.concat([n, les[["subject_name", "slice"]].iloc[:1]])), "both as a lesion"),
+    (lambda les, n: (les.assign(slice_bin=les["slice_bin"] + 0.5), n), "integers"),
 ])
 def test_bad_inputs(small, mutate, match):
     lesions, normals = mutate(small, _normals(4))

@@ -9,9 +9,16 @@ import pandas as pd
 import pytest
 
 from strokeseg.errors import StrokesegError
-from strokeseg.protocol.splits import (half_up_quota, holdout_split, inner_validation_seed,
-                              inner_validation_subjects, merge_small_strata, select_normal_slices,
-                              stratified_subset, subject_folds)
+from strokeseg.protocol.splits import (
+    half_up_quota,
+    holdout_split,
+    inner_validation_seed,
+    inner_validation_subjects,
+    merge_small_strata,
+    select_normal_slices,
+    stratified_subset,
+    subject_folds,
+)
 
 ATLAS_BIN_SIZES = (319, 154, 64, 49, 44, 25)          # docs/upstream-raxnet.md §2.1
 ATLAS_HOLDOUT = (64, 31, 13, 10, 9, 5)

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from strokeseg.report import figures
 from strokeseg import workdir
 from strokeseg.protocol.bins import assign_bins, bin_labels
+from strokeseg.report import figures
 
 DPI = 30  # small: the size check scales with it and the suite stays fast
 EDGES = (0, 5_000, 30_000, 60_000, 100_000, 200_000, math.inf)

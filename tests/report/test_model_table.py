@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 import strokeseg.models as registry
-from strokeseg.report import model_table as mr
 from strokeseg.config import Config
 from strokeseg.errors import ConfigError
+from strokeseg.report import model_table as mr
 from strokeseg.stages import s07_models as stage
 
 # Hand counts: a multiply-add is 2 FLOPs; a bias add 1 FLOP per output element.

@@ -16,11 +16,18 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from strokeseg.train import distribute
-from strokeseg.train.distribute import (choose_strategy, global_batches, patch_multi_worker_reduce,
-                                  precision_policy, set_precision, strategy_scope, tf_config,
-                                  worker_info)
 from strokeseg.errors import ConfigError
+from strokeseg.train import distribute
+from strokeseg.train.distribute import (
+    choose_strategy,
+    global_batches,
+    patch_multi_worker_reduce,
+    precision_policy,
+    set_precision,
+    strategy_scope,
+    tf_config,
+    worker_info,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("distributed_worker.py")

@@ -1,8 +1,7 @@
 import numpy as np
 
-from strokeseg.train.input_pipeline import batch_dataset
 from strokeseg.data.prepared import PreparedSplit
-
+from strokeseg.train.input_pipeline import batch_dataset
 
 
 def batch_sums(split):

@@ -131,8 +131,8 @@ def test_fresh_discards_a_run(prepared_workdir, tmp_path):
 def test_the_best_model_file_holds_the_training_models_variables_for_lcnn_with_any_loss(loss):
     """best.keras is rebuilt from the best epoch's variables: with LCNN's own loss the training model
     adds a warm-up variable, with another (comparison.recipe=raxnet) it must not expect one."""
-    from strokeseg.train.losses import get_loss
     from strokeseg.models import build_model
+    from strokeseg.train.losses import get_loss
 
     settings = replace(training.TrainingConfig(), model="lcnn", model_options={"width": 0.125}, loss=loss)
     trained = training.build_training_model(settings, (32, 32, 3), get_loss(loss))

@@ -5,8 +5,8 @@ import pytest
 
 from strokeseg.config import load_profile
 from strokeseg.errors import ConfigError
-from strokeseg.train.losses import get_loss
 from strokeseg.models import model_names
+from strokeseg.train.losses import get_loss
 from strokeseg.train.recipes import PUBLISHED, RECIPE_FIELDS, model_training
 
 
