@@ -72,8 +72,8 @@ def build_parser(default_workdir: Path | None = None) -> argparse.ArgumentParser
     parser = argparse.ArgumentParser(prog="strokeseg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     for name, stage in COMMANDS.items():
-        folder, text = stage.folder, stage.summary
-        sub = commands.add_parser(name, help=text, description=text, epilog=config_epilog(name),
+        folder, text = stage.folder, stage.title
+        sub = commands.add_parser(name, help=text.replace("%", "%%"), description=text, epilog=config_epilog(name),
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.add_argument("--workdir", type=Path, default=default_workdir or Path.cwd(),
                          help="root of the output tree; this stage writes <workdir>/%s/ (default: %%(default)s)"

@@ -22,24 +22,29 @@ class Stage:
     def run_script(self) -> str:
         return f"{self.folder}/run.py"
 
+    @property
+    def title(self) -> str:
+        """``NN: summary``, as the command line lists the stages."""
+        return f"{self.folder[:2]}: {self.summary}"
+
 
 STAGES = (
-    Stage("01_dataset", "dataset", "s01_dataset", "01: cohort (ATLAS v2.0 or synthetic) and lesion statistics"),
-    Stage("02_splitting", "splitting", "s02_splitting", "02: stratified 80/20 subject split"),
-    Stage("03_convert", "convert", "s03_convert", "03: per-plane slice stores of the 80 % subjects"),
+    Stage("01_dataset", "dataset", "s01_dataset", "cohort (ATLAS v2.0 or synthetic) and lesion statistics"),
+    Stage("02_splitting", "splitting", "s02_splitting", "stratified 80/20 subject split"),
+    Stage("03_convert", "convert", "s03_convert", "per-plane slice stores of the 80 % subjects"),
     Stage("04_cross_validation", "cross-validation", "s04_cross_validation",
-          "04: subject-level folds shared by all planes, normal slices, balance tests"),
+          "subject-level folds shared by all planes, normal slices, balance tests"),
     Stage("05_batch_distribution", "batches", "s05_batch_distribution",
-          "05: distribution-matched batch plans and inner validation subjects"),
-    Stage("06_preparation", "prepare", "s06_preparation", "06: memory-mapped arrays (n_batches, batch, H, W, C)"),
+          "distribution-matched batch plans and inner validation subjects"),
+    Stage("06_preparation", "prepare", "s06_preparation", "memory-mapped arrays (n_batches, batch, H, W, C)"),
     Stage("07_models", "models", "s07_models",
-          "07: the model zoo table (parameters, GFLOPs, measured speed per slice)"),
+          "the model zoo table (parameters, GFLOPs, measured speed per slice)"),
     Stage("08_training", "training", "s08_training",
-          "08: train the configured model per (plane, fold) with resume; test-fold tables"),
+          "train the configured model per (plane, fold) with resume; test-fold tables"),
     Stage("09_comparison", "comparison", "s09_comparison",
-          "09: comparison models and loss comparison under the same protocol; Wilcoxon tests, figures"),
+          "comparison models and loss comparison under the same protocol; Wilcoxon tests, figures"),
     Stage("10_fusion", "fusion", "s10_fusion",
-          "10: tri-planar inference and fusion of the held-out volumes; 3-D evaluation, tables, figures"),
+          "tri-planar inference and fusion of the held-out volumes; 3-D evaluation, tables, figures"),
 )
 FOLDERS = tuple(stage.folder for stage in STAGES)
 BY_COMMAND = {stage.command: stage for stage in STAGES}

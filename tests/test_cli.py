@@ -9,6 +9,7 @@ import pytest
 
 from strokeseg.cli import COMMANDS, build_parser, main
 from strokeseg.config import load_profile
+from strokeseg.contracts import STAGES
 
 from conftest import subject_paths, write_tiny_cohort
 
@@ -149,6 +150,15 @@ def test_every_stage_has_help_that_names_its_defaults(capsys):
             parser.parse_args([command, "--help"])
         text = capsys.readouterr().out
         assert "--workdir" in text and "--set KEY=VALUE" in text and "default" in text
+
+
+def test_the_command_lists_every_stage_in_order_with_its_summary(capsys):
+    with pytest.raises(SystemExit):
+        build_parser(Path("/repo")).parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())          # argparse wraps long help lines
+    positions = [text.index(f"{stage.title}") for stage in STAGES]   # "80 %" is printed, not %-formatted
+    assert positions == sorted(positions)
+    assert "predict" in text and "evaluate" in text
 
 
 def stage_help(command: str, capsys) -> str:
