@@ -29,7 +29,6 @@ in one line because that module imports Keras and this one must not.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -307,29 +306,3 @@ def _wilcoxon_method(differences: np.ndarray):
     if n <= _PERMUTATION_MAX_PAIRS:
         return stats.PermutationMethod(), "wilcoxon signed-rank (exhaustive permutation; ties/zeros)"
     return "asymptotic", "wilcoxon signed-rank (normal approximation)"
-
-
-# --------------------------------------------------------------------------- stage 09: figure
-
-
-def comparison_raincloud(scores: pd.DataFrame, path, synthetic: bool, metric: str = "dice",
-                         model_order: Sequence[str] | None = None,
-                         title: str | None = None,
-                         model_column: str = "model", dpi: int | None = None) -> None:
-    """Raincloud of per-subject ``metric`` per model, for one plane (``figures.raincloud_figure``).
-
-    ``title`` defaults to "Per-subject <metric> by model"; the figure module adds the synthetic marker.
-    If ``scores`` has a ``plane`` column it must hold a single plane: mixing planes would pool
-    different subjects' slices into one cloud.
-    """
-    from strokeseg.report import figures  # Matplotlib/seaborn only when a figure is drawn
-
-    _check_frame(scores, (model_column, metric), "comparison_raincloud")
-    if "plane" in scores.columns and scores["plane"].nunique(dropna=False) > 1:
-        raise ValueError("comparison_raincloud: scores hold several planes "
-                         f"{_ordered_unique(scores['plane'])}; draw one figure per plane")
-    kwargs = {} if dpi is None else {"dpi": dpi}
-    title = f"Per-subject {metric} by model" if title is None else title
-    figures.raincloud_figure(scores, group=model_column, value=metric, title=title,
-                             ylabel=metric, path=Path(path), synthetic=synthetic,
-                             order=model_order, **kwargs)

@@ -344,3 +344,24 @@ def _log10_ticks(ax) -> None:
     ax.yaxis.set_minor_locator(FixedLocator(minors))
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_ylim(lo, hi)
+
+
+def comparison_raincloud(scores: pd.DataFrame, path, synthetic: bool, metric: str = "dice",
+                         model_order: Sequence[str] | None = None, title: str | None = None,
+                         model_column: str = "model", dpi: int | None = None) -> None:
+    """Raincloud of per-subject ``metric`` per model, for one plane (:func:`raincloud_figure`).
+
+    ``title`` defaults to "Per-subject <metric> by model"; the synthetic marker is added as on every
+    figure. If ``scores`` has a ``plane`` column it must hold a single plane: mixing planes would pool
+    different subjects' slices into one cloud.
+    """
+    missing = [c for c in (model_column, metric) if c not in scores.columns]
+    if missing:
+        raise ValueError(f"comparison_raincloud: missing columns {missing} (have {list(scores.columns)})")
+    if "plane" in scores.columns and scores["plane"].nunique(dropna=False) > 1:
+        raise ValueError("comparison_raincloud: scores hold several planes "
+                         f"{list(dict.fromkeys(scores['plane']))}; draw one figure per plane")
+    kwargs = {} if dpi is None else {"dpi": dpi}
+    title = f"Per-subject {metric} by model" if title is None else title
+    raincloud_figure(scores, group=model_column, value=metric, title=title, ylabel=metric, path=Path(path),
+                     synthetic=synthetic, order=model_order, **kwargs)

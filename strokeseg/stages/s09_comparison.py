@@ -142,7 +142,7 @@ def _present(frame: pd.DataFrame) -> list[str]:
 
 
 def _model_figures(subjects: pd.DataFrame, reference: str, models, out: StageWriter) -> None:
-    from strokeseg.evaluate.tables import comparison_raincloud
+    from strokeseg.report.figures import comparison_raincloud
 
     order = [reference] + [m for m in models if m != reference]
     for plane, group in subjects.groupby("plane", sort=False):
@@ -152,7 +152,7 @@ def _model_figures(subjects: pd.DataFrame, reference: str, models, out: StageWri
 
 
 def _loss_figures(losses: pd.DataFrame, names: list[str], out: StageWriter) -> None:
-    from strokeseg.evaluate.tables import comparison_raincloud
+    from strokeseg.report.figures import comparison_raincloud
 
     for plane, group in losses.groupby("plane", sort=False):
         comparison_raincloud(group, out.path / f"loss_raincloud_{plane}.png", out.synthetic, "dice", names,

@@ -4,7 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
@@ -232,20 +231,3 @@ def test_wilcoxon_bad_input():
         tables.paired_wilcoxon(good.iloc[:0], reference="rax")
     with pytest.raises(ValueError, match="'subject_name' has missing"):
         tables.paired_wilcoxon(good.assign(subject_name=[None, "a"]), reference="rax")
-
-
-# --------------------------------------------------------------------------- figure
-
-
-def test_comparison_raincloud_writes_png(tmp_path):
-    rng = np.random.default_rng(0)
-    scores = pd.DataFrame({"plane": "axial", "model": np.repeat(["xnet", "rax"], 12),
-                           "subject_name": [f"s{i}" for i in range(12)] * 2,
-                           "dice": rng.uniform(0.2, 0.9, 24)})
-    path = tmp_path / "axial_dice.png"
-    tables.comparison_raincloud(scores, path, synthetic=True, model_order=["rax", "xnet"], dpi=30)
-    assert path.stat().st_size > 0 and mpimg.imread(path).size > 0
-    with pytest.raises(ValueError, match="several planes"):
-        tables.comparison_raincloud(scores.assign(plane=["axial", "coronal"] * 12), path, True)
-    with pytest.raises(ValueError, match="missing columns"):
-        tables.comparison_raincloud(scores, path, True, metric="hd95")

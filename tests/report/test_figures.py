@@ -243,3 +243,17 @@ def test_failing_rename_removes_the_temp_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="rename refused"):
         draw_balance(tmp_path / "b.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_comparison_raincloud_writes_png(tmp_path):
+    rng = np.random.default_rng(0)
+    scores = pd.DataFrame({"plane": "axial", "model": np.repeat(["xnet", "rax"], 12),
+                           "subject_name": [f"s{i}" for i in range(12)] * 2,
+                           "dice": rng.uniform(0.2, 0.9, 24)})
+    path = tmp_path / "axial_dice.png"
+    figures.comparison_raincloud(scores, path, synthetic=True, model_order=["rax", "xnet"], dpi=30)
+    assert path.stat().st_size > 0 and mpimg.imread(path).size > 0
+    with pytest.raises(ValueError, match="several planes"):
+        figures.comparison_raincloud(scores.assign(plane=["axial", "coronal"] * 12), path, True)
+    with pytest.raises(ValueError, match="missing columns"):
+        figures.comparison_raincloud(scores, path, True, metric="hd95")
