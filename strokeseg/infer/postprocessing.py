@@ -93,7 +93,11 @@ def choose_min_component_size(cases: Iterable[tuple[np.ndarray, np.ndarray]], ca
     subjects), never the hold-out: choosing the size on the subjects it is then evaluated on
     would leak the test set into the post-processing, as upstream's fold choice did (§14.6).
     """
-    scores = component_size_scores(cases, candidates, threshold, connectivity)
+    return _best(component_size_scores(cases, candidates, threshold, connectivity))
+
+
+def _best(scores: dict[int, float]) -> int:
+    """The size with the highest mean Dice; ties go to the smallest size."""
     best = max(scores.values())
     return min(size for size, score in scores.items() if score == best)
 
@@ -116,8 +120,7 @@ def min_size_table(cases: Iterable[tuple[np.ndarray, np.ndarray]], candidates: I
             yield case
 
     scores = component_size_scores(counted(), sizes, connectivity=connectivity)
-    best = max(scores.values())
-    chosen = min(size for size, score in scores.items() if score == best)
+    chosen = _best(scores)
     table = pd.DataFrame({"min_lesion_voxels": sizes, "mean_dice": [scores[s] for s in sizes],
                           "n_subjects": count, "chosen": [s == chosen for s in sizes]})
     return table, chosen
