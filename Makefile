@@ -25,7 +25,9 @@ demo: $(STAMP)
 models-table: $(STAMP)
 	$(PY) 07_models/run.py --workdir $(WORKDIR)
 
+# Lint first (ruff, rules in pyproject.toml), then the suite.
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n 2 tests
 
 clean-outputs:
