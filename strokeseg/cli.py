@@ -15,7 +15,7 @@ from pathlib import Path
 from strokeseg.config import PROFILES, apply_overrides, field_table, load_profile
 from strokeseg.contracts import BY_COMMAND
 from strokeseg.errors import StrokesegError
-from strokeseg.runtime import configure_tensorflow
+from strokeseg.runtime import configure_logging, configure_tensorflow
 from strokeseg.workdir import previous_stage, stage_config
 
 log = logging.getLogger("strokeseg")
@@ -133,8 +133,7 @@ def stage_overrides(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None, default_workdir: Path | None = None) -> int:
     args = build_parser(default_workdir).parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    configure_logging(args.quiet)
     if args.command == "predict":
         from strokeseg.infer import predict
 

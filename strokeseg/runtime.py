@@ -1,4 +1,5 @@
-"""Process-wide TensorFlow settings, which must be made before TensorFlow is imported.
+"""Process-wide settings: logging for the commands, and TensorFlow settings, which must be made
+before TensorFlow is imported.
 
 TensorFlow's oneDNN CPU kernels are fast for upstream-width models (RAX-Net width 1.0 trains 2.3×
 faster with them on our 2-core CPU) but crashed training of narrow RAX-Nets at full size
@@ -26,3 +27,9 @@ def configure_tensorflow(onednn: bool) -> None:
             log.warning("TensorFlow is already imported: oneDNN cannot be turned %s", "on" if onednn else "off")
         return
     os.environ.setdefault(ONEDNN_VARIABLE, wanted)
+
+
+def configure_logging(quiet: bool) -> None:
+    """One log format for every command: warnings only with ``--quiet``, else progress at INFO."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", force=True)

@@ -65,6 +65,7 @@ from strokeseg.data.resample import to_grid
 from strokeseg.errors import InputError, StrokesegError
 from strokeseg.evaluate.volume_metrics import METRIC_KEYS, subject_metrics
 from strokeseg.protocol.bins import assign_bins
+from strokeseg.runtime import configure_logging
 from strokeseg.workdir import write_csv
 
 log = logging.getLogger("strokeseg.evaluate.external")
@@ -359,8 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m strokeseg.evaluate.external ...`` (the same as ``strokeseg evaluate ...``)."""
     parser = add_arguments(argparse.ArgumentParser(prog="strokeseg evaluate", description=HELP))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    configure_logging(args.quiet)
     return run_from_args(args)
 
 

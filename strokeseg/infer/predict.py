@@ -56,7 +56,7 @@ from strokeseg.evaluate.volume_metrics import voxel_volume_ml
 from strokeseg.infer import models_folder
 from strokeseg.infer.fusion import FUSION_RULES, FusionSettings
 from strokeseg.infer.tri_planar import TriPlanarPredictor
-from strokeseg.runtime import configure_tensorflow
+from strokeseg.runtime import configure_logging, configure_tensorflow
 from strokeseg.workdir import write_csv
 
 log = logging.getLogger("strokeseg.infer.predict")
@@ -412,8 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = add_arguments(argparse.ArgumentParser(prog="strokeseg predict",
                                                    description=__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    configure_logging(args.quiet)
     return run_from_args(args)
 
 
