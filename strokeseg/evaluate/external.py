@@ -64,6 +64,7 @@ from strokeseg.data.nifti import load_mask, same_affine
 from strokeseg.data.resample import to_grid
 from strokeseg.errors import InputError, StrokesegError
 from strokeseg.evaluate.volume_metrics import METRIC_KEYS, subject_metrics
+from strokeseg.infer.fusion import FusionSettings
 from strokeseg.protocol.bins import assign_bins
 from strokeseg.runtime import configure_logging
 from strokeseg.workdir import write_csv
@@ -71,7 +72,7 @@ from strokeseg.workdir import write_csv
 log = logging.getLogger("strokeseg.evaluate.external")
 
 PAIRED_COMPARISON_CSV = "paired_comparison.csv"
-CONNECTIVITY = 6                                   # stage 10's (ATLAS) lesion components
+CONNECTIVITY = FusionSettings().connectivity     # stage 10's (ATLAS) lesion components
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 PRODUCER_SUFFIXES = ("_fused_mask", "_mask", "_seg", "_msk")   # stage 10, predict/ATLAS, MONAI, ISLES'22
 NOT_MASK_SUFFIXES = ("_t1w", "_t2w", "_flair", "_dwi", "_adc")  # compared in lower case

@@ -106,15 +106,16 @@ MASK_ORDER = (*PLANES, FUSED)
 PROBABILITIES_DIR = "probabilities"
 SIZES_CSV, CV_SUBJECTS_CSV = "min_lesion_voxels.csv", "cv_subjects.csv"
 PROBABILITY_ENCODING = "uint8 = round(255 * probability)"
+DEFAULT_SETTINGS = FusionSettings()
 
 
 @dataclass(frozen=True)
 class FusionStageOptions:
     """How stage 10 predicts, fuses and reports (its command-line options, recorded in the manifest).
     The fusion itself becomes a :class:`FusionSettings` once stage 08's weights are known."""
-    fusion: str = "mean"
-    threshold: float = 0.5
-    flip_tta: bool = False
+    fusion: str = DEFAULT_SETTINGS.rule
+    threshold: float = DEFAULT_SETTINGS.threshold
+    flip_tta: bool = DEFAULT_SETTINGS.flip_tta
     min_lesion_voxels: int | str | None = None      # None/0: keep all; N; "auto": chosen on cross-validation
     ensemble: bool = False
     candidates: tuple[int, ...] = DEFAULT_CANDIDATES
