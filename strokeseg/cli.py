@@ -106,6 +106,10 @@ def build_parser(default_workdir: Path | None = None) -> argparse.ArgumentParser
     from strokeseg.evaluate import external  # imports its table code only when it runs
 
     external.add_arguments(commands.add_parser("evaluate", help=external.HELP, description=external.HELP))
+    from strokeseg.data import nnunet_export  # reads no volume until it runs
+
+    nnunet_export.add_arguments(commands.add_parser("export-nnunet", help=nnunet_export.HELP,
+                                                    description=nnunet_export.HELP))
     return parser
 
 
@@ -142,6 +146,10 @@ def main(argv: list[str] | None = None, default_workdir: Path | None = None) -> 
         from strokeseg.evaluate import external
 
         return external.run_from_args(args)
+    if args.command == "export-nnunet":
+        from strokeseg.data import nnunet_export
+
+        return nnunet_export.run_from_args(args)
     folder = COMMANDS[args.command].folder
     try:
         workdir = args.workdir.expanduser().resolve()
