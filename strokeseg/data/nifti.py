@@ -166,6 +166,12 @@ def load_mask(path, binarize: bool = False, shape=None, affine=None,
     unless ``binarize`` is true, in which case the mask is ``mask > 0``. An empty mask is a fault
     unless ``allow_empty``.
     """
+    return load_mask_image(path, binarize, shape, affine, allow_empty)[0]
+
+
+def load_mask_image(path, binarize: bool = False, shape=None, affine=None,
+                    allow_empty: bool = False) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """:func:`load_mask` and the file's image (header, affine), for callers that need its grid."""
     img = load_image(path, "mask")
     data = np.asanyarray(img.dataobj)
     _check_3d(path, data)
@@ -196,7 +202,7 @@ def load_mask(path, binarize: bool = False, shape=None, affine=None,
         mask = data.astype(np.uint8)
     if not allow_empty and not mask.any():
         raise InputError(path, "empty mask (no lesion voxels)")
-    return mask
+    return mask, img
 
 
 def load_pair(t1_path, mask_path, binarize: bool = False) -> SubjectVolumes:

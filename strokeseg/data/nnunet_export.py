@@ -181,8 +181,9 @@ def read_plan(workdir: Path) -> ExportPlan:
     for name in train:
         if name not in fold_of:
             raise InputError(folds_csv, f"subject {name} of {train_csv} has no fold")
+    in_train = set(train)
     for name in fold_of:
-        if name not in set(train):
+        if name not in in_train:
             raise InputError(folds_csv, f"subject {name} is not in {train_csv}")
     k = max(fold_of.values())
     if sorted(set(fold_of.values())) != list(range(1, k + 1)) or k < 2:
@@ -212,7 +213,7 @@ def as_stored(t1: np.ndarray, image: nib.Nifti1Image, path: Path) -> nib.Nifti1I
     re-quantised under a new scaling."""
     try:
         proxy = nib.load(path).dataobj          # the header only: the voxels were read by load_t1
-    except (OSError, ValueError, EOFError, ImageFileError, HeaderDataError) as exc:   # as strokeseg evaluate
+    except (OSError, ValueError, EOFError, ImageFileError, HeaderDataError) as exc:
         raise InputError(path, f"unreadable header ({exc.__class__.__name__}: {' '.join(str(exc).split())})") from None
     slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
     if (slope, inter) == (1.0, 0.0) or not (np.isfinite(slope) and np.isfinite(inter) and slope != 0):
@@ -282,7 +283,7 @@ def _make_output(output: Path) -> list[Path]:
 
 
 def _same_id_folders(output: Path, dataset_id: int, folder: str) -> list[Path]:
-    prefix = f"Dataset{dataset_id:03d}_"
+    prefix = dataset_folder_name(dataset_id, "")
     return sorted(p for p in output.iterdir() if p.name.startswith(prefix) and p.name != folder and p.is_dir())
 
 

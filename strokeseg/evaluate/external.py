@@ -55,12 +55,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError
 
 from strokeseg.config import VOLUME_BIN_EDGES
 from strokeseg.contracts import BY_VOLUME_BIN_CSV, SUBJECTS_CSV, SUMMARY_CSV
-from strokeseg.data.nifti import load_mask, same_affine
+from strokeseg.data.nifti import load_mask_image, same_affine
 from strokeseg.data.resample import to_grid
 from strokeseg.errors import InputError, StrokesegError
 from strokeseg.evaluate.volume_metrics import METRIC_KEYS, subject_metrics
@@ -193,14 +191,11 @@ class Volume:
 
 
 def load(path: Path) -> Volume:
-    """A binary mask (:func:`strokeseg.data.nifti.load_mask`: any fault names the file) and its grid."""
-    mask = load_mask(path, binarize=False, allow_empty=True)
-    try:
-        header_only = nib.load(path)   # valid as load_mask read it; this reads only the header
-    except (OSError, ValueError, EOFError, ImageFileError, HeaderDataError) as exc:  # e.g. gzip named .nii
-        raise InputError(path, f"unreadable header ({exc.__class__.__name__}: {' '.join(str(exc).split())})") from None
-    zooms = tuple(float(z) for z in header_only.header.get_zooms()[:3])
-    return Volume(mask, np.asarray(header_only.affine, dtype=np.float64), zooms)
+    """A binary mask (:func:`strokeseg.data.nifti.load_mask`: any fault names the file) and its grid,
+    from one read of the file."""
+    mask, image = load_mask_image(path, binarize=False, allow_empty=True)
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    return Volume(mask, np.asarray(image.affine, dtype=np.float64), zooms)
 
 
 def _grid(volume: Volume) -> str:
