@@ -214,6 +214,44 @@ def load_pair(t1_path, mask_path, binarize: bool = False) -> SubjectVolumes:
     return SubjectVolumes(t1=t1, mask=mask, affine=affine, header=img.header, zooms=zooms)
 
 
+@dataclass(frozen=True)
+class ChannelVolumes:
+    """A subject's image channels and lesion mask, validated and checked to share one grid."""
+
+    images: tuple[np.ndarray, ...]       # one 3-D volume per channel, as :func:`load_t1` returns them
+    mask: np.ndarray                     # uint8 {0, 1}
+    affine: np.ndarray                   # 4x4 float64 (the first channel's)
+    header: nib.Nifti1Header             # of the first channel
+    image: nib.Nifti1Image               # the first channel's image (header and affine, for outputs)
+    zooms: tuple[float, float, float]
+
+
+def load_channels(channels, mask_path, binarize: bool = False, allow_empty: bool = False) -> ChannelVolumes:
+    """Every channel ``(name, path)`` of a subject and its mask, all on the first channel's grid.
+
+    Each channel is validated as :func:`load_t1` validates a T1 (3-D, finite, not constant); a
+    channel or mask on another grid is a fault naming that file and the first channel."""
+    channels = list(channels)
+    if not channels:
+        raise ValueError("load_channels needs at least one channel")
+    images, first, first_name = [], None, ""
+    for name, path in channels:
+        data, img = load_t1(path)
+        if first is None:
+            first, first_name = img, name
+        elif tuple(data.shape) != tuple(first.shape[:3]):
+            raise InputError(path, f"channel {name} has shape {tuple(data.shape)}, channel {first_name} "
+                                   f"{tuple(first.shape[:3])}: channels must share one grid")
+        elif not same_affine(img.affine, first.affine):
+            raise InputError(path, f"channel {name} has another affine than channel {first_name}: "
+                                   "channels must share one grid")
+        images.append(data)
+    affine = np.asarray(first.affine, dtype=np.float64)
+    mask = load_mask(mask_path, binarize=binarize, shape=images[0].shape, affine=affine, allow_empty=allow_empty)
+    zooms = tuple(float(z) for z in first.header.get_zooms()[:3])
+    return ChannelVolumes(tuple(images), mask, affine, first.header, first, zooms)
+
+
 def same_affine(a, b, atol: float = 1e-4) -> bool:
     """Whether two 4x4 affines (or images with ``.affine``) agree within ``atol``."""
     a = getattr(a, "affine", a)

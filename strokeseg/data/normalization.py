@@ -1,10 +1,20 @@
-"""Intensity normalisation onto the 0..255 scale the models see.
+"""Intensity normalisation onto the 0..255 scale the models see, per channel kind.
 
 ``slice_max`` is upstream's rule (docs/upstream-raxnet.md §6): each 2-D slice divided by its
 own maximum and multiplied by 255, so intensities depend on what else the slice contains; we add
 the missing guard (an all-zero slice stays zero instead of becoming NaN). ``volume_robust`` is the
 correction of §14.8: one linear map per volume, shared by the three planes, from the
 [p_lo, p_hi] percentiles of the non-zero (head) voxels to [0, 255], clipped.
+
+Other channel kinds (:mod:`strokeseg.data.subjects`), all per volume and shared by the planes:
+
+- ``mr`` (DWI, ADC, FLAIR, …): z-score over the non-zero voxels (the field of view; as the
+  ISLES'22 3-D project normalised DWI), ``±ZSCORE_RANGE`` standard deviations mapped onto 0..255
+  and clipped. Exact zeros (outside the field of view) stay 0, as the canvas padding is.
+- ``ct``: a Hounsfield window (``convert.ct_window``, brain window [0, 80] by default) mapped onto
+  0..255 and clipped.
+- ``image8``: 8-bit display images (CT PNG slices) are on the 0..255 scale already: used as they are.
+- ``t1``: ``convert.normalization`` (the rules above).
 """
 from __future__ import annotations
 
@@ -61,3 +71,46 @@ def to_store_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "uint8":
         clipped += np.float32(0.5)
     return clipped.astype(dtype)
+
+
+ZSCORE_RANGE = 4.0   # standard deviations each side of the mean that span 0..255
+
+
+def zscore(volume: np.ndarray, dtype: str = "float32") -> np.ndarray:
+    """Z-score of the non-zero voxels, ``[-ZSCORE_RANGE, ZSCORE_RANGE]`` onto 0..255; zeros stay 0."""
+    volume = np.asarray(volume, dtype=np.float32)
+    inside = volume != 0
+    out = np.zeros(volume.shape, dtype=dtype)
+    if not inside.any():
+        return out
+    values = volume[inside]
+    mean, std = float(values.mean()), float(values.std())
+    std = std if std > 0 else 1.0
+    scaled = (values - np.float32(mean)) * np.float32(SCALE / (2 * ZSCORE_RANGE * std)) + np.float32(SCALE / 2)
+    out[inside] = to_store_dtype(scaled, dtype)
+    return out
+
+
+def window(volume: np.ndarray, lo: float, hi: float, dtype: str = "float32") -> np.ndarray:
+    """``[lo, hi]`` (e.g. a Hounsfield window) linearly onto 0..255, clipped."""
+    volume = np.asarray(volume, dtype=np.float32)
+    return to_store_dtype((volume - np.float32(lo)) * np.float32(SCALE / (hi - lo)), dtype)
+
+
+def channel_volume(volume: np.ndarray, kind: str, convert) -> np.ndarray | None:
+    """One channel normalised once for all planes, in ``convert.store_dtype``; None for a T1 under
+    ``slice_max``, whose normalisation depends on the plane's slicing (see the inference module)."""
+    dtype = convert.store_dtype
+    if kind == "t1":
+        if convert.normalization == "volume_robust":
+            return volume_robust(volume, convert.robust_percentiles, dtype)
+        if convert.normalization == "slice_max":
+            return None
+        raise ValueError(f"unknown normalization {convert.normalization!r}")
+    if kind == "mr":
+        return zscore(volume, dtype)
+    if kind == "ct":
+        return window(volume, *convert.ct_window, dtype=dtype)
+    if kind == "image8":
+        return to_store_dtype(np.asarray(volume, dtype=np.float32), dtype)
+    raise ValueError(f"unknown channel kind {kind!r}")
