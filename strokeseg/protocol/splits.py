@@ -73,6 +73,25 @@ def _check_fraction(fraction: float, name: str = "fraction") -> None:
         raise StrokesegError(f"{name} must be in (0, 1), got {fraction!r}")
 
 
+# Groups -------------------------------------------------------------------------------------------
+# Several sessions of one patient (a ``group``) must land on one side of every split. Every draw
+# below is made over groups: the group table has one row per group, named by the group, whose
+# volume bin is the largest bin among its subjects; the result is expanded back to subjects.
+# Where each subject is its own group (ATLAS) the group table is the subject table, and every
+# draw is the one made without groups.
+def _group_table(subjects: pd.DataFrame) -> pd.DataFrame | None:
+    """(subject_name = group, volume_bin) per group, or None when the table has no group column."""
+    if "group" not in subjects.columns:
+        return None
+    return (subjects.groupby("group", sort=True)["volume_bin"].max().reset_index()
+            .rename(columns={"group": "subject_name"}))
+
+
+def _members(subjects: pd.DataFrame, groups) -> pd.Series:
+    """Whether each subject's group is among ``groups``."""
+    return subjects["group"].astype(str).isin({str(g) for g in groups})
+
+
 # Hold-out -----------------------------------------------------------------------------------------
 def stratified_subset(subjects: Sequence[str], strata: Sequence[int], fraction: float,
                       seed: int) -> list[str]:
@@ -127,10 +146,13 @@ def holdout_split(subjects: pd.DataFrame, fraction: float,
     """
     _require_columns(subjects, ["subject_name", "volume_bin"], "holdout_split: subjects table")
     _require_unique_subjects(subjects["subject_name"], "holdout_split")
-    held = set(stratified_subset(subjects["subject_name"].astype(str).tolist(),
-                                 subjects["volume_bin"].tolist(), fraction, seed))
+    units = _group_table(subjects)
+    units = subjects if units is None else units
+    held = set(stratified_subset(units["subject_name"].astype(str).tolist(),
+                                 units["volume_bin"].tolist(), fraction, seed))
     ordered = subjects.sort_values("subject_name", kind="mergesort").reset_index(drop=True)
-    is_held = ordered["subject_name"].astype(str).isin(held)
+    is_held = (_members(ordered, held) if "group" in ordered.columns
+               else ordered["subject_name"].astype(str).isin(held))
     return (ordered[~is_held].reset_index(drop=True), ordered[is_held].reset_index(drop=True))
 
 
@@ -175,7 +197,8 @@ def subject_folds(subjects: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFra
     ``StratifiedKFold(n_folds, shuffle=True, random_state=seed)`` runs over the subjects sorted by
     name; the test indices of split i become fold i + 1. Bins with fewer than ``n_folds`` subjects
     are pooled with neighbouring bins for the stratification (``merge_small_strata``), so sklearn
-    neither warns nor fails on them. Returns columns subject_name, volume_bin, fold, sorted by
+    neither warns nor fails on them. With a ``group`` column the folds are drawn over groups (see
+    Groups above) and the table keeps it. Returns columns subject_name, volume_bin, fold, sorted by
     subject_name. The same table serves all three planes.
     """
     _require_columns(subjects, ["subject_name", "volume_bin"], "subject_folds: subjects table")
@@ -183,6 +206,11 @@ def subject_folds(subjects: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFra
     if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
         raise StrokesegError(f"n_folds must be an integer >= 2, got {n_folds!r}")
     _rng(seed)  # validates the seed
+    groups = _group_table(subjects)
+    if groups is not None:
+        folds = subject_folds(groups, n_folds, seed).set_index("subject_name")["fold"]
+        table = subjects[["subject_name", "group", "volume_bin"]].sort_values("subject_name", kind="mergesort")
+        return table.assign(fold=table["group"].map(folds).astype(int)).reset_index(drop=True)
     if len(subjects) < n_folds:
         raise StrokesegError(f"cannot make {n_folds} folds from {len(subjects)} subjects; "
                              f"need at least one subject per fold")
@@ -221,9 +249,13 @@ def inner_validation_subjects(folds: pd.DataFrame, fraction: float, seed: int) -
     _check_fraction(fraction)
     rows = []
     for fold, members in folds.groupby("fold", sort=True):
-        chosen = stratified_subset(members["subject_name"].astype(str).tolist(),
-                                   members["volume_bin"].tolist(), fraction,
+        units = _group_table(members)
+        units = members if units is None else units
+        chosen = stratified_subset(units["subject_name"].astype(str).tolist(),
+                                   units["volume_bin"].tolist(), fraction,
                                    inner_validation_seed(seed, int(fold)))
+        if units is not members:
+            chosen = sorted(members.loc[_members(members, chosen), "subject_name"].astype(str))
         rows += [(int(fold), name) for name in chosen]
     if not rows:
         raise StrokesegError("no fold has two subjects: nothing can be held out for inner validation")

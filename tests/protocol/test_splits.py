@@ -280,3 +280,19 @@ def test_fold_parts_never_let_the_test_fold_fit_or_select():
     assert {p for _, p in roles["train"]} == {"train"} and {p for _, p in roles["inner_val"]} == {"inner_val"}
     with pytest.raises(StrokesegError, match="outside"):
         fold_parts(6, 5)
+
+
+def test_sessions_of_one_patient_stay_on_one_side_of_every_split():
+    from strokeseg.protocol.splits import holdout_split, inner_validation_subjects, subject_folds
+
+    names = [f"sub-{i:02d}" for i in range(12)] + ["sub-00_ses-2", "sub-05_ses-2", "sub-07_ses-2"]
+    subjects = pd.DataFrame({"subject_name": names, "group": [n[:6] for n in names],
+                             "volume_bin": [i % 3 for i in range(len(names))]})
+    for seed in range(5):
+        train, held = holdout_split(subjects, 0.25, seed)
+        assert not set(train["group"]) & set(held["group"])
+        folds = subject_folds(train, 3, seed)
+        assert (folds.groupby("group")["fold"].nunique() == 1).all()
+        inner = inner_validation_subjects(folds, 0.5, seed).merge(folds[["subject_name", "group"]])
+        chosen = set(inner["group"])
+        assert all(set(folds.loc[folds["group"] == g, "subject_name"]) <= set(inner["subject_name"]) for g in chosen)
