@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
 from pathlib import Path
 
-from strokeseg.config import PROFILES, apply_overrides, field_table, load_profile
+from strokeseg.config import PROFILES, READER_SOURCES, SYNTHETIC_SOURCES, apply_overrides, field_table, load_profile
 from strokeseg.contracts import BY_COMMAND
-from strokeseg.errors import StrokesegError
+from strokeseg.errors import ConfigError, StrokesegError
 from strokeseg.runtime import configure_logging, configure_tensorflow
 from strokeseg.workdir import previous_stage, stage_config
 
@@ -22,6 +23,8 @@ log = logging.getLogger("strokeseg")
 
 # subcommand -> the stage (folder, module under strokeseg.stages, one-line help), from the one registry
 COMMANDS = BY_COMMAND
+
+DATASET_CHOICES = SYNTHETIC_SOURCES + READER_SOURCES
 
 # Stages whose module adds flags of its own (add_arguments / run_options); their modules import light.
 OWN_ARGUMENTS = {"models", "training", "comparison", "fusion"}
@@ -90,6 +93,26 @@ def build_parser(default_workdir: Path | None = None) -> argparse.ArgumentParser
             sub.add_argument("--atlas-dir", type=Path, default=None,
                              help="ATLAS v2.0 root (BIDS: Training/R0XX/sub-*/ses-*/anat/...); "
                                   "omit to build the synthetic ATLAS-like cohort")
+            sub.add_argument("--dataset", choices=DATASET_CHOICES, default=None,
+                             help="the dataset kind: a synthetic cohort, or the reader of --data-dir's layout "
+                                  "(default: detected from --data-dir; synthetic without it)")
+            sub.add_argument("--data-dir", type=Path, default=None,
+                             help="root of the dataset (ATLAS, ISLES'22 BIDS, nnU-Net DatasetNNN_Name, PNG or "
+                                  "kaggle_3m slice folders; README, Datasets)")
+            sub.add_argument("--channels", default=None, metavar="A,B",
+                             help="image channels to use, in this order (default: the reader's; ISLES'22: dwi,adc)")
+            sub.add_argument("--label", type=int, default=None,
+                             help="nnU-Net datasets: the label value that is the lesion (default 1)")
+            sub.add_argument("--resample-flair", action="store_true",
+                             help="ISLES'22: accept FLAIR by resampling it onto the DWI grid (world "
+                                  "coordinates; not registration)")
+            sub.add_argument("--spacing", default=None, metavar="X,Y,Z",
+                             help="slice folders: voxel size in mm (default: unknown; mL and mm become voxels)")
+            sub.add_argument("--grid-plan", choices=("auto", "fixed", "target_spacing"), default=None,
+                             help="auto: fixed when every subject shares one grid, else target_spacing "
+                                  "(each subject resampled to one voxel size, nnU-Net's rule)")
+            sub.add_argument("--target-spacing", default=None, metavar="X,Y,Z",
+                             help="target_spacing plan: voxel size in mm (default: the median per axis)")
             sub.add_argument("--n-subjects", type=int, default=None,
                              help="size of the synthetic cohort (default: the profile's)")
             sub.add_argument("--downsample", type=int, default=None,
@@ -117,11 +140,48 @@ def _stage_module(command: str):
     return importlib.import_module(f"strokeseg.stages.{COMMANDS[command].module}")
 
 
+def _dataset_overrides(args: argparse.Namespace) -> list[str]:
+    """--dataset, --data-dir and the reader options as overrides; the kind is detected from the
+    folder when --data-dir comes without --dataset, so the recorded config names it."""
+    extra = []
+    kind, folder = getattr(args, "dataset", None), getattr(args, "data_dir", None)
+    if folder is not None:
+        folder = Path(folder).expanduser().resolve()
+        if kind is None:
+            from strokeseg.data import readers
+
+            kind = readers.detect(folder)
+        extra.append(f"dataset.data_dir={json.dumps(str(folder))}")
+    if kind is not None:
+        extra.append(f"dataset.source={kind}")
+    for flag, key in (("channels", "dataset.channels"), ("spacing", "dataset.spacing"),
+                      ("target_spacing", "dataset.target_spacing")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            items = [v.strip() for v in value.split(",") if v.strip()]
+            extra.append(f"{key}={json.dumps(items if flag == 'channels' else [_number(flag, v) for v in items])}")
+    if getattr(args, "label", None) is not None:
+        extra.append(f"dataset.label={args.label}")
+    if getattr(args, "resample_flair", False):
+        extra.append("dataset.resample_flair=true")
+    if getattr(args, "grid_plan", None) is not None:
+        extra.append(f"dataset.grid_plan={args.grid_plan}")
+    return extra
+
+
+def _number(flag: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--{flag.replace('_', '-')}: {text!r} is not a number") from None
+
+
 def stage_overrides(args: argparse.Namespace) -> list[str]:
     """Dedicated flags, expressed as config overrides (so they are recorded like any other)."""
     extra = []
     if getattr(args, "atlas_dir", None) is not None:
         extra += ["dataset.source=atlas", f"dataset.atlas_dir={Path(args.atlas_dir).expanduser().resolve()}"]
+    extra += _dataset_overrides(args)
     if getattr(args, "n_subjects", None) is not None:
         extra.append(f"dataset.n_subjects={args.n_subjects}")
     if getattr(args, "downsample", None) is not None:

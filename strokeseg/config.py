@@ -30,14 +30,31 @@ SAGITTAL_SLICE_EDGES = (0, 500, 1_000, 2_000, 3_000, 5_000, math.inf)
 
 
 # Every field is explained in FIELD_HELP below (shown by each stage's --help).
+# Where subjects come from: the two synthetic flavours, or a reader of strokeseg.data.readers.
+SYNTHETIC_SOURCES = ("synthetic", "synthetic_multimodal")
+READER_SOURCES = ("atlas", "isles22", "nnunet", "png_slices", "kaggle_3m")
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
     source: str = "synthetic"
     atlas_dir: str | None = None
+    data_dir: str | None = None
     n_subjects: int = 655
     downsample: int = 1
     binarize_masks: bool = False
     synthetic_seed: int = 2022
+    channels: tuple[str, ...] = ()
+    label: int = 1
+    resample_flair: bool = False
+    spacing: tuple[float, ...] = ()
+    grid_plan: str = "auto"
+    target_spacing: tuple[float, ...] = ()
+
+    @property
+    def folder(self) -> str | None:
+        """The dataset's root folder (``atlas_dir`` is the older name of ``data_dir`` for ATLAS)."""
+        return self.data_dir or self.atlas_dir
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,7 @@ class ConvertConfig:
     robust_percentiles: tuple[float, float] = (0.5, 99.5)
     canvas_multiple: int = 16
     store_dtype: str = "uint8"
+    ct_window: tuple[float, float] = (0.0, 80.0)
 
 
 @dataclass(frozen=True)
@@ -152,9 +170,22 @@ class Config:
     comparison: ComparisonConfig = field(default_factory=ComparisonConfig)
 
     def validate(self) -> "Config":
-        _check(self.dataset.source in ("synthetic", "atlas"), "dataset.source must be 'synthetic' or 'atlas'")
-        _check(self.dataset.source != "atlas" or bool(self.dataset.atlas_dir),
-               "dataset.atlas_dir is required when dataset.source is 'atlas'")
+        d = self.dataset
+        _check(d.source in SYNTHETIC_SOURCES + READER_SOURCES,
+               f"dataset.source must be one of {SYNTHETIC_SOURCES + READER_SOURCES}")
+        name = "atlas_dir (or data_dir)" if d.source == "atlas" else "data_dir"
+        _check(d.source in SYNTHETIC_SOURCES or bool(d.folder),
+               f"dataset.{name} is required when dataset.source is {d.source!r}")
+        _check(d.grid_plan in ("auto", "fixed", "target_spacing"),
+               "dataset.grid_plan must be auto, fixed or target_spacing")
+        _check(len(d.target_spacing) in (0, 3) and all(s > 0 for s in d.target_spacing),
+               "dataset.target_spacing must be [] (the median) or three sizes > 0 in mm")
+        _check(len(d.spacing) in (0, 3) and all(s > 0 for s in d.spacing),
+               "dataset.spacing must be [] (unknown) or three sizes > 0 in mm")
+        _check(d.label >= 1, "dataset.label must be >= 1")
+        _check(len(set(d.channels)) == len(d.channels), "dataset.channels must not repeat a channel")
+        lo, hi = self.convert.ct_window
+        _check(lo < hi, "convert.ct_window must be [lo, hi] with lo < hi")
         _check(self.dataset.n_subjects >= 1, "dataset.n_subjects must be >= 1")
         _check(self.dataset.downsample >= 1, "dataset.downsample must be >= 1")
         _check(0.0 < self.split.holdout_fraction < 1.0, "split.holdout_fraction must be in (0, 1)")
@@ -211,7 +242,7 @@ class Config:
 
     @property
     def synthetic(self) -> bool:
-        return self.dataset.source == "synthetic"
+        return self.dataset.source in SYNTHETIC_SOURCES
 
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -228,12 +259,22 @@ FIELD_HELP: dict[str, str] = {
     "onednn": "TensorFlow's oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS, if not exported); the demo turns them off: "
               "they crashed training narrow RAX-Nets",
 
-    "dataset.source": '"synthetic" (generated ATLAS-like cohort) or "atlas" (--atlas-dir sets both)',
-    "dataset.atlas_dir": "root of the ATLAS v2.0 BIDS tree, required when source is atlas",
+    "dataset.source": '"synthetic" (ATLAS-like T1), "synthetic_multimodal" (ISLES-like DWI + ADC, a grid per '
+                      'subject), or a reader: atlas, isles22, nnunet, png_slices, kaggle_3m (--dataset)',
+    "dataset.atlas_dir": "root of the ATLAS v2.0 BIDS tree (older name of data_dir; --atlas-dir)",
+    "dataset.data_dir": "root folder of the dataset read by dataset.source (--data-dir)",
     "dataset.n_subjects": "size of the synthetic cohort (unused for atlas)",
     "dataset.downsample": "integer downsampling factor of the synthetic volumes (tiny test cohorts)",
     "dataset.binarize_masks": "accept masks with values other than 0/1 by taking mask > 0 (else an error)",
     "dataset.synthetic_seed": "seed of the synthetic cohort itself (independent of seed)",
+    "dataset.channels": "image channels to use, in this order; [] = the reader's default (ISLES'22: dwi, adc)",
+    "dataset.label": "nnunet: the label value that is the lesion",
+    "dataset.resample_flair": "isles22: accept FLAIR by resampling it onto the DWI grid (world coordinates; "
+                              "not registration)",
+    "dataset.spacing": "slice folders: voxel size [x, y, z] in mm; [] = unknown (mL and mm reported in voxels)",
+    "dataset.grid_plan": "auto (fixed when all subjects share one grid), fixed, or target_spacing (nnU-Net's rule: "
+                         "each subject resampled to one voxel size)",
+    "dataset.target_spacing": "target_spacing plan: voxel size in mm; [] = the median voxel size per axis",
 
     "bins.volume_edges": "3-D lesion-volume bin edges, voxels, lo < v <= hi; they stratify split, folds, inner val.",
     "bins.axial_edges": "axial lesion-slice size bin edges, pixels, lo < v <= hi; batches draw from every bin",
@@ -247,6 +288,7 @@ FIELD_HELP: dict[str, str] = {
     "convert.robust_percentiles": "[lo, hi] percentiles of the head voxels mapped to 0..255 (volume_robust)",
     "convert.canvas_multiple": "canvas sides: next multiple of this (16 on the ATLAS grid: upstream's canvases)",
     "convert.store_dtype": "dtype of the stored 0..255 intensities: uint8, float16 or float32",
+    "convert.ct_window": "CT channels: Hounsfield window [lo, hi] mapped to 0..255 (clipped)",
 
     "cv.n_folds": "subject-level cross-validation folds, shared by the three planes",
     "cv.normal_ratio": "lesion-free slices drawn per lesion slice, per subject",
@@ -445,6 +487,17 @@ def read_config(path: Path) -> Config:
         return from_dict(json.loads(Path(path).read_text()))
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.__class__.__name__}: {exc})") from exc
+
+
+def restrict_planes(config: Config, planes: tuple[str, ...]) -> Config:
+    """``config`` with every plane list (prepare, training, comparison) cut to a cohort's ``planes``
+    (slice-folder cohorts have the axial plane only); a list left empty becomes ``planes``."""
+    def keep(wanted):
+        return tuple(p for p in wanted if p in planes) or tuple(planes)
+    return replace(config, prepare=replace(config.prepare, planes=keep(config.prepare.planes)),
+                   training=replace(config.training, planes=keep(config.training.planes)),
+                   comparison=replace(config.comparison, planes=keep(config.comparison.planes),
+                                      loss_planes=keep(config.comparison.loss_planes)))
 
 
 def derive_seed(seed: int, *parts: object) -> int:

@@ -56,7 +56,8 @@ MANIFEST_JSON = "manifest.json"     # what the stage wrote; written last, so its
 CONFIG_JSON = "config.json"         # the config the stage ran with; the next stage starts from it
 
 # 01_dataset
-COHORT_CSV = "cohort.csv"                          # subject, T1 and mask paths
+COHORT_CSV = "cohort.csv"                          # subject, group, site, channel and mask files, geometry
+VOLUMES_DIR = "volumes"                            # subjects written as NIfTI by stage 01 (slice folders, ...)
 SUBJECTS_3D_CSV = "lesion_information_3d.csv"      # per-subject lesion statistics and volume bin
 
 

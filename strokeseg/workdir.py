@@ -168,3 +168,24 @@ def read_csv(path: Path, **kwargs) -> pd.DataFrame:
 def is_synthetic_run(workdir: Path) -> bool:
     """Whether the cohort behind this workdir is synthetic (recorded by stage 01)."""
     return bool(manifest(workdir, DATASET).get("synthetic_data", False))
+
+
+def grid_plan(workdir: Path):
+    """The grid plan stage 01 wrote (:class:`strokeseg.data.grid_plan.GridPlan`)."""
+    from strokeseg.data.grid_plan import GridPlan
+
+    return GridPlan.read(require_stage(workdir, DATASET))
+
+
+def study_planes(workdir: Path, wanted=None) -> tuple[str, ...]:
+    """The planes of this study: the cohort's (stage 01's grid plan), in the order of ``wanted`` when
+    given (a config's planes), which must then be among them."""
+    from strokeseg.errors import ConfigError
+
+    planes = grid_plan(workdir).planes
+    if wanted is None:
+        return tuple(planes)
+    chosen = tuple(p for p in wanted if p in planes)
+    if not chosen:
+        raise ConfigError(f"none of the planes {list(wanted)} is a plane of this cohort ({', '.join(planes)})")
+    return chosen

@@ -96,13 +96,13 @@ def prepared(tiny_cohort, tmp_path_factory):
     from strokeseg.config import ConvertConfig
     from strokeseg.data.cohort import discover
     from strokeseg.data.prepared import part_dir, write_prepared
-    from strokeseg.data.stores import SliceStore, write_stores
+    from strokeseg.data.stores import SliceStore
 
-    from helpers import PREPARED_LAYOUT, plan_for
+    from helpers import PREPARED_LAYOUT, plan_for, write_atlas_stores
 
     folder = tmp_path_factory.mktemp("prepared")
     subjects = discover(tiny_cohort)[:4]
-    write_stores(folder / "stores", subjects, ConvertConfig(), False, 1, progress=False)
+    write_atlas_stores(folder / "stores", subjects, ConvertConfig())
     store = SliceStore(folder / "stores" / "axial")
     root = folder / "prepared"
     plans, shapes = {}, {}

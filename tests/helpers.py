@@ -57,3 +57,19 @@ def save_models(folder, names_channels, **kwargs):
     for name, channels in names_channels.items():
         threshold_model(channels, **kwargs).save(folder / name)
     return folder
+
+
+def write_atlas_stores(folder, subjects, convert=None, binarize=False):
+    """Stage 03's stores of ATLAS-layout subjects (``strokeseg.data.cohort.discover``), on the fixed
+    grid plan of the first subject's grid, as stage 01 plans an ATLAS cohort."""
+    import nibabel as nib
+
+    from strokeseg.config import PLANES, ConvertConfig
+    from strokeseg.data.grid_plan import NativeGrid, make_plan
+    from strokeseg.data.stores import write_stores
+
+    first = nib.load(str(subjects[0].t1w))
+    plan = make_plan([NativeGrid(first.shape[:3], first.affine)], "fixed", ("t1w",), ("t1",), PLANES)
+    frame = pd.DataFrame({"subject_name": [s.subject for s in subjects], "t1w": [str(s.t1w) for s in subjects],
+                          "mask": [str(s.mask) for s in subjects]})
+    return write_stores(folder, frame, plan, convert or ConvertConfig(), binarize, 1, progress=False)

@@ -45,7 +45,8 @@ def test_demo_profile_is_small_and_overrides_apply_with_types():
     ("cv=3", "is a section"),
     ("convert.normalization=zscore", "convert.normalization"),
     ("split.holdout_fraction=1.5", "holdout_fraction"),
-    ("dataset.source=atlas", "atlas_dir is required"),
+    ("dataset.source=atlas", "atlas_dir \\(or data_dir\\) is required"),
+    ("dataset.source=isles22", "dataset.data_dir is required"),
     ("novalue", "section.field=value"),
 ])
 def test_bad_overrides_are_clear_errors(override, fragment):

@@ -129,13 +129,14 @@ def _check_3d(path, data: np.ndarray) -> None:
         raise InputError(path, f"empty volume (shape {tuple(data.shape)})")
 
 
-def load_t1(path) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """A T1 volume (3-D, finite, not constant) and its image (affine and header).
+def load_t1(path, kind: str = "T1") -> tuple[np.ndarray, nib.Nifti1Image]:
+    """A T1 volume (3-D, finite, not constant) and its image (affine and header); any image channel
+    is validated alike (``kind`` names it in the not-found fault, e.g. "dwi").
 
     Integer data stay as stored (finite by construction; a float32 copy would cost a 35 MB
     volume per subject for nothing); floating-point data, scaled data included, come as float32.
     """
-    img = load_image(path, "T1")
+    img = load_image(path, kind)
     raw = np.asanyarray(img.dataobj)
     _check_3d(path, raw)
     data = raw
@@ -219,24 +220,25 @@ class ChannelVolumes:
     """A subject's image channels and lesion mask, validated and checked to share one grid."""
 
     images: tuple[np.ndarray, ...]       # one 3-D volume per channel, as :func:`load_t1` returns them
-    mask: np.ndarray                     # uint8 {0, 1}
+    mask: np.ndarray | None              # uint8 {0, 1}; None for a case without a mask
     affine: np.ndarray                   # 4x4 float64 (the first channel's)
     header: nib.Nifti1Header             # of the first channel
     image: nib.Nifti1Image               # the first channel's image (header and affine, for outputs)
     zooms: tuple[float, float, float]
 
 
-def load_channels(channels, mask_path, binarize: bool = False, allow_empty: bool = False) -> ChannelVolumes:
+def load_channels(channels, mask_path=None, binarize: bool = False, allow_empty: bool = False) -> ChannelVolumes:
     """Every channel ``(name, path)`` of a subject and its mask, all on the first channel's grid.
 
     Each channel is validated as :func:`load_t1` validates a T1 (3-D, finite, not constant); a
-    channel or mask on another grid is a fault naming that file and the first channel."""
+    channel or mask on another grid is a fault naming that file and the first channel. Without a
+    ``mask_path`` (a case to predict) the mask is None."""
     channels = list(channels)
     if not channels:
         raise ValueError("load_channels needs at least one channel")
     images, first, first_name = [], None, ""
     for name, path in channels:
-        data, img = load_t1(path)
+        data, img = load_t1(path, "T1" if name == "t1w" else name)
         if first is None:
             first, first_name = img, name
         elif tuple(data.shape) != tuple(first.shape[:3]):
@@ -247,7 +249,8 @@ def load_channels(channels, mask_path, binarize: bool = False, allow_empty: bool
                                    "channels must share one grid")
         images.append(data)
     affine = np.asarray(first.affine, dtype=np.float64)
-    mask = load_mask(mask_path, binarize=binarize, shape=images[0].shape, affine=affine, allow_empty=allow_empty)
+    mask = None if mask_path is None else load_mask(mask_path, binarize=binarize, shape=images[0].shape,
+                                                    affine=affine, allow_empty=allow_empty)
     zooms = tuple(float(z) for z in first.header.get_zooms()[:3])
     return ChannelVolumes(tuple(images), mask, affine, first.header, first, zooms)
 

@@ -59,7 +59,8 @@ def write_prepared(store: SliceStore, batches: pd.DataFrame, channels: tuple[int
              + batches["repeat"].to_numpy().astype(bool) * REPEAT_BIT).astype(np.uint8)
     np.save(folder / slots_name(part), slots.reshape(n_batches, batch_size))
     outputs = {masks_name(part): (np.uint8, 1, store.masks_at)}
-    outputs.update({images_name(part, c): (store.dtype, c, partial(store.images_at, channels=c))
+    # c adjacent slices of each of the store's M image channels: c x M input channels
+    outputs.update({images_name(part, c): (store.dtype, c * len(store.modalities), partial(store.images_at, channels=c))
                     for c in channels})
     shapes = {}
     for name, (dtype, depth, read) in outputs.items():

@@ -23,9 +23,9 @@ import pandas as pd
 from strokeseg.config import PLANES, ConvertConfig
 from strokeseg.data import normalization, planes
 from strokeseg.data.brain import brain_pixels_per_slice
-from strokeseg.data.cohort import SubjectFiles
+from strokeseg.data.grid_plan import GridPlan
 from strokeseg.data.lesions import lesion_pixels_per_slice
-from strokeseg.data.nifti import load_pair, same_affine
+from strokeseg.data.planned import load_planned
 from strokeseg.errors import InputError
 from strokeseg.parallel import map_ordered
 from strokeseg.workdir import read_csv, write_csv
@@ -34,70 +34,57 @@ IMAGES, MASKS, INDEX, GEOMETRY = "images.npy", "masks.npy", "index.csv", "geomet
 
 
 @dataclass(frozen=True)
-class Grid:
-    """The voxel grid every subject of a cohort shares."""
-
-    shape: tuple[int, int, int]
-    affine: np.ndarray
-
-    @classmethod
-    def of(cls, subject: SubjectFiles) -> "Grid":
-        import nibabel as nib
-
-        try:
-            img = nib.load(str(subject.t1w))
-        except Exception as exc:  # nibabel raises several types for non-NIfTI files
-            raise InputError(subject.t1w, f"not a readable NIfTI file ({exc.__class__.__name__})") from exc
-        return cls(tuple(int(s) for s in img.shape[:3]), np.asarray(img.affine, dtype=float))
-
-    def check(self, path: Path, shape: tuple[int, ...], affine: np.ndarray) -> None:
-        if tuple(shape) != self.shape:
-            raise InputError(path, f"volume shape {tuple(shape)} differs from the cohort grid {self.shape}")
-        if not same_affine(affine, self.affine):
-            raise InputError(path, "affine differs from the cohort grid's affine")
-
-
-@dataclass(frozen=True)
 class _Job:
     position: int
-    subject: SubjectFiles
+    name: str
+    channels: tuple[tuple[str, str], ...]
+    mask: str
     folder: str
-    grid_shape: tuple[int, int, int]
-    grid_affine: tuple[float, ...]
+    plan: GridPlan
     convert: ConvertConfig
     binarize: bool
+    allow_empty: bool
 
 
-def write_stores(folder: Path, subjects: list[SubjectFiles], convert: ConvertConfig, binarize: bool,
-                 workers: int, progress: bool = True) -> dict[str, int]:
-    """Write one store per plane under ``folder``; returns the number of rows per plane."""
-    if not subjects:
+def write_stores(folder: Path, subjects: pd.DataFrame, plan: GridPlan, convert: ConvertConfig, binarize: bool,
+                 workers: int, progress: bool = True, allow_empty: bool = False) -> dict[str, int]:
+    """Write one store per plane of the plan under ``folder``; returns the number of rows per plane.
+
+    ``subjects``: cohort.csv rows (subject_name, one column per channel, mask), in store order."""
+    if subjects.empty:
         raise InputError(folder, "no subjects to convert")
-    grid = Grid.of(subjects[0])
-    for plane in PLANES:
-        canvas = planes.canvas_for(grid.shape, plane, convert.canvas_multiple)
-        rows = len(subjects) * planes.n_slices(grid.shape, plane)
+    if len(plan.channels) > 1 and convert.normalization == "slice_max" and "t1" in plan.channel_kinds:
+        raise InputError(folder, "convert.normalization=slice_max is for single-channel T1 cohorts")
+    modalities = len(plan.channels)
+    for plane in plan.planes:
+        canvas = planes.canvas_for(plan.shape, plane, convert.canvas_multiple)
+        rows = len(subjects) * planes.n_slices(plan.shape, plane)
         plane_dir = folder / plane
         plane_dir.mkdir(parents=True)
-        np.lib.format.open_memmap(plane_dir / IMAGES, mode="w+", dtype=convert.store_dtype,
-                                  shape=(rows,) + canvas.shape)
+        # One channel: (rows, H, W) as ever; several: (rows, M, H, W), each channel's slice contiguous.
+        image_shape = (rows,) + ((modalities,) if modalities > 1 else ()) + canvas.shape
+        np.lib.format.open_memmap(plane_dir / IMAGES, mode="w+", dtype=convert.store_dtype, shape=image_shape)
         np.lib.format.open_memmap(plane_dir / MASKS, mode="w+", dtype=np.uint8,
                                   shape=(rows, canvas.shape[0], _packed_width(canvas.shape[1])))
-        geometry = {"canvas": canvas.to_dict(), "volume_shape": list(grid.shape),
-                    "affine": grid.affine.tolist(), "n_subjects": len(subjects),
+        geometry = {"canvas": canvas.to_dict(), "volume_shape": list(plan.shape),
+                    "affine": None if plan.affine is None else np.reshape(plan.affine, (4, 4)).tolist(),
+                    "grid_plan": plan.kind, "spacing": list(plan.spacing), "spacing_known": plan.spacing_known,
+                    "channels": list(plan.channels),
+                    "channel_kinds": list(plan.channel_kinds), "n_subjects": len(subjects),
                     "normalization": convert.normalization,
-                    "robust_percentiles": list(convert.robust_percentiles),
+                    "robust_percentiles": list(convert.robust_percentiles), "ct_window": list(convert.ct_window),
                     "store_dtype": convert.store_dtype, "mask_packing": "packbits_last_axis"}
         (plane_dir / GEOMETRY).write_text(json.dumps(geometry, indent=2, sort_keys=True) + "\n")
 
-    jobs = [_Job(i, s, str(folder), grid.shape, tuple(grid.affine.ravel()), convert, binarize)
-            for i, s in enumerate(subjects)]
-    tables: dict[str, list[pd.DataFrame]] = {p: [] for p in PLANES}
+    jobs = [_Job(i, str(r.subject_name), tuple((c, str(getattr(r, c))) for c in plan.channels), str(r.mask),
+                 str(folder), plan, convert, binarize, allow_empty)
+            for i, r in enumerate(subjects.itertuples(index=False))]
+    tables: dict[str, list[pd.DataFrame]] = {p: [] for p in plan.planes}
     for per_plane in map_ordered(_convert_subject, jobs, workers, "03 convert", progress):
         for plane, table in per_plane.items():
             tables[plane].append(table)
     counts = {}
-    for plane in PLANES:
+    for plane in plan.planes:
         index = pd.concat(tables[plane], ignore_index=True)
         write_csv(index, folder / plane / INDEX)
         counts[plane] = len(index)
@@ -105,45 +92,51 @@ def write_stores(folder: Path, subjects: list[SubjectFiles], convert: ConvertCon
 
 
 def _convert_subject(job: _Job) -> dict[str, pd.DataFrame]:
-    """Read one subject, normalise, and write its rows into the three stores (worker side).
+    """Read one subject onto its plan grid, normalise, and write its rows into the stores (worker side).
 
     The memory maps are created zero-filled, so only each slice's region of the canvas is written.
     """
-    volumes = load_pair(job.subject.t1w, job.subject.mask, binarize=job.binarize)
-    grid = Grid(job.grid_shape, np.asarray(job.grid_affine).reshape(4, 4))
-    grid.check(job.subject.t1w, volumes.t1.shape, volumes.affine)
+    plan = job.plan
+    subject = load_planned([(c, Path(p)) for c, p in job.channels], Path(job.mask), plan, job.binarize,
+                           job.allow_empty)
     dtype = job.convert.store_dtype
-    robust = None
-    if job.convert.normalization == "volume_robust":  # one map for the volume, shared by the planes
-        robust = normalization.volume_robust(volumes.t1, job.convert.robust_percentiles, dtype)
+    # One normalised volume per channel, shared by the planes (None: T1 slice_max, per slice below).
+    normalised = [normalization.channel_volume(image, kind, job.convert)
+                  for image, kind in zip(subject.images, plan.channel_kinds)]
+    several = len(normalised) > 1
     out = {}
-    for plane in PLANES:
+    for plane in plan.planes:
         plane_dir = Path(job.folder) / plane
-        canvas = planes.canvas_for(grid.shape, plane, job.convert.canvas_multiple)  # as write_stores made it
-        count = planes.n_slices(grid.shape, plane)
+        canvas = planes.canvas_for(plan.shape, plane, job.convert.canvas_multiple)  # as write_stores made it
+        count = planes.n_slices(plan.shape, plane)
         start = job.position * count
-        if robust is not None:
-            stack = planes.to_stack(robust, plane)
-        else:
-            stack = normalization.to_store_dtype(normalization.slice_max(planes.to_stack(volumes.t1, plane)), dtype)
         rows, cols = canvas.region
-        # Empty slices (outside a skull-stripped head) stay as created: their pages are never
-        # dirtied, which spares ~20 % of the writes on such cohorts.
-        filled = np.flatnonzero(np.any(stack, axis=(1, 2)))
         images_mm = np.load(plane_dir / IMAGES, mmap_mode="r+")
-        images_mm[start + filled, rows, cols] = stack[filled]
-        lesion_pixels = lesion_pixels_per_slice(volumes.mask, plane)
+        for m, volume in enumerate(normalised):
+            if volume is not None:
+                stack = planes.to_stack(volume, plane)
+            else:
+                stack = normalization.to_store_dtype(
+                    normalization.slice_max(planes.to_stack(subject.images[m], plane)), dtype)
+            # Empty slices (outside a skull-stripped head) stay as created: their pages are never
+            # dirtied, which spares ~20 % of the writes on such cohorts.
+            filled = np.flatnonzero(np.any(stack, axis=(1, 2)))
+            if several:
+                images_mm[start + filled, m, rows, cols] = stack[filled]
+            else:
+                images_mm[start + filled, rows, cols] = stack[filled]
+        lesion_pixels = lesion_pixels_per_slice(subject.mask, plane)
         with_lesion = np.flatnonzero(lesion_pixels)   # other mask rows stay zero as created
         masks_mm = np.load(plane_dir / MASKS, mmap_mode="r+")
         masks_mm[start + with_lesion] = np.packbits(
-            canvas.pad(planes.to_stack(volumes.mask, plane)[with_lesion]), axis=-1)
+            canvas.pad(planes.to_stack(subject.mask, plane)[with_lesion]), axis=-1)
         del images_mm, masks_mm  # unmapped; the page cache carries the writes to disk
         out[plane] = pd.DataFrame({
-            "subject_name": job.subject.subject,
+            "subject_name": job.name,
             "slice": np.arange(count),
             "row": start + np.arange(count),
             "lesion_pixels": lesion_pixels,
-            "brain_pixels": brain_pixels_per_slice(volumes.t1, volumes.affine, plane),
+            "brain_pixels": brain_pixels_per_slice(subject.images[0], plan.subject_affine(subject.native), plane),
         })
     return out
 
@@ -187,6 +180,7 @@ class SliceStore:
         self.n_slices = planes.n_slices(self.geometry.volume_shape, self.plane)
         self.index = read_csv(self.folder / INDEX)
         self.dtype = self._map(IMAGES).dtype
+        self.modalities = tuple(self.geometry.raw.get("channels", ["t1w"]))   # image channels per slice
         self._start = self.index.groupby("subject_name", sort=False)["row"].min().to_dict()
 
     def _map(self, name: str) -> np.ndarray:
@@ -207,12 +201,17 @@ class SliceStore:
         return starts + slices
 
     def images_at(self, rows: np.ndarray, channels: int = 1) -> np.ndarray:
-        """(n, H, W, C) images; channel c holds the slice at offset c - (C-1)//2 within the subject."""
+        """(n, H, W, C x M) images of C adjacent slices and M image channels: input channel
+        c * M + m holds image channel m of the slice at offset c - (C-1)//2 within the subject."""
         rows = np.asarray(rows, dtype=np.int64)
         slice_index = rows % self.n_slices
         wanted = (rows - slice_index)[:, None] + planes.neighbour_indices(slice_index, self.n_slices, channels)
         gathered = self._map(IMAGES)[wanted.ravel()]
-        return gathered.reshape(len(rows), channels, *self.canvas.shape).transpose(0, 2, 3, 1)
+        m = len(self.modalities)
+        if m == 1:
+            return gathered.reshape(len(rows), channels, *self.canvas.shape).transpose(0, 2, 3, 1)
+        gathered = gathered.reshape(len(rows), channels, m, *self.canvas.shape)
+        return gathered.transpose(0, 3, 4, 1, 2).reshape(len(rows), *self.canvas.shape, channels * m)
 
     def masks_at(self, rows: np.ndarray) -> np.ndarray:
         """(n, H, W) uint8 {0, 1} masks."""
@@ -221,7 +220,8 @@ class SliceStore:
 
 
 def open_stores(folder: Path) -> dict[str, SliceStore]:
-    return {plane: SliceStore(Path(folder) / plane) for plane in PLANES}
+    """The stores of every plane stage 03 wrote (the study's planes)."""
+    return {plane: SliceStore(Path(folder) / plane) for plane in PLANES if (Path(folder) / plane).is_dir()}
 
 
 def store_index(folder: Path, plane: str) -> pd.DataFrame:

@@ -19,7 +19,9 @@ Three views of the test fold:
   predicted chunk by chunk, cropped back out of the canvas and restacked into the ``[x, y, z]``
   volume (reused by the tri-planar fusion).
 - :func:`subject_evaluation`: single-plane 3-D ATLAS metrics per subject
-  (:func:`strokeseg.evaluate.volume_metrics.subject_metrics` on ``probability > threshold``).
+  (:func:`strokeseg.evaluate.volume_metrics.subject_metrics` on ``probability > threshold``), on the
+  store's grid, or with :class:`NativeTruths` (subjects resampled by a target-spacing grid plan) on
+  each subject's own grid against its own mask, as stage 10 scores the hold-out.
 
 Peak memory is one subject's volumes plus one chunk of input and output: inputs are read from
 memory maps one chunk at a time and ``predict`` never sees more than ``batch_size`` slices.
@@ -191,23 +193,49 @@ def _check_volume_shape(store: SliceStore, volume: np.ndarray) -> None:
 
 
 def store_spacing(store: SliceStore) -> tuple[float, float, float]:
-    """Voxel sizes in mm: the norms of the first three columns of the store grid's affine."""
+    """Voxel sizes of the store's grid: the grid plan's (mm, or voxels where the cohort's spacing is not
+    known), or for stores written before grid plans the norms of the first three columns of its affine."""
+    if store.geometry.raw.get("spacing") is not None:
+        return tuple(float(s) for s in store.geometry.raw["spacing"])
     affine = np.asarray(store.geometry.raw["affine"], dtype=np.float64)
     return tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
 
 
+class NativeTruths:
+    """Each subject's own mask and grid (``cohort.csv`` rows and the grid plan), to score a plan-grid
+    prediction where the subject was acquired."""
+
+    def __init__(self, cohort: pd.DataFrame, plan, binarize: bool = False):
+        self.files = cohort.set_index("subject_name")
+        self.plan = plan
+        self.binarize = binarize
+
+    def score(self, subject: str, prediction: np.ndarray, connectivity: int) -> dict:
+        from strokeseg.data.grid_plan import NativeGrid
+        from strokeseg.data.nifti import load_mask_image
+
+        truth, image = load_mask_image(self.files.loc[subject, "mask"], binarize=self.binarize, allow_empty=True)
+        native = NativeGrid(tuple(int(s) for s in truth.shape), np.asarray(image.affine, dtype=float))
+        mask = self.plan.mask_to_native(prediction.astype(np.uint8), native)
+        return subject_metrics(mask, truth, native.spacing, connectivity=connectivity)
+
+
 def subject_evaluation(predict: Predict, store: SliceStore, subjects, batch_size: int,
-                       channels: int = 1, threshold: float = 0.5, connectivity: int = 6) -> pd.DataFrame:
+                       channels: int = 1, threshold: float = 0.5, connectivity: int = 6,
+                       native: NativeTruths | None = None) -> pd.DataFrame:
     """Single-plane 3-D metrics: one row per subject given (in order), ``subject_name`` followed by
     every key of :func:`strokeseg.evaluate.volume_metrics.subject_metrics` (``truth_voxels`` among them) on
-    ``probability > threshold`` against the store's truth. One subject's volumes at a time."""
+    ``probability > threshold`` against the store's truth, or with ``native`` on the subject's own
+    grid against its own mask. One subject's volumes at a time."""
     spacing = store_spacing(store)
     rows = []
     for subject in subjects:
         prob = plane_probability_volume(predict, store, subject, batch_size, channels)
         pred = prob > threshold
         del prob
-        truth = truth_volume(store, subject)
-        rows.append({"subject_name": str(subject),
-                     **subject_metrics(pred, truth, spacing, connectivity=connectivity)})
+        if native is not None:
+            metrics = native.score(str(subject), pred, connectivity)
+        else:
+            metrics = subject_metrics(pred, truth_volume(store, subject), spacing, connectivity=connectivity)
+        rows.append({"subject_name": str(subject), **metrics})
     return pd.DataFrame(rows, columns=["subject_name", *METRIC_KEYS])

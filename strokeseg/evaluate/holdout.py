@@ -1,10 +1,14 @@
 """Tri-planar evaluation of one held-out subject: each plane alone and the fused mask, in 3-D.
 
-The subject's T1 is predicted by a :class:`strokeseg.infer.tri_planar.TriPlanarPredictor` on the
-grid the models were trained on; each plane's probability volume is scored as ``p > 0.5`` and the
-fused mask as the predictor's settings fuse it, all with
+The subject is read onto its plan grid (:func:`strokeseg.data.planned.load_planned`: the grid the
+models were trained on) and predicted there by a
+:class:`strokeseg.infer.tri_planar.TriPlanarPredictor`; each plane's probability volume is taken as
+``p > 0.5`` and the fused mask as the predictor's settings fuse it. Every mask is then moved back
+to the subject's own grid (:mod:`strokeseg.data.grid_plan`; nothing moves on a ``fixed`` plan) and
+scored there against the subject's own mask, as ISLES evaluates, with
 :func:`strokeseg.evaluate.volume_metrics.subject_metrics` (ATLAS rules, the settings' connectivity,
-HD95 in mm from the T1's voxel size). One subject's volumes are in memory at a time.
+HD95 in mm from the subject's voxel size, or in voxels when the spacing is not known: the ``units``
+column says which). One subject's volumes are in memory at a time.
 """
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from strokeseg.data.nifti import load_mask, load_t1, same_affine
+from strokeseg.data.grid_plan import GridPlan
+from strokeseg.data.planned import load_planned
 from strokeseg.errors import InputError
 from strokeseg.evaluate.volume_metrics import subject_metrics
 from strokeseg.infer.tri_planar import TriPlanarPredictor
@@ -24,45 +29,45 @@ FUSED = "fused"
 SINGLE_PLANE_THRESHOLD = 0.5        # a single plane's 3-D mask: probability > 0.5
 
 
-@dataclass(frozen=True)
-class Grid:
-    """The voxel grid the models were trained on (stage 03's stores)."""
-    shape: tuple[int, int, int]
-    affine: np.ndarray
-
-
 @dataclass
 class SubjectResult:
     rows: list[dict]                              # one metrics row per plane and for the fused mask
-    fused: np.ndarray                             # uint8 {0, 1}
-    probabilities: dict[str, np.ndarray]          # per plane, float32
-    image: nib.Nifti1Image                        # the T1's header and affine, for writing outputs
+    fused: np.ndarray                             # uint8 {0, 1} on the subject's own grid
+    probabilities: dict[str, np.ndarray]          # per plane, float32, on the subject's own grid
+    image: nib.Nifti1Image                        # the first channel's header and affine, for outputs
 
 
-def evaluate_subject(name: str, t1_path: Path, mask_path: Path, predictor: TriPlanarPredictor, grid: Grid,
-                     binarize_masks: bool = False) -> SubjectResult:
-    t1, image = load_t1(t1_path)
-    affine = np.asarray(image.affine, dtype=np.float64)
-    if tuple(t1.shape) != grid.shape:
-        raise InputError(t1_path, f"volume shape {tuple(t1.shape)} differs from the grid the models were "
-                                  f"trained on {grid.shape} (03_convert stores)")
-    if not same_affine(affine, grid.affine):
-        raise InputError(t1_path, "affine differs from the grid the models were trained on (03_convert stores)")
-    truth = load_mask(mask_path, binarize=binarize_masks, shape=t1.shape, affine=affine, allow_empty=True)
-    spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
+def evaluate_subject(name: str, channels: list[tuple[str, Path]], mask_path: Path, predictor: TriPlanarPredictor,
+                     plan: GridPlan, binarize_masks: bool = False, keep_probabilities: bool = False) -> SubjectResult:
+    try:
+        subject = load_planned(channels, mask_path, plan, binarize_masks, allow_empty=True)
+    except InputError as exc:
+        if plan.kind == "fixed" and "cohort grid" in exc.fault:
+            raise InputError(exc.path, exc.fault.replace("the cohort grid", "the grid the models were trained on")
+                             + " (03_convert stores)") from None
+        raise
+    truth, native = subject.native_mask, subject.native
+    spacing = subject.zooms
     connectivity = predictor.settings.connectivity
+    units = {"units": "mm" if plan.spacing_known else "voxels"}
 
-    probabilities = predictor.probabilities(t1)
+    probabilities = predictor.probabilities(subject.volume)
     rows = [{"subject_name": name, "mask": plane,
-             **subject_metrics(probability > SINGLE_PLANE_THRESHOLD, truth, spacing, connectivity=connectivity)}
+             **subject_metrics(plan.mask_to_native((probability > SINGLE_PLANE_THRESHOLD).astype(np.uint8), native),
+                               truth, spacing, connectivity=connectivity), **units}
             for plane, probability in probabilities.items()]
-    fused = predictor.mask(probabilities)
+    fused = plan.mask_to_native(predictor.mask(probabilities), native)
     rows.append({"subject_name": name, "mask": FUSED,
-                 **subject_metrics(fused, truth, spacing, connectivity=connectivity)})
-    return SubjectResult(rows, fused, probabilities, image)
+                 **subject_metrics(fused, truth, spacing, connectivity=connectivity), **units})
+    if keep_probabilities:
+        probabilities = {**probabilities, FUSED: predictor.fused_probability(probabilities)}
+        probabilities = {key: plan.probability_to_native(p, native) for key, p in probabilities.items()}
+    else:
+        probabilities = {}
+    return SubjectResult(rows, fused, probabilities, subject.image)
 
 
-HOLDOUT_COLUMNS = ("subject_name", "volume_bin", "t1w", "mask")
+HOLDOUT_COLUMNS = ("subject_name", "volume_bin", "mask")   # and one file column per image channel
 
 
 def read_holdout(path: Path) -> pd.DataFrame:
@@ -79,11 +84,3 @@ def read_holdout(path: Path) -> pd.DataFrame:
         twice = holdout.loc[holdout["subject_name"].duplicated(), "subject_name"].iloc[0]
         raise InputError(path, f"subject listed twice: {twice}")
     return holdout.sort_values("subject_name", kind="stable").reset_index(drop=True)
-
-
-def store_grid(convert_dir: Path, plane: str) -> Grid:
-    """The grid of one plane's stage-03 store."""
-    from strokeseg.data.stores import store_geometry
-
-    geometry = store_geometry(convert_dir, plane)
-    return Grid(tuple(int(s) for s in geometry.volume_shape), np.asarray(geometry.raw["affine"], dtype=float))

@@ -2,13 +2,16 @@
 
 Conventions (shared with training, so a model sees at inference exactly what it was trained on):
 
-- volumes are ``[x, y, z]`` arrays (NIfTI voxel order); planes, slicing, canvases and the exact
-  crop-back come from :mod:`strokeseg.data.planes` only;
+- volumes are ``[x, y, z]`` arrays (NIfTI voxel order), or ``[m, x, y, z]`` for M image channels
+  (DWI, ADC, …, in the cohort's channel order); planes, slicing, canvases and the exact crop-back
+  come from :mod:`strokeseg.data.planes` only;
 - intensities are those stage 03 stores (:func:`strokeseg.data.stores.write_stores`): the per-volume
   robust window computed once per volume and shared by the planes (:func:`normalized_volume`),
   or upstream's per-slice maximum, on the 0..255 scale in ``convert.store_dtype``;
 - a model input is ``channels`` adjacent slices (:func:`strokeseg.data.planes.neighbour_indices`,
-  clamped at the volume's ends) zero-padded onto the plane's canvas, float32 (n, H, W, C);
+  clamped at the volume's ends) of every image channel, zero-padded onto the plane's canvas, float32
+  (n, H, W, C x M), input channel c * M + m being image channel m of adjacent slice c (as
+  :meth:`strokeseg.data.stores.SliceStore.images_at` feeds training);
 - a ``predict`` callable maps such a chunk to float32 probabilities (n, H, W, 1) and is never
   given more than ``batch_size`` slices (upstream called ``model.predict`` once per slice, §14.21).
 
@@ -41,28 +44,44 @@ _FOLD_FILE = re.compile(r"^(?P<plane>[a-z]+)_fold(?P<fold>\d+)\.keras$")
 
 
 # ------------------------------------------------------------------------------ normalisation
-def normalized_volume(t1: np.ndarray, convert: ConvertConfig) -> np.ndarray | None:
-    """The whole volume normalised once for all planes (``volume_robust``), in the store dtype;
-    None for ``slice_max``, whose normalisation depends on the plane's slicing."""
-    if convert.normalization == "volume_robust":
-        return normalization.volume_robust(t1, convert.robust_percentiles, convert.store_dtype)
-    if convert.normalization == "slice_max":
-        return None
-    raise ValueError(f"unknown normalization {convert.normalization!r}")
+T1 = ("t1",)
 
 
-def plane_stack(t1: np.ndarray, plane: str, convert: ConvertConfig,
-                normalized: np.ndarray | None = None) -> np.ndarray:
-    """(n, h, w) slices of ``plane`` on the 0..255 scale in ``convert.store_dtype``: exactly the values
-    stage 03 stores for this volume. ``normalized`` (from :func:`normalized_volume`) skips the
-    per-volume work when the caller normalises once for three planes."""
-    if convert.normalization == "slice_max":
-        return normalization.to_store_dtype(normalization.slice_max(planes.to_stack(t1, plane)),
+def per_slice(convert: ConvertConfig, kinds: tuple[str, ...] = T1) -> bool:
+    """Whether the normalisation is upstream's per-slice maximum (a one-channel T1 only)."""
+    return convert.normalization == "slice_max" and tuple(kinds) == T1
+
+
+def normalized_volume(volume: np.ndarray, convert: ConvertConfig, kinds: tuple[str, ...] = T1) -> np.ndarray | None:
+    """The whole volume normalised once for all planes, per channel as its kind says
+    (:func:`strokeseg.data.normalization.channel_volume`), in the store dtype; None for ``slice_max``,
+    whose normalisation depends on the plane's slicing."""
+    volume = np.asarray(volume) if not isinstance(volume, np.ndarray) else volume
+    if volume.ndim == 3:
+        if len(kinds) != 1:
+            raise ValueError(f"a one-channel volume for {len(kinds)} channel kinds")
+        return normalization.channel_volume(volume, kinds[0], convert)
+    if volume.ndim != 4 or len(volume) != len(kinds):
+        raise ValueError(f"volume of shape {volume.shape} for {len(kinds)} channel(s)")
+    if per_slice(convert, kinds[:1]) and len(kinds) > 1:
+        raise ValueError("convert.normalization=slice_max is for one-channel T1 volumes")
+    return np.stack([normalization.channel_volume(v, kind, convert) for v, kind in zip(volume, kinds)])
+
+
+def plane_stack(volume: np.ndarray, plane: str, convert: ConvertConfig,
+                normalized: np.ndarray | None = None, kinds: tuple[str, ...] = T1) -> np.ndarray:
+    """(n, h, w) slices of ``plane`` (one channel) or (n, M, h, w) (M channels) on the 0..255 scale in
+    ``convert.store_dtype``: exactly the values stage 03 stores for this volume. ``normalized`` (from
+    :func:`normalized_volume`) skips the per-volume work when the caller normalises once for three planes."""
+    if per_slice(convert, kinds):
+        return normalization.to_store_dtype(normalization.slice_max(planes.to_stack(volume, plane)),
                                             convert.store_dtype)
     if normalized is None:
-        normalized = normalized_volume(t1, convert)
-    elif normalized.shape != np.shape(t1):
-        raise ValueError(f"normalized volume {normalized.shape} differs from the T1 {np.shape(t1)}")
+        normalized = normalized_volume(volume, convert, kinds)
+    elif normalized.shape != np.shape(volume):
+        raise ValueError(f"normalized volume {normalized.shape} differs from the volume {np.shape(volume)}")
+    if normalized.ndim == 4:
+        return np.stack([planes.to_stack(channel, plane) for channel in normalized], axis=1)
     return planes.to_stack(normalized, plane)
 
 
@@ -100,23 +119,27 @@ def predict_slices(predict: Predict, indices: np.ndarray, inputs: Callable[[np.n
 
 
 def canvas_inputs(stack: np.ndarray, canvas: planes.Canvas, channels: int) -> Callable[[np.ndarray], np.ndarray]:
-    """A chunk builder for :func:`predict_slices`: slices ``k`` of ``stack`` with their neighbours as
-    channels (as :meth:`strokeseg.data.stores.SliceStore.images_at` feeds training), padded, float32."""
+    """A chunk builder for :func:`predict_slices`: slices ``k`` of ``stack`` ((n, h, w), or (n, M, h, w)
+    for M image channels) with their neighbours as channels (as
+    :meth:`strokeseg.data.stores.SliceStore.images_at` feeds training), padded, float32."""
     if channels < 1:
         raise ValueError(f"channels must be >= 1, got {channels}")
     count = len(stack)
 
     def build(chunk: np.ndarray) -> np.ndarray:
         neighbours = planes.neighbour_indices(chunk, count, channels)          # (m, C)
-        padded = canvas.pad(np.asarray(stack[neighbours], dtype=np.float32))  # (m, C, H, W)
-        return np.ascontiguousarray(np.moveaxis(padded, 1, -1))               # (m, H, W, C)
+        padded = canvas.pad(np.asarray(stack[neighbours], dtype=np.float32))  # (m, C, [M,] H, W)
+        if padded.ndim == 4:
+            return np.ascontiguousarray(np.moveaxis(padded, 1, -1))           # (m, H, W, C)
+        m, c, k, height, width = padded.shape
+        return np.ascontiguousarray(padded.transpose(0, 3, 4, 1, 2)).reshape(m, height, width, c * k)
 
     return build
 
 
 def predict_plane(predict: Predict, stack: np.ndarray, canvas: planes.Canvas, channels: int,
                   batch_size: int, skip_empty: bool = False) -> np.ndarray:
-    """float32 probabilities (n, h, w) of every slice of a normalised plane stack (n, h, w).
+    """float32 probabilities (n, h, w) of every slice of a normalised plane stack (n, [M,] h, w).
 
     Chunks of at most ``batch_size`` slices are padded onto ``canvas`` with ``channels`` adjacent
     slices as channels, predicted, and cropped back exactly. ``skip_empty``: slices whose input
@@ -125,13 +148,13 @@ def predict_plane(predict: Predict, stack: np.ndarray, canvas: planes.Canvas, ch
     training-time evaluation does).
     """
     stack = np.asarray(stack)
-    if stack.ndim != 3 or tuple(stack.shape[1:]) != tuple(canvas.slice_shape):
+    if stack.ndim not in (3, 4) or tuple(stack.shape[-2:]) != tuple(canvas.slice_shape):
         raise ValueError(f"{canvas.plane}: stack shape {stack.shape} does not hold slices of "
                          f"{canvas.slice_shape}")
-    out = np.zeros(stack.shape, dtype=np.float32)
+    out = np.zeros((len(stack), *stack.shape[-2:]), dtype=np.float32)
     indices = np.arange(len(stack))
     if skip_empty:
-        filled = np.any(stack, axis=(1, 2))
+        filled = np.any(stack.reshape(len(stack), -1), axis=1)
         near = planes.neighbour_indices(indices, len(stack), channels)
         indices = indices[filled[near].any(axis=1)]
     return predict_slices(predict, indices, canvas_inputs(stack, canvas, channels), canvas, batch_size, out)
@@ -139,8 +162,9 @@ def predict_plane(predict: Predict, stack: np.ndarray, canvas: planes.Canvas, ch
 
 def plane_probability(predict: Predict, t1: np.ndarray, plane: str, convert: ConvertConfig, channels: int,
                       batch_size: int, flip_tta: bool = False, normalized: np.ndarray | None = None,
-                      skip_empty: bool = False) -> np.ndarray:
-    """float32 probability volume ``[x, y, z]`` (t1's shape) from one plane's model.
+                      skip_empty: bool = False, kinds: tuple[str, ...] = T1) -> np.ndarray:
+    """float32 probability volume ``[x, y, z]`` from one plane's model; ``t1`` is the input volume
+    (one channel, or ``[m, x, y, z]`` with ``kinds`` one per channel), ``channels`` the adjacent slices.
 
     ``flip_tta``: the mean of this prediction and the un-mirrored prediction of the left–right
     (x axis) mirrored volume. The normalisation commutes with the mirror (the robust window is a
@@ -150,23 +174,23 @@ def plane_probability(predict: Predict, t1: np.ndarray, plane: str, convert: Con
     skipped.
     """
     planes.check_plane(plane)
-    canvas = planes.canvas_for(np.shape(t1), plane, convert.canvas_multiple)
-    per_slice = convert.normalization == "slice_max"
-    if per_slice:
+    canvas = planes.canvas_for(np.shape(t1)[-3:], plane, convert.canvas_multiple)
+    slice_wise = per_slice(convert, kinds)
+    if slice_wise:
         volume = t1                      # normalised per slice, inside plane_stack
     else:
-        volume = normalized_volume(t1, convert) if normalized is None else normalized
+        volume = normalized_volume(t1, convert, kinds) if normalized is None else normalized
         if volume.shape != np.shape(t1):
-            raise ValueError(f"normalized volume {volume.shape} differs from the T1 {np.shape(t1)}")
+            raise ValueError(f"normalized volume {volume.shape} differs from the volume {np.shape(t1)}")
 
     def probability_of(source: np.ndarray) -> np.ndarray:
-        stack = plane_stack(source, plane, convert, None if per_slice else source)
+        stack = plane_stack(source, plane, convert, None if slice_wise else source, kinds)
         return planes.from_stack(predict_plane(predict, stack, canvas, channels, batch_size, skip_empty), plane)
 
     probability = probability_of(volume)
     if not flip_tta or (planes.left_right_axis(plane) is None and channels == 1):
         return probability
-    probability += probability_of(volume[::-1])[::-1]
+    probability += probability_of(np.flip(volume, axis=-3))[::-1]
     probability *= np.float32(0.5)
     return probability
 
@@ -222,8 +246,8 @@ def load_model(path) -> "keras.Model":
         raise InputError(path, f"not a loadable Keras model ({exc.__class__.__name__}: {text})") from None
 
 
-def model_files(folder, ensemble: bool = False) -> dict[str, list[Path]]:
-    """The model files of each plane in ``folder`` (see the module docstring).
+def model_files(folder, ensemble: bool = False, planes_wanted: tuple[str, ...] = PLANES) -> dict[str, list[Path]]:
+    """The model files of each of ``planes_wanted`` in ``folder`` (see the module docstring).
 
     ``<plane>.keras`` is used when present, unless ``ensemble``; otherwise every
     ``<plane>_fold<k>.keras`` (sorted by k) is a member of that plane's ensemble.
@@ -237,7 +261,7 @@ def model_files(folder, ensemble: bool = False) -> dict[str, list[Path]]:
         if match and match["plane"] in folds:
             folds[match["plane"]].append((int(match["fold"]), path))
     found = {}
-    for plane in PLANES:
+    for plane in planes_wanted:
         single = folder / f"{plane}{MODEL_SUFFIX}"
         members = [p for _, p in sorted(folds[plane])]
         if single.is_file() and not ensemble:
@@ -250,16 +274,17 @@ def model_files(folder, ensemble: bool = False) -> dict[str, list[Path]]:
     return found
 
 
-def load_plane_models(folder, ensemble: bool = False,
-                      canvas_shapes: dict[str, tuple[int, int]] | None = None) -> dict[str, list["keras.Model"]]:
-    """The models of the three planes: ``{plane: [model, ...]}`` (one model, or an ensemble).
+def load_plane_models(folder, ensemble: bool = False, canvas_shapes: dict[str, tuple[int, int]] | None = None,
+                      planes_wanted: tuple[str, ...] = PLANES) -> dict[str, list["keras.Model"]]:
+    """The models of each plane (the three, or a one-plane study's): ``{plane: [model, ...]}`` (one
+    model, or an ensemble).
 
     Every model must have one (n, H, W, C) input and one (n, H, W, 1) output; the members of a plane
     must read the same number of channels; with ``canvas_shapes`` (plane → (H, W)) a model with a
     fixed input size must fit its plane's canvas. Each fault is an :class:`InputError` naming the file.
     """
     models: dict[str, list] = {}
-    for plane, paths in model_files(folder, ensemble).items():
+    for plane, paths in model_files(folder, ensemble, planes_wanted).items():
         loaded, channels = [], set()
         for path in paths:
             model = load_model(path)

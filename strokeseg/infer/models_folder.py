@@ -52,20 +52,22 @@ def fusion_settings(folder: Path) -> FusionSettings | None:
 
 
 # ------------------------------------------------------------------ stage 08's models, for stage 10
-def trained_models(training_dir: Path, model: str, ensemble: bool) -> dict[str, list[tuple[int, str]]]:
-    """Per plane, the (fold, model file relative to ``08_training``) pairs stage 10 uses: the best fold
-    of ``best_folds.csv``, or with ``ensemble`` every fold in ``runs.csv`` (sorted by fold)."""
+def trained_models(training_dir: Path, model: str, ensemble: bool,
+                   planes: tuple[str, ...] = PLANES) -> dict[str, list[tuple[int, str]]]:
+    """Per plane of the study, the (fold, model file relative to ``08_training``) pairs stage 10 uses: the
+    best fold of ``best_folds.csv``, or with ``ensemble`` every fold in ``runs.csv`` (sorted by fold)."""
     from strokeseg.workdir import read_csv
 
     name = RUNS_CSV if ensemble else BEST_FOLDS_CSV
     table = read_csv(training_dir / name)
     table = table[table["model"] == model]
     chosen = {}
-    for plane in PLANES:
+    for plane in planes:
         rows = table[table["plane"] == plane].sort_values("fold")
         if rows.empty:
             raise StageOrderError(f"{training_dir / name}: no {model} model for the {plane} plane; stage 10 "
-                                  f"fuses three planes, rerun 08_training with all of training.planes={list(PLANES)}")
+                                  f"fuses the study's planes, rerun 08_training with all of "
+                                  f"training.planes={list(planes)}")
         members = [(int(r.fold), str(r.model_file)) for r in rows.itertuples()]
         for _, path in members:
             if not (training_dir / path).is_file():

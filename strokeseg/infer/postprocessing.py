@@ -134,10 +134,11 @@ class CrossValidationRuns:
     convert_dir: Path
     runs: pd.DataFrame          # 08_training/runs.csv rows of the model
     folds: pd.DataFrame         # 04_cross_validation/folds.csv
+    planes: tuple[str, ...] = PLANES   # the study's planes
 
     def common_folds(self) -> list[int]:
-        """Folds trained for all three planes: only they give out-of-fold tri-planar predictions."""
-        per_plane = [set(self.runs.loc[self.runs["plane"] == plane, "fold"].astype(int)) for plane in PLANES]
+        """Folds trained for every plane: only they give out-of-fold fused predictions."""
+        per_plane = [set(self.runs.loc[self.runs["plane"] == plane, "fold"].astype(int)) for plane in self.planes]
         return sorted(set.intersection(*per_plane))
 
     def subjects(self) -> pd.DataFrame:
@@ -173,7 +174,7 @@ def out_of_fold_cases(source: CrossValidationRuns, used: pd.DataFrame, template:
     from strokeseg.infer.tri_planar import TriPlanarPredictor
 
     settings = template.settings.replace(min_lesion_voxels=0)
-    stores = {plane: SliceStore(source.convert_dir / plane) for plane in PLANES}
+    stores = {plane: SliceStore(source.convert_dir / plane) for plane in source.planes}
     loaded = loaded or {}
     with tqdm(total=len(used), desc="10 fusion (cross-validation)", unit="subject", disable=not progress,
               leave=False) as bar:
@@ -181,14 +182,15 @@ def out_of_fold_cases(source: CrossValidationRuns, used: pd.DataFrame, template:
             # one fold's models at a time; a predictor already built (the hold-out's) is reused
             predictors = {plane: loaded[(plane, int(fold))] if (plane, int(fold)) in loaded else plane_predictors(
                 {plane: [load_model(source.model_file(plane, int(fold)))]}, template.batch_size)[plane]
-                for plane in PLANES}
-            fold_predictor = TriPlanarPredictor(predictors, template.convert, settings, template.batch_size)
+                for plane in source.planes}
+            fold_predictor = TriPlanarPredictor(predictors, template.convert, settings, template.batch_size,
+                                                kinds=template.kinds)
             for subject in group["subject_name"]:
                 probabilities = {plane: _store_probability(stores[plane], subject, fold_predictor)
-                                 for plane in PLANES}
+                                 for plane in source.planes}
                 fused = fold_predictor.mask(probabilities)
                 del probabilities
-                yield _crop_pair(fused, truth_volume(stores["axial"], subject))
+                yield _crop_pair(fused, truth_volume(stores[source.planes[0]], subject))
                 bar.update(1)
 
 
@@ -196,12 +198,16 @@ def _store_probability(store: SliceStore, subject: str, predictor: TriPlanarPred
     """One plane's probability volume of a cross-validation subject from its stage-03 store: the
     stored (normalised) slices are put back into a volume and predicted exactly as a hold-out volume
     (flip TTA included)."""
+    from strokeseg.infer.inference import per_slice
+
     rows = store.rows([subject] * store.n_slices, np.arange(store.n_slices))
-    stack = store.canvas.crop(store.images_at(rows, channels=1)[..., 0])
-    volume = np.ascontiguousarray(planes.from_stack(stack, store.plane))
-    # volume_robust: the stored volume is the normalised volume itself; slice_max: re-normalising the
+    images = store.images_at(rows, channels=1)                      # (n, H, W, M)
+    volumes = [np.ascontiguousarray(planes.from_stack(store.canvas.crop(images[..., m]), store.plane))
+               for m in range(images.shape[-1])]
+    volume = volumes[0] if len(volumes) == 1 else np.stack(volumes)
+    # Stored volumes are normalised already (each channel by its kind); slice_max: re-normalising the
     # stored slices of their own plane gives them back (each slice's maximum is already 255).
-    normalized = volume if predictor.convert.normalization == "volume_robust" else None
+    normalized = None if per_slice(predictor.convert, predictor.kinds) else volume
     return predictor.plane_probability(store.plane, volume, normalized)
 
 

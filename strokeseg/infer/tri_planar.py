@@ -14,7 +14,7 @@ import numpy as np
 from strokeseg.config import ConvertConfig
 from strokeseg.infer import fusion
 from strokeseg.infer.fusion import FusionSettings
-from strokeseg.infer.inference import PlanePredictor, check_batch_size, normalized_volume, plane_probability
+from strokeseg.infer.inference import T1, PlanePredictor, check_batch_size, normalized_volume, plane_probability
 
 
 @dataclass(frozen=True)
@@ -24,25 +24,32 @@ class TriPlanarPredictor:
     settings: FusionSettings = field(default_factory=FusionSettings)
     batch_size: int = 8
     skip_empty: bool = False                        # probability 0 for slices without a head voxel
+    kinds: tuple[str, ...] = T1                     # one normalisation kind per image channel
 
     def __post_init__(self):
         if not self.predictors:
             raise ValueError("a tri-planar predictor needs at least one plane")
         check_batch_size(self.batch_size)
+        for plane, predictor in self.predictors.items():
+            if predictor.channels % len(self.kinds):
+                raise ValueError(f"the {plane} model reads {predictor.channels} input channels, not a multiple "
+                                 f"of the {len(self.kinds)} image channels")
 
     def with_settings(self, settings: FusionSettings) -> "TriPlanarPredictor":
-        return TriPlanarPredictor(self.predictors, self.convert, settings, self.batch_size, self.skip_empty)
+        return TriPlanarPredictor(self.predictors, self.convert, settings, self.batch_size, self.skip_empty,
+                                  self.kinds)
 
     def plane_probability(self, plane: str, volume: np.ndarray, normalized: np.ndarray | None = None) -> np.ndarray:
-        """float32 probability volume of one plane (``normalized``: the volume already normalised)."""
+        """float32 probability volume of one plane (``normalized``: the volume already normalised);
+        ``volume`` is one channel (x, y, z) or the image channels stacked (m, x, y, z)."""
         predictor = self.predictors[plane]
-        return plane_probability(predictor.predict, volume, plane, self.convert, predictor.channels,
+        return plane_probability(predictor.predict, volume, plane, self.convert, predictor.channels // len(self.kinds),
                                  self.batch_size, flip_tta=self.settings.flip_tta, normalized=normalized,
-                                 skip_empty=self.skip_empty)
+                                 skip_empty=self.skip_empty, kinds=self.kinds)
 
     def probabilities(self, volume: np.ndarray) -> dict[str, np.ndarray]:
         """Per plane, the float32 probability volume of ``volume`` (normalised once for all planes)."""
-        normalized = normalized_volume(volume, self.convert)
+        normalized = normalized_volume(volume, self.convert, self.kinds)
         return {plane: self.plane_probability(plane, volume, normalized) for plane in self.predictors}
 
     def mask(self, probabilities: dict[str, np.ndarray]) -> np.ndarray:

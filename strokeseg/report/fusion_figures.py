@@ -240,10 +240,11 @@ def _require(frame: pd.DataFrame, columns: Sequence[str], where: str) -> None:
 
 # ----------------------------------------------------------------------------- stage 10's set
 def holdout_figures(subjects: pd.DataFrame, files: pd.DataFrame, masks_dir: Path, root: Path, synthetic: bool,
-                    rule: str, overlays: int, binarize_masks: bool = False) -> None:
+                    rule: str, overlays: int, binarize_masks: bool = False, image_column: str = "t1w") -> None:
     """Stage 10's figures under ``root``: the before/after and fused-metrics rainclouds, tri-planar
     overlays of ``overlays`` subjects spread over the fused-Dice ranking (``overlays/``) and the 3-D
-    view of the median subject with a lesion. ``files``: t1w and mask paths indexed by subject name;
+    view of the median subject with a lesion. ``files``: image (``image_column``: the first channel) and mask
+    paths indexed by subject name;
     ``masks_dir``: the fused masks (``<subject>_fused_mask.nii.gz``); ``rule``: the fusion in words."""
     from strokeseg.contracts import fused_mask_file
     from strokeseg.data.nifti import load_mask, load_t1
@@ -259,7 +260,7 @@ def holdout_figures(subjects: pd.DataFrame, files: pd.DataFrame, masks_dir: Path
     if picks:
         (root / "overlays").mkdir()
     for name in dict.fromkeys(picks + ([view_subject] if view_subject else [])):
-        t1, image = load_t1(files.loc[name, "t1w"])
+        t1, image = load_t1(files.loc[name, image_column])
         truth = load_mask(files.loc[name, "mask"], binarize=binarize_masks, shape=t1.shape,
                           affine=image.affine, allow_empty=True)
         prediction = load_mask(masks_dir / fused_mask_file(name), allow_empty=True)
@@ -267,7 +268,7 @@ def holdout_figures(subjects: pd.DataFrame, files: pd.DataFrame, masks_dir: Path
         dice = float(fused.loc[fused["subject_name"] == name, "dice"].iloc[0])
         if name in picks:
             overlay_figure(t1, truth, prediction, root / "overlays" / f"{name}_overlay.png", synthetic, spacing,
-                           title=f"{name}: T1, ground truth and fused mask (3-D Dice {dice:.3f})")
+                           title=f"{name}: {image_column}, ground truth and fused mask (3-D Dice {dice:.3f})")
         if name == view_subject:
             lesion_3d_figure(truth, prediction, root / "fusion_3d_view.png", synthetic, spacing,
                              title=f"{name}: fused mask vs ground truth, surface voxels "

@@ -132,6 +132,7 @@ class PlaneCanvas:
     plane: str
     shape: tuple[int, int]
     source: str                 # "03_convert store" or "ATLAS grid"
+    image_channels: int = 1     # the cohort's image channels (modalities) per slice
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,9 @@ def plane_canvases(workdir: Path | None, config: Config, plane_names=None) -> li
     for plane in plane_names:
         planes_mod.check_plane(plane)
         if stores is not None and (stores / MANIFEST_JSON).is_file():
-            canvas = store_geometry(stores, plane).canvas
-            out.append(PlaneCanvas(plane, tuple(canvas.shape), "03_convert store"))
+            geometry = store_geometry(stores, plane)
+            out.append(PlaneCanvas(plane, tuple(geometry.canvas.shape), "03_convert store",
+                                   len(geometry.raw.get("channels", ["t1w"]))))
         else:
             canvas = planes_mod.canvas_for(planes_mod.ATLAS_SHAPE, plane, config.convert.canvas_multiple)
             out.append(PlaneCanvas(plane, tuple(canvas.shape), "ATLAS grid"))
@@ -167,9 +169,10 @@ def plane_canvases(workdir: Path | None, config: Config, plane_names=None) -> li
 
 
 def plane_input(module, canvas: PlaneCanvas) -> PlaneInput:
-    """The canvas rounded up to the model's SIZE_MULTIPLE, with its channel count."""
+    """The canvas rounded up to the model's SIZE_MULTIPLE, with its channel count (the model's adjacent
+    slices times the cohort's image channels)."""
     multiple = int(module.SIZE_MULTIPLE)
-    channels = int(module.CANONICAL_INPUT[-1])
+    channels = int(module.CANONICAL_INPUT[-1]) * canvas.image_channels
     h, w = (-(-int(s) // multiple) * multiple for s in canvas.shape)
     return PlaneInput(canvas.plane, tuple(canvas.shape), (h, w, channels), multiple)
 

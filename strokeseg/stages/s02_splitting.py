@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from strokeseg.config import PLANES, Config
+from strokeseg.config import Config
 from strokeseg.contracts import (
     DATASET,
     HOLDOUT_SUBJECTS_CSV,
@@ -22,7 +22,7 @@ from strokeseg.contracts import (
 )
 from strokeseg.protocol.splits import holdout_split
 from strokeseg.report import figures
-from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, write_csv
+from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, study_planes, write_csv
 
 STAGE = SPLITTING
 COLUMNS = ["subject_name", "sum_voxel", "volume_bin"]
@@ -30,19 +30,22 @@ COLUMNS = ["subject_name", "sum_voxel", "volume_bin"]
 
 def run(workdir: Path, config: Config, progress: bool = True) -> Path:
     dataset = require_stage(workdir, DATASET)
-    subjects = read_csv(dataset / SUBJECTS_3D_CSV)[COLUMNS]
+    subjects = read_csv(dataset / SUBJECTS_3D_CSV)
+    columns = COLUMNS + (["group"] if "group" in subjects.columns else [])  # sessions of one patient stay together
+    subjects = subjects[columns]
     train, holdout = holdout_split(subjects, config.split.holdout_fraction, config.seed)
     synthetic = is_synthetic_run(workdir)
     with StageWriter(workdir, STAGE, config, synthetic=synthetic) as out:
-        write_csv(train[COLUMNS], out.path / TRAIN_SUBJECTS_CSV)
-        write_csv(holdout[COLUMNS], out.path / HOLDOUT_SUBJECTS_CSV)
+        write_csv(train[columns], out.path / TRAIN_SUBJECTS_CSV)
+        write_csv(holdout[columns], out.path / HOLDOUT_SUBJECTS_CSV)
         keep = set(train["subject_name"])
-        for plane in PLANES:
+        for plane in study_planes(workdir):
             slices = read_csv(dataset / plane_lesions_csv(plane))
             write_csv(slices[slices["subject_name"].isin(keep)], out.path / plane_lesions_80_csv(plane))
         groups = [("all", subjects), ("80 %", train), ("20 %", holdout)]
         long = pd.concat([frame.assign(set=name)[["set", "sum_voxel"]] for name, frame in groups],
                          ignore_index=True)
+        long = long[long["sum_voxel"] > 0]   # a log axis: subjects without lesion voxels are not drawn
         figures.raincloud_figure(long, "set", "sum_voxel", "3-D lesion volume: all subjects, 80 % and 20 % sets",
                                  "lesion voxels", out.path / "lesion_volume_split.png", synthetic,
                                  order=[g for g, _ in groups], log_y=True)

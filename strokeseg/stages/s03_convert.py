@@ -16,9 +16,17 @@ from strokeseg.contracts import (
     SPLITTING,
     TRAIN_SUBJECTS_CSV,
 )
-from strokeseg.data.cohort import SubjectFiles
 from strokeseg.data.stores import write_stores
-from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, write_csv
+from strokeseg.workdir import (
+    StageWriter,
+    grid_plan,
+    is_synthetic_run,
+    manifest,
+    read_csv,
+    require_stage,
+    stage_dir,
+    write_csv,
+)
 
 STAGE = CONVERT
 
@@ -26,13 +34,19 @@ STAGE = CONVERT
 def run(workdir: Path, config: Config, progress: bool = True) -> Path:
     files = read_csv(require_stage(workdir, DATASET) / COHORT_CSV)
     split = require_stage(workdir, SPLITTING)
-    train = read_csv(split / TRAIN_SUBJECTS_CSV).merge(files, on="subject_name", validate="one_to_one")
-    holdout = read_csv(split / HOLDOUT_SUBJECTS_CSV).merge(files, on="subject_name", validate="one_to_one")
-    subjects = [SubjectFiles(r.subject_name, r.site, Path(r.t1w), Path(r.mask))
-                for r in train.sort_values("subject_name").itertuples()]
+    train = _with_files(read_csv(split / TRAIN_SUBJECTS_CSV), files)
+    holdout = _with_files(read_csv(split / HOLDOUT_SUBJECTS_CSV), files)
+    plan = grid_plan(workdir)
+    allow_empty = manifest(workdir, DATASET).get("allow_empty_masks", False)
     with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir)) as out:
-        counts = write_stores(out.path, subjects, config.convert, config.dataset.binarize_masks,
-                              config.workers, progress)
+        counts = write_stores(out.path, train.sort_values("subject_name"), plan, config.convert,
+                              config.dataset.binarize_masks, config.workers, progress, allow_empty)
         write_csv(holdout.sort_values("subject_name"), out.path / HOLDOUT_CSV)
         out.extra["rows_per_plane"] = counts
     return stage_dir(workdir, STAGE)
+
+
+def _with_files(subjects, files):
+    """Stage 02's subject rows with their cohort.csv columns (files, geometry); the group once."""
+    own = [c for c in subjects.columns if c == "subject_name" or c not in files.columns]
+    return subjects[own].merge(files, on="subject_name", validate="one_to_one")

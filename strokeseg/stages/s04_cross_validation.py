@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from strokeseg.config import PLANES, Config, derive_seed
+from strokeseg.config import Config, derive_seed
 from strokeseg.contracts import (
     CONVERT,
     CROSS_VALIDATION,
@@ -31,7 +31,7 @@ from strokeseg.errors import StrokesegError
 from strokeseg.protocol.balance import PERMUTATION_COLUMN, fold_balance_tests
 from strokeseg.protocol.splits import select_normal_slices, subject_folds
 from strokeseg.report import figures
-from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, write_csv
+from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, study_planes, write_csv
 
 STAGE = CROSS_VALIDATION
 BALANCE_CSV = "balance_tests.csv"
@@ -44,11 +44,12 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
     folds = subject_folds(subjects, config.cv.n_folds, config.seed)
     fold_of = folds.set_index("subject_name")["fold"]
     per_subject = subjects.assign(fold=subjects["subject_name"].map(fold_of), bin=subjects["volume_bin"])
+    planes = study_planes(workdir)
     tests = [fold_balance_tests(per_subject, len(config.bins.volume_edges) - 1, "3d", groups="subject_name",
                                 seed=derive_seed(config.seed, "balance", "3d"))]
     with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir)) as out:
         write_csv(folds, out.path / FOLDS_CSV)
-        for plane in PLANES:
+        for plane in planes:
             (out.path / plane).mkdir()
             lesion_slices = read_csv(split / plane_lesions_80_csv(plane))
             lesion_slices["fold"] = lesion_slices["subject_name"].map(fold_of)
@@ -68,7 +69,7 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
             tests.append(fold_balance_tests(lesion_slices.rename(columns={"slice_bin": "bin"}), n_slice_bins,
                                             plane, groups="subject_name",
                                             seed=derive_seed(config.seed, "balance", plane)))
-        check_subject_disjoint(out.path, config.cv.n_folds)
+        check_subject_disjoint(out.path, config.cv.n_folds, planes)
         table = pd.concat(tests, ignore_index=True)
         write_csv(table, out.path / BALANCE_CSV)
         synthetic = is_synthetic_run(workdir)
@@ -80,10 +81,10 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
     return stage_dir(workdir, STAGE)
 
 
-def check_subject_disjoint(folder: Path, n_folds: int) -> None:
+def check_subject_disjoint(folder: Path, n_folds: int, planes: tuple[str, ...]) -> None:
     """Every subject's slices, in every plane, lie in one fold only (upstream leaked, §4.3)."""
     owner: dict[str, int] = {}
-    for plane in PLANES:
+    for plane in planes:
         for fold in range(1, n_folds + 1):
             for name in (lesion_slices_csv(plane, fold), normal_slices_csv(plane, fold)):
                 for subject in read_csv(folder / name)["subject_name"].unique():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from strokeseg.config import PLANES, Config, derive_seed
+from strokeseg.config import Config, derive_seed
 from strokeseg.contracts import (
     BATCHES,
     CROSS_VALIDATION,
@@ -28,7 +28,7 @@ from strokeseg.contracts import (
 from strokeseg.protocol import bins
 from strokeseg.protocol.batches import compose_batches
 from strokeseg.protocol.splits import PARTS, inner_validation_subjects
-from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, write_csv
+from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, study_planes, write_csv
 
 STAGE = BATCHES
 USAGE_CSV = "bin_usage.csv"
@@ -47,7 +47,7 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
     usage = []
     with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir)) as out:
         write_csv(inner, out.path / INNER_VALIDATION_CSV)
-        for plane in PLANES:
+        for plane in study_planes(workdir):
             edges = config.bins.slice_edges(plane)
             labels = dict(enumerate(bins.bin_labels(edges)))
             for fold in range(1, n_folds + 1):

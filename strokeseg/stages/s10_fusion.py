@@ -2,13 +2,17 @@
 
 For each subject of the 20 % hold-out (``03_convert/holdout.csv``; every one, none dropped —
 upstream silently left out 20 small-lesion subjects, docs/upstream-raxnet.md §11.4, §14.7):
-read T1 and mask, normalise once (``convert`` of the recorded config, as stage 03 did), predict
-every slice of the three planes in batches with stage 08's models and crop back exactly, fuse the
-three probability volumes, optionally drop small components
-(:class:`strokeseg.infer.tri_planar.TriPlanarPredictor`, the code ``strokeseg predict`` runs), and
-score each single plane in 3-D (probability > 0.5) and the fused mask
-(:mod:`strokeseg.evaluate.holdout`: ATLAS rules, Dice of two empty masks = 1, 6-connectivity for
-lesion counts, HD95 in mm). One subject's volumes are in memory at a time. This module only
+read its image channels and mask onto its plan grid (stage 01's grid plan), normalise once per
+channel (``convert`` of the recorded config, as stage 03 did), predict every slice of the study's
+planes in batches with stage 08's models and crop back exactly, fuse the probability volumes,
+optionally drop small components (:class:`strokeseg.infer.tri_planar.TriPlanarPredictor`, the code
+``strokeseg predict`` runs), move the masks back to the subject's own grid and score each single
+plane in 3-D (probability > 0.5) and the fused mask there (:mod:`strokeseg.evaluate.holdout`: ATLAS
+rules, Dice of two empty masks = 1, 6-connectivity for lesion counts, HD95 in mm, or voxels where
+the cohort's voxel size is not known). A one-plane study (slice folders) has nothing to fuse: its
+"fused" rows are that plane after the threshold and component removal, and no fusion-gain table
+is written. The models folder gets the grid plan, for ``strokeseg predict``. One subject's volumes
+are in memory at a time. This module only
 orchestrates: tables come from :mod:`strokeseg.evaluate.subject_tables`, figures from
 :mod:`strokeseg.report.fusion_figures`, the models folder from :mod:`strokeseg.infer.models_folder`.
 
@@ -97,7 +101,16 @@ from strokeseg.errors import ConfigError
 from strokeseg.evaluate.holdout import FUSED, SINGLE_PLANE_THRESHOLD
 from strokeseg.infer.fusion import FUSION_RULES, FusionSettings
 from strokeseg.infer.postprocessing import DEFAULT_CANDIDATES
-from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_config, stage_dir, write_csv
+from strokeseg.workdir import (
+    StageWriter,
+    grid_plan,
+    is_synthetic_run,
+    read_csv,
+    require_stage,
+    stage_config,
+    stage_dir,
+    write_csv,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,25 +181,27 @@ def run(workdir: Path, config: Config, progress: bool = True,
     holdout = holdout_eval.read_holdout(convert_dir / HOLDOUT_CSV)
     model = config.training.model
     batch = options.batch_size or config.training.eval_batch_size
-    chosen = models_folder.trained_models(training_dir, model, options.ensemble)
+    plan = grid_plan(workdir)
+    planes = plan.planes
+    chosen = models_folder.trained_models(training_dir, model, options.ensemble, planes)
     weights = (models_folder.cross_validation_weights(training_dir, chosen, options.ensemble)
                if options.fusion == "weighted_mean" else None)
     settings = options.settings(weights)
-    grids = {plane: holdout_eval.store_grid(convert_dir, plane) for plane in PLANES}
     synthetic = is_synthetic_run(workdir)
 
     with StageWriter(workdir, STAGE, config, synthetic=synthetic) as out:
         sources = {p: [(fold, training_dir / path) for fold, path in members] for p, members in chosen.items()}
         models_dir = models_folder.export_models(out.path / MODELS_DIR, sources, config, options.ensemble)
+        plan.write(models_dir)   # predict places a new case on the grid the models were trained on
         # The exported models are loaded back as `strokeseg predict` loads them.
-        canvases = {plane: _canvas(grid.shape, plane, config) for plane, grid in grids.items()}
-        predictors = plane_predictors(load_plane_models(models_dir, options.ensemble, canvases), batch)
-        predictor = TriPlanarPredictor(predictors, config.convert, settings, batch)
+        canvases = {plane: _canvas(plan.shape, plane, config) for plane in planes}
+        predictors = plane_predictors(load_plane_models(models_dir, options.ensemble, canvases, planes), batch)
+        predictor = TriPlanarPredictor(predictors, config.convert, settings, batch, kinds=plan.channel_kinds)
 
         chosen_on = None
         if options.chooses_min_size:
             scores, used, size = _choose_min_lesion_voxels(training_dir, convert_dir, folds, model, predictor,
-                                                           chosen, options, progress)
+                                                           chosen, options, progress, planes)
             write_csv(scores, out.path / SIZES_CSV)
             write_csv(used, out.path / CV_SUBJECTS_CSV)
             settings = options.settings(weights, min_lesion_voxels=size)
@@ -197,10 +212,12 @@ def run(workdir: Path, config: Config, progress: bool = True,
             single_plane_threshold=SINGLE_PLANE_THRESHOLD, min_lesion_voxels_chosen_on=chosen_on,
             sources={p: [{"fold": f, "file": f"{TRAINING}/{path}"} for f, path in m] for p, m in chosen.items()})
 
-        rows = _evaluate_holdout(holdout, predictor, grids["axial"], config, options, out.path, progress)
-        subjects = _tables(rows, holdout, config, out.path)
+        rows = _evaluate_holdout(holdout, predictor, plan, config, options, out.path, progress)
+        subjects = _tables(rows, holdout, config, out.path, planes)
         rule = settings.describe() + (", fold ensemble" if options.ensemble else "")
-        _figures(subjects, out.path, holdout, synthetic, rule, options, config)
+        if len(planes) == 1:
+            rule = f"one plane ({planes[0]}): threshold and component removal only, no fusion"
+        _figures(subjects, out.path, holdout, synthetic, rule, options, config, plan.channels[0])
 
         out.extra.update({
             "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
@@ -221,16 +238,17 @@ def _canvas(shape, plane: str, config: Config) -> tuple[int, int]:
 
 
 def _choose_min_lesion_voxels(training_dir: Path, convert_dir: Path, folds, model: str, predictor, chosen,
-                              options: FusionStageOptions, progress: bool):
+                              options: FusionStageOptions, progress: bool, planes: tuple[str, ...]):
     """(scores per candidate, subjects used, chosen size) on the cross-validation subjects' out-of-fold
     fused predictions (:mod:`strokeseg.infer.postprocessing`); the hold-out is never read."""
     from strokeseg.infer import postprocessing
 
     runs = read_csv(training_dir / RUNS_CSV)
-    source = postprocessing.CrossValidationRuns(training_dir, convert_dir, runs[runs["model"] == model], folds)
+    source = postprocessing.CrossValidationRuns(training_dir, convert_dir, runs[runs["model"] == model], folds,
+                                                planes)
     used = source.subjects()
     # A fold model already loaded for the hold-out (default mode) is reused, not loaded twice.
-    loaded = {} if options.ensemble else {(p, chosen[p][0][0]): predictor.predictors[p] for p in PLANES}
+    loaded = {} if options.ensemble else {(p, chosen[p][0][0]): predictor.predictors[p] for p in planes}
     cases = postprocessing.out_of_fold_cases(source, used, predictor, loaded, progress)
     table, size = postprocessing.min_size_table(cases, options.candidates, predictor.settings.connectivity)
     log.info("min lesion size %d voxels chosen on %d cross-validation subjects (folds %s)",
@@ -238,13 +256,15 @@ def _choose_min_lesion_voxels(training_dir: Path, convert_dir: Path, folds, mode
     return table, used, size
 
 
-def _evaluate_holdout(holdout, predictor, grid, config: Config, options: FusionStageOptions, root: Path,
+def _evaluate_holdout(holdout, predictor, plan, config: Config, options: FusionStageOptions, root: Path,
                       progress: bool) -> list[dict]:
-    """Every hold-out subject scored (:func:`strokeseg.evaluate.holdout.evaluate_subject`); its fused
-    mask, and with ``save_probabilities`` its probability maps, written with the T1's geometry."""
+    """Every hold-out subject scored on its own grid (:func:`strokeseg.evaluate.holdout.evaluate_subject`);
+    its fused mask, and with ``save_probabilities`` its probability maps, written with its own geometry
+    (the first channel's header and affine)."""
     from tqdm import tqdm
 
     from strokeseg.data.nifti import write_nifti
+    from strokeseg.data.planned import channel_paths
     from strokeseg.evaluate.holdout import evaluate_subject
 
     (root / MASKS_DIR).mkdir()
@@ -254,11 +274,11 @@ def _evaluate_holdout(holdout, predictor, grid, config: Config, options: FusionS
     for subject in tqdm(holdout.itertuples(index=False), total=len(holdout), desc="10 fusion", unit="subject",
                         disable=not progress, leave=False):
         name = str(subject.subject_name)
-        result = evaluate_subject(name, subject.t1w, subject.mask, predictor, grid, config.dataset.binarize_masks)
+        result = evaluate_subject(name, channel_paths(subject, plan.channels), Path(subject.mask), predictor, plan,
+                                  config.dataset.binarize_masks, keep_probabilities=options.save_probabilities)
         write_nifti(root / MASKS_DIR / fused_mask_file(name), result.fused, reference=result.image, dtype=np.uint8)
         if options.save_probabilities:
-            maps = {**result.probabilities, FUSED: predictor.fused_probability(result.probabilities)}
-            for key, probability in maps.items():
+            for key, probability in result.probabilities.items():
                 write_nifti(root / PROBABILITIES_DIR / f"{name}_{key}_probability.nii.gz", _as_uint8(probability),
                             reference=result.image, dtype=np.uint8)
         rows += result.rows
@@ -269,27 +289,32 @@ def _as_uint8(probability: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(probability, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
 
 
-def _tables(rows: list[dict], holdout, config: Config, root: Path) -> pd.DataFrame:
-    """subjects.csv, summary.csv, fusion_gain.csv and by_volume_bin.csv; returns the subjects table."""
+def _tables(rows: list[dict], holdout, config: Config, root: Path, planes: tuple[str, ...]) -> pd.DataFrame:
+    """subjects.csv, summary.csv, fusion_gain.csv (several planes) and by_volume_bin.csv; returns the
+    subjects table. A ``units`` column says whether mL and mm are physical or voxels."""
     from strokeseg.evaluate import subject_tables
 
+    order = tuple(m for m in MASK_ORDER if m in (*planes, FUSED))
     bins = holdout.set_index("subject_name")["volume_bin"].astype(int)
-    subjects = subject_tables.subjects_frame(rows, bins, config.bins.volume_edges)
+    subjects = subject_tables.subjects_frame([{k: v for k, v in r.items() if k != "units"} for r in rows], bins,
+                                             config.bins.volume_edges)
+    subjects["units"] = rows[0]["units"] if rows else "mm"
     write_csv(subjects, root / SUBJECTS_CSV)
-    write_csv(subject_tables.summary(subjects, MASK_ORDER), root / SUMMARY_CSV)
-    gain = subject_tables.paired_comparison(subjects, FUSED, MASK_ORDER)
-    write_csv(gain.rename(columns={"mask": "plane", "mask_mean": "plane_mean", "reference_mean": "fused_mean"}),
-              root / FUSION_GAIN_CSV)
-    write_csv(subject_tables.by_volume_bin(subjects, config.bins.volume_edges, MASK_ORDER), root / BY_VOLUME_BIN_CSV)
+    write_csv(subject_tables.summary(subjects, order), root / SUMMARY_CSV)
+    if len(planes) > 1:
+        gain = subject_tables.paired_comparison(subjects, FUSED, order)
+        write_csv(gain.rename(columns={"mask": "plane", "mask_mean": "plane_mean", "reference_mean": "fused_mean"}),
+                  root / FUSION_GAIN_CSV)
+    write_csv(subject_tables.by_volume_bin(subjects, config.bins.volume_edges, order), root / BY_VOLUME_BIN_CSV)
     return subjects
 
 
 def _figures(subjects, root: Path, holdout, synthetic: bool, rule: str, options: FusionStageOptions,
-             config: Config) -> None:
+             config: Config, image_column: str) -> None:
     from strokeseg.report.fusion_figures import holdout_figures
 
     holdout_figures(subjects, holdout.set_index("subject_name"), root / MASKS_DIR, root, synthetic, rule,
-                    options.overlays, config.dataset.binarize_masks)
+                    options.overlays, config.dataset.binarize_masks, image_column)
 
 
 # ------------------------------------------------------------------------- command line (strokeseg.cli)

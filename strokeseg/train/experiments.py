@@ -21,14 +21,14 @@ import numpy as np
 import pandas as pd
 
 from strokeseg.config import Config, TrainingConfig
-from strokeseg.contracts import BATCHES, CONVERT, CROSS_VALIDATION, FOLDS_CSV, PREPARATION
+from strokeseg.contracts import BATCHES, COHORT_CSV, CONVERT, CROSS_VALIDATION, DATASET, FOLDS_CSV, PREPARATION
 from strokeseg.data.stores import SliceStore
 from strokeseg.errors import ConfigError, StrokesegError
-from strokeseg.evaluate.folds import role_plan, slice_evaluation, subject_evaluation
+from strokeseg.evaluate.folds import NativeTruths, role_plan, slice_evaluation, subject_evaluation
 from strokeseg.evaluate.tables import folds_results_table
 from strokeseg.models import slice_channels
 from strokeseg.train.loop import BEST_MODEL, RunSpec, RunState, load_best_model, read_history, train
-from strokeseg.workdir import read_csv, require_stage, write_csv
+from strokeseg.workdir import grid_plan, read_csv, require_stage, stage_config, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,17 @@ class Inputs:
     folds: pd.DataFrame
     plans: Path
     prepared: Path
+    native: NativeTruths | None = None   # subjects with their own grids: scored there (target_spacing plans)
 
     @classmethod
     def of(cls, workdir: Path) -> "Inputs":
         folds = read_csv(require_stage(workdir, CROSS_VALIDATION) / FOLDS_CSV)
+        plan = grid_plan(workdir)
+        native = (NativeTruths(read_csv(require_stage(workdir, DATASET) / COHORT_CSV), plan,
+                               stage_config(workdir, DATASET).dataset.binarize_masks)
+                  if plan.kind != "fixed" else None)
         return cls(require_stage(workdir, CONVERT), folds, require_stage(workdir, BATCHES),
-                   require_stage(workdir, PREPARATION))
+                   require_stage(workdir, PREPARATION), native)
 
 
 def run_specs(config: Config, inputs: Inputs, training: TrainingConfig, planes, folds, root: Path) -> list[RunSpec]:
@@ -92,7 +97,7 @@ def evaluate(spec: RunSpec, inputs: Inputs, progress: bool = True) -> None:
     if not subjects:
         raise StrokesegError(f"fold {spec.test_fold} has no subjects in folds.csv")
     store = SliceStore(inputs.stores / spec.plane)
-    per_subject = subject_evaluation(predict, store, subjects, batch, channels=spec.channels)
+    per_subject = subject_evaluation(predict, store, subjects, batch, channels=spec.channels, native=inputs.native)
     # Written after both are computed, subjects last: its presence marks a finished evaluation.
     write_csv(slices, spec.folder / TEST_SLICES)
     write_csv(per_subject, spec.folder / TEST_SUBJECTS)

@@ -7,17 +7,18 @@ from strokeseg.config import ConvertConfig
 from strokeseg.data import planes
 from strokeseg.data.cohort import discover
 from strokeseg.data.nifti import load_pair
-from strokeseg.data.stores import SliceStore, open_stores, write_stores
+from strokeseg.data.stores import SliceStore, open_stores
 from strokeseg.errors import InputError
 
 from conftest import subject_paths, write_tiny_cohort
+from helpers import write_atlas_stores
 
 
 @pytest.fixture(scope="module")
 def stores(tiny_cohort, tmp_path_factory):
     folder = tmp_path_factory.mktemp("stores")
     subjects = discover(tiny_cohort)[:4]
-    write_stores(folder, subjects, ConvertConfig(), binarize=False, workers=1, progress=False)
+    write_atlas_stores(folder, subjects, ConvertConfig())
     return folder, subjects
 
 
@@ -69,7 +70,7 @@ def test_adjacent_slices_become_channels_clamped_at_the_volume_edges(stores):
 
 def test_slice_max_mode_is_upstreams_per_slice_rule(tiny_cohort, tmp_path):
     subjects = discover(tiny_cohort)[:1]
-    write_stores(tmp_path, subjects, ConvertConfig(normalization="slice_max"), False, 1, progress=False)
+    write_atlas_stores(tmp_path, subjects, ConvertConfig(normalization="slice_max"))
     store = SliceStore(tmp_path / "sagittal")
     geometry = json.loads((tmp_path / "sagittal" / "geometry.json").read_text())
     assert geometry["normalization"] == "slice_max"
@@ -88,7 +89,7 @@ def test_a_subject_on_another_grid_is_rejected_with_its_file_named(tmp_path):
     bad_t1.replace(target_t1)
     bad_mask.replace(target_mask)
     with pytest.raises(InputError, match=r"T1w\.nii\.gz: volume shape \(20, 24, 16\) differs from the cohort grid"):
-        write_stores(tmp_path / "out", subjects, ConvertConfig(), False, 1, progress=False)
+        write_atlas_stores(tmp_path / "out", subjects, ConvertConfig())
 
 
 def test_unknown_subject_or_slice_is_an_error(stores):

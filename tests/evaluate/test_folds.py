@@ -12,7 +12,7 @@ from strokeseg.contracts import batches_csv
 from strokeseg.data import planes
 from strokeseg.data.cohort import discover
 from strokeseg.data.prepared import PreparedSplit, part_dir, write_prepared
-from strokeseg.data.stores import SliceStore, write_stores
+from strokeseg.data.stores import SliceStore
 from strokeseg.evaluate.folds import (
     SLICE_COLUMNS,
     plane_probability_volume,
@@ -26,7 +26,7 @@ from strokeseg.evaluate.folds import (
 from strokeseg.evaluate.volume_metrics import METRIC_KEYS
 
 from conftest import write_tiny_cohort
-from helpers import Recorder, plan_for
+from helpers import Recorder, plan_for, write_atlas_stores
 
 BATCH = 8  # slots per prepared batch: 4 lesion + 4 normal
 
@@ -62,7 +62,7 @@ def fold(tmp_path_factory):
     root = tmp_path_factory.mktemp("fold_evaluation")
     write_tiny_cohort(root / "cohort", 3, seed=7)
     subjects = discover(root / "cohort")
-    write_stores(root / "stores", subjects, ConvertConfig(), False, 1, progress=False)
+    write_atlas_stores(root / "stores", subjects, ConvertConfig())
     store = SliceStore(root / "stores" / "axial")
     plans = []
     for i, part in enumerate(("train", "inner_val")):

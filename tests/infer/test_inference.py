@@ -6,7 +6,7 @@ from strokeseg.config import PLANES, ConvertConfig
 from strokeseg.data import planes
 from strokeseg.data.cohort import discover
 from strokeseg.data.nifti import load_t1
-from strokeseg.data.stores import SliceStore, write_stores
+from strokeseg.data.stores import SliceStore
 from strokeseg.errors import InputError
 from strokeseg.infer.inference import (
     ensemble_predict,
@@ -19,7 +19,7 @@ from strokeseg.infer.inference import (
 )
 
 from conftest import write_tiny_cohort
-from helpers import Recorder, save_models, threshold_model
+from helpers import Recorder, save_models, threshold_model, write_atlas_stores
 
 
 def centre_channel(x):
@@ -41,7 +41,7 @@ CONVERTS = [ConvertConfig(), ConvertConfig(normalization="slice_max"),
 @pytest.mark.parametrize("convert", CONVERTS, ids=["volume_robust", "slice_max", "float32_p2_m32"])
 def test_plane_stack_equals_what_stage_03_stores(cohort, tmp_path, convert):
     _, subjects = cohort
-    write_stores(tmp_path, subjects, convert, binarize=False, workers=1, progress=False)
+    write_atlas_stores(tmp_path, subjects, convert)
     t1, _ = load_t1(subjects[1].t1w)
     normalized = normalized_volume(t1, convert)
     assert (normalized is None) == (convert.normalization == "slice_max")
