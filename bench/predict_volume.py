@@ -12,8 +12,8 @@ Two cases, predicted one after the other in one process:
 Each case runs ``predict_case`` once, whose inner calls are wrapped with timers (module attributes
 monkey-patched for the run, so the code path is exactly the command's):
 
-    read        load_t1 (gzip NIfTI read and validation)
-    resample    to_mni (input → MNI grid) + from_mni_mask / from_mni (MNI → input grid)
+    read        load_channels (gzip NIfTI read and validation)
+    resample    resample.to_grid (input → the models' grid, and the mask and map back)
     normalise   tri_planar.normalized_volume (per-volume robust window, once for the three planes)
     axial …     tri_planar.plane_probability per plane (slicing, padding, batched model calls, crop)
     fusion      fusion.fuse (+ fused_probability, remove_small_components when asked)
@@ -130,8 +130,8 @@ def timed_phases(times: dict):
     from strokeseg.data import resample
     from strokeseg.infer import fusion, predict, tri_planar
 
-    patches = [(predict, "load_t1", "read"), (resample, "to_mni", "resample"),
-               (resample, "from_mni_mask", "resample"), (resample, "from_mni", "resample"),
+    # to_grid is the one resampling call (to the models' grid, and the mask and map back).
+    patches = [(predict, "load_channels", "read"), (resample, "to_grid", "resample"),
                (tri_planar, "normalized_volume", "normalise"), (fusion, "fuse", "fusion"),
                (fusion, "fused_probability", "fusion"), (fusion, "remove_small_components", "fusion"),
                (predict, "write_nifti", "write")]
@@ -228,7 +228,8 @@ def main(argv=None) -> int:
                 out = tmp / "out"
                 out.mkdir(exist_ok=True)
                 with timed_phases(times):
-                    row = predict.predict_case(path, predictor, options, out)
+                    row = predict.predict_case(predict.Case(predict.case_name(path), (("t1w", path),)),
+                                               predictor, options, out)
                 if row["status"] != "ok":
                     print(f"case {label} failed: {row['message']}", file=sys.stderr)
                     return 1

@@ -1,17 +1,25 @@
-"""``strokeseg predict``: lesion masks for T1 NIfTI volumes from trained per-plane models.
+"""``strokeseg predict``: lesion masks for NIfTI volumes from trained per-plane models.
 
 The same command runs inside the Docker image (docker/README.md) and outside it::
 
     strokeseg predict INPUT [INPUT ...] --models DIR --output DIR [options]
+    strokeseg predict --channel dwi=case_dwi.nii.gz --channel adc=case_adc.nii.gz --models DIR --output DIR
 
-Inputs are ``.nii``/``.nii.gz`` files and/or folders (their ``*.nii``/``*.nii.gz`` files, top
-level only, hidden files skipped, sorted by name). Per case:
+Which image channels a case has, in which order, and the grid the models were trained on come from
+the models folder's ``grid_plan.json`` (written by stage 10; a folder without one holds T1 models
+on the MNI152 grid, as before grid plans). Inputs are ``.nii``/``.nii.gz`` files and/or folders
+(their ``*.nii``/``*.nii.gz`` files, top level only, hidden files skipped, sorted by name). With one
+channel every file is a case. With several, files are named as nnU-Net names them,
+``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, … (channel k of the plan's order), or one case is
+given channel by channel with ``--channel NAME=FILE``; a case missing a channel fails. Per case:
 
-1. load and validate (:func:`strokeseg.data.nifti.load_t1`: not NIfTI, truncated gzip, 4-D, NaN/inf,
-   constant image are faults of that case);
-2. a volume on the MNI152 grid (197×233×189, 1 mm, :data:`strokeseg.data.resample.MNI_AFFINE`) is used
-   as is; any other grid is resampled onto it (trilinear) and the log says so. Resampling goes
-   through world coordinates: the image must already be registered to MNI152NLin2009aSym;
+1. load and validate (:func:`strokeseg.data.nifti.load_channels`: not NIfTI, truncated gzip, 4-D,
+   NaN/inf, constant image, channels on different grids are faults of that case);
+2. place it on the models' grid (:class:`strokeseg.data.grid_plan.GridPlan`): a volume on a fixed
+   plan's grid (ATLAS: MNI152, 197×233×189, 1 mm) is used as is, any other grid is resampled onto it
+   (trilinear) and the log says so; on a target-spacing plan the case is reoriented and resampled
+   to the plan's voxel size, as the training subjects were. Resampling goes through world
+   coordinates: for MNI models the image must already be registered to MNI152NLin2009aSym;
 3. normalise once (the models folder's ``config.json`` ``convert`` section, else the package
    defaults; flags override both), predict every slice of the three planes in batches with the
    plane's model or the mean of its fold models (:mod:`strokeseg.infer.inference`), optionally with
@@ -20,13 +28,15 @@ level only, hidden files skipped, sorted by name). Per case:
    remove components smaller than ``--min-lesion-voxels`` (voxels of the MNI grid, i.e. mm³);
 5. a resampled case's mask goes back to the input's own grid (float, trilinear, ≥ 0.5; see
    :mod:`strokeseg.data.resample`);
-6. write ``<case>_mask.nii.gz`` (uint8 {0, 1}, the input's affine and header) and, with
+6. write ``<case>_mask.nii.gz`` (uint8 {0, 1}, the first channel's affine and header) and, with
    ``--save-probabilities``, ``<case>_probability.nii.gz`` (float32, the fused probability map).
 
 The case name is the file name without ``.nii.gz``/``.nii`` and without a trailing ``_T1w``
 (``sub-r001s001_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz`` → ``sub-r001s001_ses-1_space-MNI152NLin2009aSym``),
-as upstream named its result folders. ``predictions.csv`` has one row per input, in input order
-(:data:`CSV_COLUMNS`); lesion volume uses the input grid's voxel size, lesion count 6-connectivity.
+as upstream named its result folders; for several channels, without the ``_NNNN`` channel index.
+``predictions.csv`` has one row per case, in input order (:data:`CSV_COLUMNS`; ``input`` lists a
+case's channel files joined by ``;``); lesion volume uses the input grid's voxel size, lesion count
+6-connectivity.
 
 Every file is written atomically (temporary file + rename). A failed case leaves no output file
 (outputs of the same case name from an earlier run are removed, so the folder matches the CSV) and
@@ -39,6 +49,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,8 +60,9 @@ import pandas as pd
 
 from strokeseg.config import PLANES, ConvertConfig, from_dict
 from strokeseg.data import planes, resample
+from strokeseg.data.grid_plan import GRID_PLAN_JSON, GridPlan, NativeGrid
 from strokeseg.data.lesions import component_sizes
-from strokeseg.data.nifti import load_t1, write_nifti
+from strokeseg.data.nifti import load_channels, write_nifti
 from strokeseg.errors import InputError, StrokesegError
 from strokeseg.evaluate.volume_metrics import voxel_volume_ml
 from strokeseg.infer import models_folder
@@ -68,7 +80,11 @@ MASK_SUFFIX = "_mask.nii.gz"
 PROBABILITY_SUFFIX = "_probability.nii.gz"
 CONFIG_NAME = models_folder.CONFIG_JSON
 FUSION_NAME = models_folder.FUSION_JSON     # stage 10's fusion settings, exported with its models
-CONVERT_KEYS = ("normalization", "robust_percentiles", "canvas_multiple", "store_dtype")
+CONVERT_KEYS = ("normalization", "robust_percentiles", "canvas_multiple", "store_dtype", "ct_window")
+# Models folders from before grid plans: T1 models on ATLAS's MNI grid.
+MNI_T1_PLAN = GridPlan("fixed", resample.MNI_SHAPE, (1.0, 1.0, 1.0), ("t1w",), ("t1",), PLANES, True,
+                       tuple(float(a) for a in resample.MNI_AFFINE.ravel()))
+_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<index>\d{4})\.nii(\.gz)?$", re.IGNORECASE)
 DEFAULT_BATCH_SIZE = 8     # CPU: small batches keep activations in cache; use 32+ on a GPU
 
 
@@ -88,8 +104,11 @@ class Options:
 # ------------------------------------------------------------------------------------ arguments
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``strokeseg predict`` options (self-contained: also used by ``python -m strokeseg.infer.predict``)."""
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
-                        help="T1 NIfTI files (.nii, .nii.gz) and/or folders of them (top level)")
+    parser.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
+                        help="NIfTI files (.nii, .nii.gz) and/or folders of them (top level); several channels: "
+                             "<case>_0000.nii.gz, <case>_0001.nii.gz, ... in the models' channel order")
+    parser.add_argument("--channel", action="append", default=[], metavar="NAME=FILE",
+                        help="one case given channel by channel (repeat for each of the models' channels)")
     parser.add_argument("--models", type=Path, required=True, metavar="DIR",
                         help="folder with axial.keras, sagittal.keras, coronal.keras and/or per-fold sets "
                              "<plane>_fold<k>.keras, and optionally the training config.json")
@@ -234,6 +253,18 @@ def case_name(path) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class Case:
+    """One case to predict: its name and its channel files in the models' channel order."""
+    name: str
+    channels: tuple[tuple[str, Path], ...]
+    fault: str = ""                      # a case that cannot be predicted (a channel file missing)
+
+    @property
+    def input(self) -> str:
+        return ";".join(str(path) for _, path in self.channels) if self.channels else self.name
+
+
 def find_inputs(paths, output: Path | None = None) -> list[Path]:
     """The input files in order: files as given (a missing one becomes a failed case), folders'
     ``*.nii``/``*.nii.gz`` files sorted by name (in the output folder, its own outputs are skipped)."""
@@ -251,27 +282,98 @@ def find_inputs(paths, output: Path | None = None) -> list[Path]:
         found.extend(members)
     if not found:
         raise UsageError("no input files")
-    names: dict[str, list[str]] = {}
-    for path in found:
-        names.setdefault(case_name(path), []).append(str(path))
-    clashes = {name: paths for name, paths in names.items() if len(paths) > 1}
-    if clashes:
-        name, paths = next(iter(clashes.items()))
-        raise UsageError(f"inputs share the case name {name!r} (their outputs would overwrite each "
-                         f"other): {', '.join(paths)}")
     return found
 
 
+def find_cases(paths, channels: tuple[str, ...], output: Path | None = None,
+               named: list[str] = ()) -> list[Case]:
+    """The cases to predict, in input order (see the module docstring); clashing case names are a
+    usage error, since their outputs would overwrite each other."""
+    if named:
+        if paths:
+            raise UsageError("give either INPUT files or --channel NAME=FILE, not both")
+        cases = [_named_case(named, channels)]
+    elif len(channels) == 1:
+        cases = [Case(case_name(p), ((channels[0], p),)) for p in find_inputs(paths, output)]
+    else:
+        cases = _indexed_cases(find_inputs(paths, output), channels)
+    names: dict[str, list[str]] = {}
+    for case in cases:
+        names.setdefault(case.name, []).append(case.input)
+    clashes = {name: inputs for name, inputs in names.items() if len(inputs) > 1}
+    if clashes:
+        name, inputs = next(iter(clashes.items()))
+        raise UsageError(f"inputs share the case name {name!r} (their outputs would overwrite each "
+                         f"other): {', '.join(inputs)}")
+    return cases
+
+
+def _named_case(named: list[str], channels: tuple[str, ...]) -> Case:
+    given: dict[str, Path] = {}
+    for item in named:
+        name, sep, file = item.partition("=")
+        if not sep or not file:
+            raise UsageError(f"--channel {item!r}: expected NAME=FILE")
+        if name not in channels:
+            raise UsageError(f"--channel {name}: the models read the channels {', '.join(channels)}")
+        if name in given:
+            raise UsageError(f"--channel {name} given twice")
+        given[name] = Path(file)
+    missing = [c for c in channels if c not in given]
+    if missing:
+        raise UsageError(f"--channel: the models also need {', '.join(missing)}")
+    ordered = tuple((c, given[c]) for c in channels)
+    return Case(case_name(ordered[0][1]), ordered)
+
+
+def _indexed_cases(files: list[Path], channels: tuple[str, ...]) -> list[Case]:
+    """nnU-Net naming: ``<case>_NNNN.nii(.gz)``, channel NNNN of ``channels``."""
+    by_case: dict[str, dict[int, Path]] = {}
+    for path in files:
+        match = _CHANNEL_FILE.match(path.name)
+        if match is None:
+            raise UsageError(f"{path}: the models read {len(channels)} channels ({', '.join(channels)}); "
+                             "name their files <case>_0000.nii.gz, <case>_0001.nii.gz, ... or use --channel")
+        by_case.setdefault(match["case"], {})[int(match["index"])] = path
+    cases = []
+    for name, found in by_case.items():
+        extra = sorted(i for i in found if i >= len(channels))
+        missing = [f"{name}_{i:04d} ({c})" for i, c in enumerate(channels) if i not in found]
+        fault = ""
+        if missing:
+            fault = f"{name}: channel file(s) missing: {', '.join(missing)}"
+        elif extra:
+            fault = f"{found[extra[0]]}: channel index {extra[0]} beyond the models' {len(channels)} channels"
+        cases.append(Case(name, tuple((c, found[i]) for i, c in enumerate(channels) if i in found), fault))
+    return cases
+
+
+def models_plan(models_dir: Path) -> GridPlan:
+    """The models folder's grid plan; the MNI T1 plan for folders from before grid plans."""
+    path = Path(models_dir) / GRID_PLAN_JSON
+    if not path.is_file():
+        return MNI_T1_PLAN
+    try:
+        return GridPlan.read(models_dir)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+
+
 # ------------------------------------------------------------------------------------ one case
-def load_predictor(models_dir: Path, options: Options, ensemble: bool = False) -> TriPlanarPredictor:
+def load_predictor(models_dir: Path, options: Options, ensemble: bool = False,
+                   plan: GridPlan = MNI_T1_PLAN) -> TriPlanarPredictor:
     from strokeseg.infer.inference import load_plane_models, plane_predictors
 
-    canvases = {p: planes.canvas_for(resample.MNI_SHAPE, p, options.convert.canvas_multiple).shape for p in PLANES}
-    models = load_plane_models(models_dir, ensemble=ensemble, canvas_shapes=canvases)
+    canvases = {p: planes.canvas_for(plan.shape, p, options.convert.canvas_multiple).shape for p in plan.planes}
+    models = load_plane_models(models_dir, ensemble=ensemble, canvas_shapes=canvases, planes_wanted=plan.planes)
     predictors = plane_predictors(models, options.batch_size)
     for plane, predictor in predictors.items():
         log.info("%s: %d model(s), %d input channel(s)", plane, len(models[plane]), predictor.channels)
-    return TriPlanarPredictor(predictors, options.convert, options.settings, options.batch_size, options.skip_empty)
+        if predictor.channels % len(plan.channels):
+            raise InputError(Path(models_dir), f"the {plane} model reads {predictor.channels} input channels, not a "
+                                               f"multiple of the plan's {len(plan.channels)} image channels")
+    return TriPlanarPredictor(predictors, options.convert, options.settings, options.batch_size, options.skip_empty,
+                              plan.channel_kinds)
 
 
 def _describe_grid(shape, affine) -> str:
@@ -302,42 +404,53 @@ def _remove(*paths: Path) -> None:
             pass
 
 
-def _failed_row(path: Path, message: str) -> dict:
-    return {"case": case_name(path), "input": str(path), "status": "failed", "message": message,
+def _failed_row(case: Case, message: str) -> dict:
+    return {"case": case.name, "input": case.input, "status": "failed", "message": message,
             "resampled": None, "lesion_volume_ml": np.nan, "lesion_count": np.nan, "voxels": np.nan,
             "seconds": np.nan}
 
 
-def predict_case(path: Path, predictor: TriPlanarPredictor, options: Options, output: Path) -> dict:
+def _grid_name(plan: GridPlan) -> str:
+    return "the MNI152 grid" if plan == MNI_T1_PLAN else "the models' grid"
+
+
+def predict_case(case: Case, predictor: TriPlanarPredictor, options: Options, output: Path,
+                 plan: GridPlan = MNI_T1_PLAN) -> dict:
     """One CSV row; the case's files are written only when everything before succeeded."""
-    case = case_name(path)
-    mask_path, probability_path = _outputs(output, case)
-    row = _failed_row(path, "")
+    mask_path, probability_path = _outputs(output, case.name)
+    row = _failed_row(case, "")
     start = time.perf_counter()
     written: list[Path] = []
     try:
-        t1, image = load_t1(path)
-        affine = np.asarray(image.affine, dtype=np.float64)
-        shape = tuple(int(s) for s in t1.shape)
-        row["resampled"] = resampled = not resample.on_grid(shape, affine)
+        if case.fault:
+            raise InputError(case.fault.partition(": ")[0], case.fault.partition(": ")[2])
+        loaded = load_channels(case.channels)
+        image, affine = loaded.image, loaded.affine
+        native = NativeGrid(tuple(int(s) for s in loaded.images[0].shape), affine)
+        shape = native.shape
+        row["resampled"] = resampled = not plan.on_grid(native)
+        grid = _grid_name(plan)
         if resampled:
-            log.info("%s: grid %s is not the MNI152 grid: resampled onto it (trilinear) and the mask "
-                     "back (linear, >= 0.5); this assumes the image is registered to MNI152NLin2009aSym",
-                     case, _describe_grid(shape, affine))
-            volume = resample.to_mni(t1, affine)
-            del t1
-            if volume.min() == volume.max():
-                raise InputError(path, "no overlap with the MNI152 grid after resampling "
-                                       "(is the image registered to MNI space?)")
+            log.info("%s: grid %s is not %s: resampled onto it (trilinear) and the mask back (linear, >= 0.5)%s",
+                     case.name, _describe_grid(shape, affine), grid,
+                     "; this assumes the image is registered to MNI152NLin2009aSym" if plan == MNI_T1_PLAN else "")
+            if not plan.fits(native):
+                log.warning("%s: larger than the plan volume %s: cropped to it", case.name, plan.shape)
         else:
-            log.info("%s: on the MNI152 grid (%s): used as is", case, _describe_grid(shape, affine))
-            volume = t1
+            log.info("%s: on %s (%s): used as is", case.name, grid, _describe_grid(shape, affine))
+        channels = [plan.to_plan(volume, native) for volume in loaded.images]
+        del loaded
+        if resampled and all(c.min() == c.max() for c in channels):
+            raise InputError(case.channels[0][1], f"no overlap with {grid} after resampling"
+                                                  + (" (is the image registered to MNI space?)" if plan == MNI_T1_PLAN
+                                                     else ""))
+        volume = channels[0] if len(channels) == 1 else np.stack(channels)
+        del channels
         mask, probability = predict_volume(volume, predictor, options.save_probabilities)
         del volume
-        if resampled:
-            mask = resample.from_mni_mask(mask, shape, affine)
-            if probability is not None:
-                probability = resample.from_mni(probability, shape, affine)
+        mask = plan.mask_to_native(mask, native)
+        if probability is not None:
+            probability = plan.probability_to_native(probability, native)
         write_nifti(mask_path, mask, reference=image, dtype=np.uint8)
         written.append(mask_path)
         if probability is not None:
@@ -353,12 +466,12 @@ def predict_case(path: Path, predictor: TriPlanarPredictor, options: Options, ou
         _remove(*written)
         _remove(mask_path, probability_path)
         row["message"] = str(exc) if isinstance(exc, StrokesegError) else \
-            f"{path}: unexpected error ({exc.__class__.__name__}: {' '.join(str(exc).split())})"
+            f"{case.input}: unexpected error ({exc.__class__.__name__}: {' '.join(str(exc).split())})"
         log.error("%s", row["message"])
-        log.debug("traceback of %s", case, exc_info=True)
+        log.debug("traceback of %s", case.name, exc_info=True)
     row["seconds"] = round(time.perf_counter() - start, 3)
     if row["status"] == "ok":
-        log.info("%s: %d lesion voxels (%.2f mL), %d lesion(s), %.1f s -> %s", case, row["voxels"],
+        log.info("%s: %d lesion voxels (%.2f mL), %d lesion(s), %.1f s -> %s", case.name, row["voxels"],
                  row["lesion_volume_ml"], row["lesion_count"], row["seconds"], mask_path)
     return row
 
@@ -369,25 +482,29 @@ def write_table(rows: list[dict], path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------- runs
-def run(inputs, models: Path, output: Path, options: Options, ensemble: bool = False) -> tuple[int, pd.DataFrame]:
+def run(inputs, models: Path, output: Path, options: Options, ensemble: bool = False,
+        named_channels: list[str] = ()) -> tuple[int, pd.DataFrame]:
     """Predict every input; returns (exit status 0/1, the CSV table). Usage errors raise UsageError/InputError."""
     models, output = Path(models), Path(output)
     if output.exists() and not output.is_dir():
         raise UsageError(f"{output}: output exists and is not a folder")
-    paths = find_inputs(inputs, output)
+    plan = models_plan(models)
+    if not inputs and not named_channels:
+        raise UsageError("no input files (give INPUT files or folders, or --channel NAME=FILE)")
+    cases = find_cases(inputs, plan.channels, output, list(named_channels))
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"{output}: cannot create the output folder ({exc.__class__.__name__}: {exc})") from None
     try:
-        predictor = load_predictor(models, options, ensemble)
+        predictor = load_predictor(models, options, ensemble, plan)
     except InputError as exc:  # a missing or mismatched model fails every case: say so per case, too
-        write_table([_failed_row(path, f"models: {exc}") for path in paths], output / CSV_NAME)
+        write_table([_failed_row(case, f"models: {exc}") for case in cases], output / CSV_NAME)
         raise
     rows = []
-    for i, path in enumerate(paths, 1):
-        log.info("case %d/%d: %s", i, len(paths), path)
-        rows.append(predict_case(path, predictor, options, output))
+    for i, case in enumerate(cases, 1):
+        log.info("case %d/%d: %s", i, len(cases), case.input)
+        rows.append(predict_case(case, predictor, options, output, plan))
     table = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
     write_table(rows, output / CSV_NAME)
     failed = int((table["status"] != "ok").sum())
@@ -400,7 +517,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         options = options_from_args(args)
         configure_tensorflow(bool(recorded_config(args.models).get("onednn", True)))
-        status, _ = run(args.inputs, args.models, args.output, options, ensemble=args.ensemble)
+        status, _ = run(args.inputs, args.models, args.output, options, ensemble=args.ensemble,
+                        named_channels=args.channel)
     except StrokesegError as exc:  # UsageError, or a models-folder InputError: nothing was processed
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,174 @@
+"""The study on cohorts beyond ATLAS, stages 01 -> 10 through the real run.py entry points: the
+multimodal synthetic cohort (DWI + ADC, a grid per subject, sessions of one patient), a PNG
+slice-folder cohort (one plane) and a kaggle_3m-style TIFF cohort (three channels, slice numbers
+1..N unpadded). One training step per run: this checks that the stages fit together."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import tiny_subject
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ["02_splitting", "03_convert", "04_cross_validation", "05_batch_distribution", "06_preparation"]
+SMALL = ["bins.volume_edges=[0,20,100,\"inf\"]", "bins.axial_edges=[0,5,20,\"inf\"]",
+         "bins.sagittal_edges=[0,5,20,\"inf\"]", "bins.coronal_edges=[0,5,20,\"inf\"]", "cv.n_folds=3",
+         "batches.batch_size=8", "batches.lesion_per_batch=4", "batches.inner_validation_fraction=0.4",
+         "training.folds=[1]", "training.max_epochs=1",
+         "training.steps_per_epoch=1", "training.validation_steps=1", "training.model_options={\"width\": 0.125}"]
+
+
+def run_stage(stage: str, workdir: Path, *args: str) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / stage / "run.py"), "--workdir", str(workdir), "--quiet",
+                             *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def run_study(workdir: Path, *dataset_args: str) -> Path:
+    run_stage("01_dataset", workdir, *dataset_args, "--workers", "1", *[a for o in SMALL for a in ("--set", o)])
+    for stage in DATA:
+        run_stage(stage, workdir)
+    run_stage("08_training", workdir)
+    run_stage("10_fusion", workdir)
+    return workdir
+
+
+def check_group_disjoint_folds(workdir: Path) -> pd.DataFrame:
+    folds = pd.read_csv(workdir / "04_cross_validation" / "folds.csv")
+    assert (folds.groupby("group")["fold"].nunique() == 1).all()
+    holdout = set(pd.read_csv(workdir / "02_splitting" / "subjects_20.csv")["group"])
+    assert not holdout & set(folds["group"])
+    return folds
+
+
+def check_masks_on_own_grids(workdir: Path, image_column: str) -> pd.DataFrame:
+    holdout = pd.read_csv(workdir / "03_convert" / "holdout.csv")
+    for row in holdout.itertuples():
+        mask = nib.load(workdir / "10_fusion" / "masks" / f"{row.subject_name}_fused_mask.nii.gz")
+        image = nib.load(getattr(row, image_column))
+        assert mask.shape == image.shape and np.allclose(mask.affine, image.affine)
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+    return holdout
+
+
+# ------------------------------------------------------------------------------ multimodal, grids
+@pytest.fixture(scope="module")
+def multimodal(tmp_path_factory) -> Path:
+    return run_study(tmp_path_factory.mktemp("multimodal"), "--dataset", "synthetic_multimodal",
+                     "--n-subjects", "18", "--downsample", "2")
+
+
+def test_multimodal_cohort_runs_on_its_own_grids(multimodal):
+    plan = json.loads((multimodal / "01_dataset" / "grid_plan.json").read_text())
+    assert plan["kind"] == "target_spacing" and plan["channels"] == ["dwi", "adc"]
+    cohort = pd.read_csv(multimodal / "01_dataset" / "cohort.csv")
+    assert cohort["shape"].nunique() > 1 and set(cohort["orientation"]) == {"LAS", "RAS"}
+    folds = check_group_disjoint_folds(multimodal)
+    assert (folds["group"] == "sub-strokecase0008").sum() in (0, 2)     # both sessions, or both held out
+    store = np.load(multimodal / "03_convert" / "axial" / "images.npy", mmap_mode="r")
+    assert store.shape[1] == 2                                          # (rows, M, H, W)
+    prepared = np.load(multimodal / "06_preparation" / "axial" / "fold_1" / "train_images_c1.npy", mmap_mode="r")
+    assert prepared.shape[-1] == 2                                      # 1 slice x 2 channels
+    check_masks_on_own_grids(multimodal, "dwi")
+    subjects = pd.read_csv(multimodal / "10_fusion" / "subjects.csv")
+    assert set(subjects["mask"]) == {"axial", "sagittal", "coronal", "fused"} and set(subjects["units"]) == {"mm"}
+    assert (multimodal / "10_fusion" / "models" / "grid_plan.json").is_file()
+
+
+# ------------------------------------------------------------------------------ slice folders
+def write_png_cohort(root: Path, n_patients: int = 10) -> Path:
+    """images/<p>/<n>.png + masks/<p>/<n>.png, numbered 1..N unpadded, from tiny head volumes."""
+    rng = np.random.default_rng(3)
+    for p in range(n_patients):
+        t1, mask = tiny_subject(rng, (24, 20, 12 + p % 3))
+        for k in range(t1.shape[2]):
+            for folder, image in (("images", np.clip(t1[:, :, k] / 4, 0, 255)), ("masks", 255 * mask[:, :, k])):
+                target = root / folder / f"patient{p:02d}"
+                target.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(target / f"{k + 1}.png"), image.T.astype(np.uint8))
+    return root
+
+
+def test_png_slice_cohort_is_a_one_plane_study(tmp_path):
+    workdir = run_study(tmp_path / "work", "--data-dir", str(write_png_cohort(tmp_path / "ct")))
+    config = json.loads((workdir / "01_dataset" / "config.json").read_text())
+    assert config["dataset"]["source"] == "png_slices"                 # detected from the layout
+    assert config["training"]["planes"] == ["axial"]
+    assert not (workdir / "01_dataset" / "lesion_information_sagittal.csv").exists()
+    assert sorted(p.name for p in (workdir / "03_convert").iterdir() if p.is_dir()) == ["axial"]
+    check_group_disjoint_folds(workdir)
+    holdout = check_masks_on_own_grids(workdir, "ct")
+    subjects = pd.read_csv(workdir / "10_fusion" / "subjects.csv")
+    assert set(subjects["mask"]) == {"axial", "fused"} and set(subjects["units"]) == {"voxels"}
+    assert not (workdir / "10_fusion" / "fusion_gain.csv").exists()    # one plane: nothing fused
+    assert len(subjects) == 2 * len(holdout)
+
+
+def write_kaggle_cohort(root: Path, n_patients: int = 10) -> Path:
+    """<p>/<p>_<n>.tif (RGB) + <p>/<p>_<n>_mask.tif, n = 1..N unpadded, two sessions of one patient."""
+    rng = np.random.default_rng(5)
+    for p in range(n_patients):
+        patient = f"TCGA_CS_{4941 + min(p, 8)}_1996{1001 + p:04d}"    # patients 8 and 9: one person
+        t1, mask = tiny_subject(rng, (20, 20, 11))
+        folder = root / patient
+        folder.mkdir(parents=True)
+        for k in range(t1.shape[2]):
+            grey = np.clip(t1[:, :, k] / 4, 0, 255).T
+            rgb = np.stack([grey, np.sqrt(grey) * 15, 255 - grey], axis=-1).astype(np.uint8)
+            cv2.imwrite(str(folder / f"{patient}_{k + 1}.tif"), rgb[..., ::-1])          # cv2 writes BGR
+            cv2.imwrite(str(folder / f"{patient}_{k + 1}_mask.tif"), (255 * mask[:, :, k].T).astype(np.uint8))
+    return root
+
+
+def test_kaggle_3m_cohort_has_three_channels_in_numeric_slice_order(tmp_path):
+    source = write_kaggle_cohort(tmp_path / "kaggle_3m")
+    workdir = run_study(tmp_path / "work", "--data-dir", str(source), "--spacing", "1,1,2.5")
+    plan = json.loads((workdir / "01_dataset" / "grid_plan.json").read_text())
+    assert plan["channels"] == ["pre_contrast", "flair", "post_contrast"] and plan["planes"] == ["axial"]
+    cohort = pd.read_csv(workdir / "01_dataset" / "cohort.csv")
+    first = cohort.iloc[0]
+    flair = np.asarray(nib.load(first["flair"]).dataobj)
+    patient = source / first["subject_name"]
+    expected = cv2.imread(str(patient / f"{first['subject_name']}_10.tif"))[..., 1].T     # G = FLAIR
+    np.testing.assert_array_equal(flair[:, :, 9], expected)                             # slice 10, not "10" < "2"
+    folds = check_group_disjoint_folds(workdir)
+    assert folds["group"].str.fullmatch(r"TCGA_CS_\d{4}").all()
+    store = np.load(workdir / "03_convert" / "axial" / "images.npy", mmap_mode="r")
+    assert store.shape[1] == 3
+    check_masks_on_own_grids(workdir, "flair")
+    assert set(pd.read_csv(workdir / "10_fusion" / "subjects.csv")["units"]) == {"mm"}
+
+
+def test_predict_takes_nnunet_named_two_channel_cases_and_writes_masks_on_their_own_grids(multimodal, tmp_path):
+    from strokeseg.infer import predict
+
+    holdout = pd.read_csv(multimodal / "03_convert" / "holdout.csv")
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for row in holdout.itertuples():
+        for index, channel in enumerate(("dwi", "adc")):
+            (cases / f"{row.subject_name}_{index:04d}.nii.gz").symlink_to(getattr(row, channel))
+    (cases / "lonely_0000.nii.gz").symlink_to(holdout["dwi"].iloc[0])          # its ADC is missing
+    status = predict.main([str(cases), "--models", str(multimodal / "10_fusion" / "models"),
+                           "--output", str(tmp_path / "out"), "--quiet"])
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv").set_index("case")
+    assert status == 1 and table.loc["lonely", "status"] == "failed"
+    assert "lonely_0001 (adc)" in table.loc["lonely", "message"]
+    for row in holdout.itertuples():
+        assert table.loc[row.subject_name, "status"] == "ok"
+        ours = nib.load(tmp_path / "out" / f"{row.subject_name}_mask.nii.gz")
+        stage10 = nib.load(multimodal / "10_fusion" / "masks" / f"{row.subject_name}_fused_mask.nii.gz")
+        assert ours.shape == nib.load(row.dwi).shape and np.allclose(ours.affine, nib.load(row.dwi).affine)
+        np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(stage10.dataobj))   # one inference
+    one = holdout.iloc[0]
+    status = predict.main(["--channel", f"adc={one['adc']}", "--channel", f"dwi={one['dwi']}",
+                           "--models", str(multimodal / "10_fusion" / "models"), "--output", str(tmp_path / "one")])
+    assert status == 0 and len(list((tmp_path / "one").glob("*_mask.nii.gz"))) == 1
