@@ -1,7 +1,9 @@
-"""``strokeseg export-nnunet`` (strokeseg.data.nnunet_export) on the tiny prepared workdir: the files parse
-back on the source grid, dataset.json and splits_final.json carry nnU-Net v2's format and our folds, the
-hold-out is kept apart, `strokeseg evaluate` reads labelsTs, and every error is one line, exit 2, with
-nothing left behind."""
+"""``strokeseg export-nnunet`` (strokeseg.data.nnunet_export) on the tiny prepared workdir (one T1 channel)
+and on a synthetic DWI + ADC workdir (two channels, a grid per subject, sessions of one patient): the files
+parse back on each case's own grid, one per channel, dataset.json and splits_final.json carry nnU-Net v2's
+format and our folds, the hold-out and the sessions of one patient are kept apart, `strokeseg evaluate`
+reads labelsTs, a workdir made before grid plans exports as before, and every error is one line, exit 2,
+with nothing left behind."""
 from __future__ import annotations
 
 import contextlib
@@ -126,7 +128,7 @@ def test_a_scaled_integer_t1_keeps_its_data_type_scaling_and_values(tmp_path):
     nib.save(nib.Nifti1Image(mask, affine), tmp_path / "mask.nii.gz")
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
-    case = nnunet_export.Case("case7", tmp_path / "t1.nii.gz", tmp_path / "mask.nii.gz")
+    case = nnunet_export.Case("case7", (("t1w", tmp_path / "t1.nii.gz"),), tmp_path / "mask.nii.gz")
     nnunet_export.export_case(case, tmp_path / "images", tmp_path / "labels")
     written = nib.load(tmp_path / "images" / "case7_0000.nii.gz")
     assert written.get_data_dtype() == np.int16
@@ -293,3 +295,234 @@ def test_inconsistent_stage_tables_are_one_line(prepared_workdir, tmp_path, caps
     err = one_line_error(capsys)
     assert err.startswith(f"error: {workdir.resolve()}/") and file in err.split(": ")[1] and fault in err
     assert not (tmp_path / "raw").exists()
+
+
+def test_a_lesion_free_mask_is_exported_only_where_stage_01_allows_it(prepared_workdir, tmp_path, capsys):
+    workdir = small_workdir(prepared_workdir, tmp_path)
+    cohort = pd.read_csv(workdir / DATASET / COHORT_CSV)
+    subject = sorted(pd.read_csv(workdir / SPLITTING / TRAIN_SUBJECTS_CSV)["subject_name"])[0]
+    row = cohort.index[cohort["subject_name"] == subject][0]
+    source = nib.load(cohort.loc[row, "mask"])
+    empty = tmp_path / "empty_mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(source.shape, np.uint8), source.affine), empty)
+    cohort.loc[row, "mask"] = str(empty)
+    cohort.to_csv(workdir / DATASET / COHORT_CSV, index=False)
+    assert export(workdir, tmp_path / "raw") == 2
+    assert f"error: {empty}: empty mask (no lesion voxels)" in one_line_error(capsys)
+    record = json.loads((workdir / DATASET / "manifest.json").read_text())
+    (workdir / DATASET / "manifest.json").write_text(json.dumps({**record, "allow_empty_masks": True}))
+    assert export(workdir, tmp_path / "raw") == 0
+    label = nib.load(tmp_path / "raw" / FOLDER / "labelsTr" / f"{subject}.nii.gz")
+    assert label.shape == source.shape and not np.asanyarray(label.dataobj).any()
+
+
+# ------------------------------------------------------------------------- several channels
+def test_nnunet_channel_names_tell_nnunet_the_normalisation():
+    names = nnunet_export.nnunet_channel_names
+    assert names(("t1w",), ("t1",)) == {"0": "T1"}
+    assert names(("dwi", "adc"), ("mr", "mr")) == {"0": "dwi", "1": "adc"}
+    assert names(("ct",), ("ct",)) == {"0": "CT"}                       # nnU-Net's CT normalisation
+    assert names(("pre_contrast", "flair"), ("image8", "image8")) == {"0": "pre_contrast", "1": "flair"}
+    assert names(("t1", "t1w"), ("t1", "t1")) == {"0": "t1", "1": "t1w"}   # two T1 channels keep their names
+
+
+def test_every_channel_is_written_with_its_own_file_values(tmp_path):
+    """A second channel keeps its data type and values: float64 (wider than the float32 strokeseg
+    validates) and scaled int16, on the first channel's grid but with its own header."""
+    affine = np.array([[0, -1.5, 0, 30], [2.0, 0, 0, -20], [0, 0, 1.25, 5], [0, 0, 0, 1]])
+    grid = np.arange(4 * 5 * 6).reshape(4, 5, 6)
+    first = (grid * 3.25).astype(np.float32)
+    wide = grid * (1 + 1e-12) + 1 / 3                                   # not representable in float32
+    scaled = (grid * 5).astype(np.int16)
+    mask = (grid % 7 == 0).astype(np.uint8)
+    nib.save(nib.Nifti1Image(first, affine), tmp_path / "a.nii.gz")
+    nib.save(nib.Nifti1Image(wide, affine), tmp_path / "b.nii")         # .nii in, .nii.gz out
+    image = nib.Nifti1Image(scaled, affine)
+    image.header.set_slope_inter(0.25, -3.0)
+    nib.save(image, tmp_path / "c.nii.gz")
+    nib.save(nib.Nifti1Image(mask, affine), tmp_path / "mask.nii.gz")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    case = nnunet_export.Case("case1", (("a", tmp_path / "a.nii.gz"), ("b", tmp_path / "b.nii"),
+                                        ("c", tmp_path / "c.nii.gz")), tmp_path / "mask.nii.gz")
+    nnunet_export.export_case(case, tmp_path / "images", tmp_path / "labels")
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [f"case1_000{i}.nii.gz" for i in range(3)]
+    for index, values, dtype in ((0, first, np.float32), (1, wide, np.float64)):
+        written = nib.load(tmp_path / "images" / f"case1_000{index}.nii.gz")
+        assert written.get_data_dtype() == dtype
+        np.testing.assert_array_equal(np.asanyarray(written.dataobj), values)
+        np.testing.assert_array_equal(written.affine, affine)
+    written = nib.load(tmp_path / "images" / "case1_0002.nii.gz")
+    assert written.get_data_dtype() == np.int16 and (written.dataobj.slope, written.dataobj.inter) == (0.25, -3.0)
+    np.testing.assert_array_equal(written.dataobj.get_unscaled(), scaled)
+    np.testing.assert_array_equal(np.asanyarray(nib.load(tmp_path / "labels" / "case1.nii.gz").dataobj), mask)
+
+
+MULTIMODAL_SETTINGS = ["bins.volume_edges=[0,20,100,\"inf\"]", "bins.axial_edges=[0,5,20,\"inf\"]",
+                       "bins.sagittal_edges=[0,5,20,\"inf\"]", "bins.coronal_edges=[0,5,20,\"inf\"]",
+                       "cv.n_folds=3"]
+
+
+@pytest.fixture(scope="module")
+def multimodal_workdir(tmp_path_factory) -> Path:
+    """Stages 01-04 on 12 synthetic DWI + ADC patients (a grid per subject; patient 8 has two sessions)."""
+    workdir = tmp_path_factory.mktemp("multimodal")
+    settings = [a for o in MULTIMODAL_SETTINGS for a in ("--set", o)]
+    assert main(["dataset", "--workdir", str(workdir), "--quiet", "--dataset", "synthetic_multimodal",
+                 "--n-subjects", "12", "--downsample", "3", "--workers", "1", *settings]) == 0
+    for stage in ("splitting", "convert", "cross-validation"):
+        assert main([stage, "--workdir", str(workdir), "--quiet"]) == 0, stage
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def multimodal_export(multimodal_workdir, tmp_path_factory):
+    output = tmp_path_factory.mktemp("nnunet_multimodal") / "raw"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert export(multimodal_workdir, output) == 0
+    return output / FOLDER, printed.getvalue()
+
+
+def test_two_channels_are_written_per_case_on_the_case_own_grid(multimodal_workdir, multimodal_export):
+    root, _ = multimodal_export
+    cohort = pd.read_csv(multimodal_workdir / DATASET / COHORT_CSV).set_index("subject_name")
+    train = sorted(pd.read_csv(multimodal_workdir / SPLITTING / TRAIN_SUBJECTS_CSV)["subject_name"])
+    holdout = sorted(pd.read_csv(multimodal_workdir / SPLITTING / HOLDOUT_SUBJECTS_CSV)["subject_name"])
+    affines = []
+    for part, subjects in (("Tr", train), ("Ts", holdout)):
+        assert sorted(p.name for p in (root / f"images{part}").iterdir()) == sorted(
+            f"{s}_{i:04d}.nii.gz" for s in subjects for i in (0, 1))
+        for subject in subjects:
+            own = nib.load(cohort.loc[subject, "dwi"])
+            for index, channel in enumerate(("dwi", "adc")):
+                source = nib.load(cohort.loc[subject, channel])
+                image = nib.load(root / f"images{part}" / f"{subject}_{index:04d}.nii.gz")
+                assert image.get_data_dtype() == source.get_data_dtype()
+                np.testing.assert_array_equal(np.asanyarray(image.dataobj), np.asanyarray(source.dataobj))
+                np.testing.assert_array_equal(image.affine, own.affine)
+            label = nib.load(root / f"labels{part}" / f"{subject}.nii.gz")
+            np.testing.assert_array_equal(label.affine, own.affine)
+            np.testing.assert_array_equal(np.asanyarray(label.dataobj), load_mask(cohort.loc[subject, "mask"]))
+            affines.append(own.affine)
+    assert len({a.tobytes() for a in affines}) == len(affines)          # every case on its own grid
+
+
+def test_two_channel_dataset_json_and_readme(multimodal_workdir, multimodal_export):
+    root, printed = multimodal_export
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "dwi", "1": "adc"}
+    assert meta["labels"] == {"background": 0, "lesion": 1} and meta["file_ending"] == ".nii.gz"
+    assert meta["numTraining"] == len(list((root / "imagesTr").glob("*_0000.nii.gz"))) == len(
+        list((root / "labelsTr").iterdir()))
+    assert meta["strokeseg"]["channels"] == ["dwi", "adc"] and meta["strokeseg"]["channel_kinds"] == ["mr", "mr"]
+    assert meta["strokeseg"]["spacing_known"] is True and meta["strokeseg"]["synthetic_data"] is True
+    assert "SYNTHETIC" in meta["description"] and "dwi, adc" in meta["description"]
+    readme = (root / "README.txt").read_text()
+    assert printed == readme
+    assert "<case>_0000.nii.gz  dwi" in readme and "<case>_0001.nii.gz  adc" in readme
+    assert "NOT known" not in readme
+
+
+def test_two_channel_splits_follow_our_folds_and_keep_sessions_together(multimodal_workdir, multimodal_export):
+    root, _ = multimodal_export
+    folds = pd.read_csv(multimodal_workdir / CROSS_VALIDATION / FOLDS_CSV)
+    cohort = pd.read_csv(multimodal_workdir / DATASET / COHORT_CSV)
+    train = sorted(pd.read_csv(multimodal_workdir / SPLITTING / TRAIN_SUBJECTS_CSV)["subject_name"])
+    splits = json.loads((root / "splits_final.json").read_text())
+    assert len(splits) == 3
+    for k, split in enumerate(splits, start=1):
+        assert split["val"] == sorted(folds.loc[folds["fold"] == k, "subject_name"])
+        assert sorted(split["train"] + split["val"]) == train
+    assert sorted(s for split in splits for s in split["val"]) == train
+    sessions = cohort.groupby("group")["subject_name"].apply(set)
+    assert (sessions.map(len) > 1).any()                                 # the test has a patient to keep together
+    for members in sessions:
+        where = {i for i, split in enumerate(splits) for s in members if s in split["val"]}
+        assert len(where) <= 1 and (not where or members <= set(splits[where.pop()]["val"]))
+
+
+def test_sessions_of_one_patient_in_two_folds_are_refused(multimodal_workdir, tmp_path, capsys):
+    workdir = small_workdir(multimodal_workdir, tmp_path)
+    cohort = pd.read_csv(workdir / DATASET / COHORT_CSV)
+    patient = cohort.groupby("group")["subject_name"].apply(sorted)
+    members = next(m for m in patient if len(m) > 1)
+    folds_csv = workdir / CROSS_VALIDATION / FOLDS_CSV
+    folds = pd.read_csv(folds_csv)
+    held = set(pd.read_csv(workdir / SPLITTING / HOLDOUT_SUBJECTS_CSV)["subject_name"])
+    assert not set(members) & held                                       # as stage 02 drew this cohort
+    second = folds.index[folds["subject_name"] == members[1]][0]
+    folds.loc[second, "fold"] = folds.loc[second, "fold"] % 3 + 1
+    folds.to_csv(folds_csv, index=False)
+    assert export(workdir, tmp_path / "raw") == 2
+    err = one_line_error(capsys)
+    assert f"error: {folds_csv.resolve()}: " in err and "sessions of one patient" in err
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_channel_on_another_grid_names_the_file(multimodal_workdir, tmp_path, capsys):
+    workdir = small_workdir(multimodal_workdir, tmp_path)
+    cohort = pd.read_csv(workdir / DATASET / COHORT_CSV)
+    shapes = cohort["shape"].tolist()
+    other = next(i for i in range(1, len(cohort)) if shapes[i] != shapes[0])
+    cohort.loc[0, "adc"] = cohort.loc[other, "adc"]
+    cohort.to_csv(workdir / DATASET / COHORT_CSV, index=False)
+    assert export(workdir, tmp_path / "raw") == 2
+    err = one_line_error(capsys)
+    assert f"error: {cohort.loc[other, 'adc']}: channel adc has shape" in err and "one grid" in err
+    assert not (tmp_path / "raw").exists()
+
+
+def test_an_unknown_voxel_size_is_recorded_and_warned_about(prepared_workdir, tmp_path, caplog):
+    workdir = small_workdir(prepared_workdir, tmp_path)
+    plan_json = workdir / DATASET / "grid_plan.json"
+    plan_json.write_text(json.dumps({**json.loads(plan_json.read_text()), "spacing_known": False}))
+    with caplog.at_level("WARNING", logger="strokeseg.data.nnunet_export"):
+        root = nnunet_export.export(workdir, tmp_path / "raw", 42, progress=False)
+    assert any("nnU-Net will treat the voxels as 1 mm" in r.getMessage() for r in caplog.records)
+    assert json.loads((root / "dataset.json").read_text())["strokeseg"]["spacing_known"] is False
+    assert "voxel size of this cohort is NOT known" in (root / "README.txt").read_text()
+
+
+# ------------------------------------------------------------------- workdirs before grid plans
+def test_a_workdir_made_before_grid_plans_exports_its_t1_as_before(prepared_workdir, exported, tmp_path):
+    """No grid_plan.json, cohort.csv of subject_name, site, t1w, mask, no group columns, a manifest
+    without the reader's keys: the same dataset as the current workdir's."""
+    workdir = small_workdir(prepared_workdir, tmp_path)
+    (workdir / DATASET / "grid_plan.json").unlink()
+    cohort_csv = workdir / DATASET / COHORT_CSV
+    pd.read_csv(cohort_csv)[["subject_name", "site", "t1w", "mask"]].to_csv(cohort_csv, index=False)
+    for path in (workdir / SPLITTING / TRAIN_SUBJECTS_CSV, workdir / SPLITTING / HOLDOUT_SUBJECTS_CSV,
+                 workdir / CROSS_VALIDATION / FOLDS_CSV):
+        pd.read_csv(path).drop(columns=["group"], errors="ignore").to_csv(path, index=False)
+    record = json.loads((workdir / DATASET / "manifest.json").read_text())
+    old = {k: record[k] for k in ("stage", "synthetic_data", "outputs")}
+    (workdir / DATASET / "manifest.json").write_text(json.dumps(old))
+    assert export(workdir, tmp_path / "raw") == 0
+    root, (_, current, _) = tmp_path / "raw" / FOLDER, exported
+    assert sorted(tree(root)) == sorted(tree(current))
+    for name in sorted(tree(root)):
+        if name.endswith(".nii.gz"):
+            a, b = nib.load(root / name), nib.load(current / name)
+            assert a.get_data_dtype() == b.get_data_dtype()
+            np.testing.assert_array_equal(a.affine, b.affine)
+            np.testing.assert_array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj))
+    meta, now = (json.loads((r / "dataset.json").read_text()) for r in (root, current))
+    assert meta["channel_names"] == now["channel_names"] == {"0": "T1"}
+    assert meta["strokeseg"]["channels"] == ["t1w"] and meta["strokeseg"]["channel_kinds"] == ["t1"]
+    assert (root / "splits_final.json").read_text() == (current / "splits_final.json").read_text()
+
+
+def test_a_patient_on_both_sides_of_the_hold_out_split_is_refused(multimodal_workdir, tmp_path, capsys):
+    workdir = small_workdir(multimodal_workdir, tmp_path)
+    patient = pd.read_csv(workdir / DATASET / COHORT_CSV).groupby("group")["subject_name"].apply(sorted)
+    moved = next(m for m in patient if len(m) > 1)[1]
+    train_csv, holdout_csv = workdir / SPLITTING / TRAIN_SUBJECTS_CSV, workdir / SPLITTING / HOLDOUT_SUBJECTS_CSV
+    folds_csv = workdir / CROSS_VALIDATION / FOLDS_CSV
+    train, holdout, folds = (pd.read_csv(p) for p in (train_csv, holdout_csv, folds_csv))
+    pd.concat([holdout, train[train["subject_name"] == moved]]).to_csv(holdout_csv, index=False)
+    train[train["subject_name"] != moved].to_csv(train_csv, index=False)
+    folds[folds["subject_name"] != moved].to_csv(folds_csv, index=False)
+    assert export(workdir, tmp_path / "raw") == 2
+    err = one_line_error(capsys)
+    assert f"error: {holdout_csv.resolve()}: subject {moved} is held out but" in err and "same patient" in err
