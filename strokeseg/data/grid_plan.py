@@ -105,6 +105,11 @@ class GridPlan:
         ras_shape, ras_spacing = native.ras_shape_spacing()
         return np.maximum(1, np.rint(ras_shape * ras_spacing / np.asarray(self.spacing))).astype(int)
 
+    def on_grid(self, native: NativeGrid) -> bool:
+        """Whether a volume on ``native`` is on the plan grid itself (used voxel for voxel)."""
+        return (self.kind == "fixed" and tuple(native.shape) == self.shape
+                and bool(np.allclose(native.affine, self.subject_affine(native), rtol=0.0, atol=1e-3)))
+
     def check_fixed(self, path: Path, native: NativeGrid) -> None:
         """A fixed plan holds only subjects on its grid."""
         if self.kind != "fixed":
@@ -115,27 +120,33 @@ class GridPlan:
             raise InputError(path, "affine differs from the cohort grid's affine")
 
     # ------------------------------------------------------------------------------ resampling
+    # A volume on a fixed plan's grid is used as it is; any other (a new case given to predict) is
+    # resampled onto the plan grid through world coordinates, as every target_spacing subject is.
     def to_plan(self, volume: np.ndarray, native: NativeGrid) -> np.ndarray:
-        """An intensity volume on the subject's plan grid (trilinear, float32; identity when fixed)."""
-        if self.kind == "fixed":
+        """An intensity volume on the subject's plan grid (trilinear, float32; as it is when on the grid)."""
+        if self.on_grid(native):
             return volume
         return resample.to_grid(volume, native.affine, self.shape, self.subject_affine(native), order=1)
 
     def mask_to_plan(self, mask: np.ndarray, native: NativeGrid) -> np.ndarray:
-        if self.kind == "fixed":
+        if self.on_grid(native):
             return mask
         return resample.mask_to_grid(mask, native.affine, self.shape, self.subject_affine(native))
 
     def mask_to_native(self, mask: np.ndarray, native: NativeGrid) -> np.ndarray:
         """A plan-grid mask back on the subject's own grid (lesion fraction >= 0.5)."""
-        if self.kind == "fixed":
+        if self.on_grid(native):
             return mask
         return resample.mask_to_grid(mask, self.subject_affine(native), native.shape, native.affine)
 
     def probability_to_native(self, probability: np.ndarray, native: NativeGrid) -> np.ndarray:
-        if self.kind == "fixed":
+        if self.on_grid(native):
             return probability
         return resample.to_grid(probability, self.subject_affine(native), native.shape, native.affine, order=1)
+
+    def fits(self, native: NativeGrid) -> bool:
+        """Whether a subject's whole field of view fits the plan volume (a new case may be larger)."""
+        return self.kind == "fixed" or bool(np.all(self.resampled_shape(native) <= np.asarray(self.shape)))
 
     # ----------------------------------------------------------------------------- persistence
     def to_json(self) -> str:
