@@ -88,9 +88,11 @@ def disk_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def ensure_cohort(folder: Path, n_subjects: int, seed: int, workers: int) -> float | None:
-    wanted = {"n_subjects": n_subjects, "seed": seed, "downsample": 1,
-              "GeneratorVersion": synthetic.GENERATOR_VERSION}
+def ensure_cohort(folder: Path, n_subjects: int, seed: int, workers: int, generate=synthetic.generate_cohort,
+                  version: int = synthetic.GENERATOR_VERSION) -> float | None:
+    """A synthetic cohort at 1 mm in ``folder`` (generated unless one with these parameters is there);
+    the generation seconds, or None when reused. ``generate``/``version``: the generator's flavour."""
+    wanted = {"n_subjects": n_subjects, "seed": seed, "downsample": 1, "GeneratorVersion": version}
     found = synthetic.cohort_parameters(folder) if folder.exists() else None
     if found is not None and all(found.get(k) == v for k, v in wanted.items()):
         return None
@@ -99,7 +101,7 @@ def ensure_cohort(folder: Path, n_subjects: int, seed: int, workers: int) -> flo
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     start = time.perf_counter()
-    synthetic.generate_cohort(staging, n_subjects, seed, downsample=1, workers=workers, progress=True)
+    generate(staging, n_subjects, seed, downsample=1, workers=workers, progress=True)
     staging.rename(folder)
     return time.perf_counter() - start
 

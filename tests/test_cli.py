@@ -200,3 +200,41 @@ def test_missing_atlas_dir(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nowhere" in err and "not found" in err
 
+
+
+def write_isles_tree(root: Path, n: int = 3) -> Path:
+    """rawdata/sub-*/ses-0001/dwi/{dwi,adc} + derivatives masks, 10x12x8 at 2 mm."""
+    affine = np.diag([-2.0, 2.0, 2.0, 1.0])
+    rng = np.random.default_rng(0)
+    for i in range(1, n + 1):
+        subject, session = f"sub-strokecase{i:04d}", "ses-0001"
+        raw = root / "rawdata" / subject / session / "dwi"
+        derived = root / "derivatives" / subject / session
+        raw.mkdir(parents=True)
+        derived.mkdir(parents=True)
+        for channel in ("dwi", "adc"):
+            nib.save(nib.Nifti1Image(rng.uniform(1, 100, (10, 12, 8)).astype(np.float32), affine),
+                     raw / f"{subject}_{session}_{channel}.nii.gz")
+        mask = np.zeros((10, 12, 8), np.uint8)
+        mask[4:6, 5:7, 3:5] = 1
+        nib.save(nib.Nifti1Image(mask, affine), derived / f"{subject}_{session}_msk.nii.gz")
+    return root
+
+
+def test_a_channel_on_another_grid_stops_stage_01_with_one_line_and_no_outputs(tmp_path, capsys):
+    root = write_isles_tree(tmp_path / "isles")
+    adc = root / "rawdata" / "sub-strokecase0002" / "ses-0001" / "dwi" / "sub-strokecase0002_ses-0001_adc.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((10, 12, 7), np.float32) * np.arange(7), np.diag([-2.0, 2.0, 2.0, 1.0])), adc)
+    status = main(["dataset", "--data-dir", str(root), "--workdir", str(tmp_path / "w"), "--workers", "1", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and err.startswith(f"error: {adc}: channel adc has shape (10, 12, 7)") and "\n" not in err
+    assert not (tmp_path / "w" / "01_dataset" / "manifest.json").exists()
+
+
+def test_two_layouts_in_one_folder_ask_for_dataset(tmp_path, capsys):
+    root = write_isles_tree(tmp_path / "both")
+    (root / "dataset.json").write_text('{"channel_names": {"0": "DWI"}, "labels": {"background": 0, "lesion": 1}}')
+    (root / "imagesTr").mkdir()
+    status = main(["dataset", "--data-dir", str(root), "--workdir", str(tmp_path / "w"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and "matches several dataset layouts (isles22, nnunet); give --dataset" in err

@@ -1,11 +1,15 @@
 """Per-plane slice stores: every slice of every training subject, in the plane's canvas, memory-mapped.
 
-One folder per plane holds
-- ``images.npy``  (n_subjects * n_slices, H, W), the normalised T1 on the 0..255 scale (store dtype);
+Subjects are read onto their plan grid (:mod:`strokeseg.data.grid_plan`: as they are on ATLAS's
+one grid). One folder per plane of the study holds
+- ``images.npy``  (n_subjects * n_slices, H, W), the normalised image on the 0..255 scale (store
+  dtype); with M image channels (DWI, ADC, …) (n_subjects * n_slices, M, H, W), each channel
+  normalised per volume by its kind (:func:`strokeseg.data.normalization.channel_volume`);
 - ``masks.npy``   (n_subjects * n_slices, H, ceil(W / 8)) uint8: the binary masks bit-packed along
   the last axis (np.packbits), 8x smaller on disk, unpacked on read;
 - ``index.csv``   subject_name, slice, row, lesion_pixels, brain_pixels;
-- ``geometry.json`` the canvas (shape and offsets), volume grid, normalisation.
+- ``geometry.json`` the canvas (shape and offsets), the plan grid (shape, voxel size, affine of a
+  fixed plan), the channels and their kinds, normalisation.
 A subject's slices occupy consecutive rows in slice order (row = subject_position * n_slices +
 slice), so adjacent slices for multi-channel inputs are plain row arithmetic. Nothing is written
 one file per slice (upstream wrote ~619 NIfTI files per subject, §14.10), and nothing is held in

@@ -7,6 +7,7 @@ import pytest
 
 from strokeseg.data.nifti import (
     SubjectVolumes,
+    load_channels,
     load_image,
     load_mask,
     load_pair,
@@ -278,3 +279,25 @@ def test_write_nifti_needs_geometry(tmp_path):
 def test_gzip_helper_is_real_gzip(t1_file):
     # the fixtures really are gzip files, so the truncation tests exercise the gzip path
     assert gzip.decompress(t1_file.read_bytes())[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c")
+
+
+def test_channels_share_the_first_channels_grid(tmp_path, mask_file):
+    dwi = save(tmp_path / "x_dwi.nii.gz", t1_data(1))
+    adc = save(tmp_path / "x_adc.nii.gz", t1_data(2))
+    loaded = load_channels([("dwi", dwi), ("adc", adc)], mask_file)
+    assert len(loaded.images) == 2 and loaded.mask.sum() == mask_data().sum()
+    np.testing.assert_array_equal(loaded.images[1], t1_data(2))
+    assert load_channels([("dwi", dwi)]).mask is None                        # a case to predict
+    other = save(tmp_path / "x_flair.nii.gz", np.random.default_rng(3).normal(size=(12, 14, 9)).astype(np.float32))
+    with pytest.raises(InputError) as info:
+        load_channels([("dwi", dwi), ("flair", other)], mask_file)
+    fault(info, other, "channel flair has shape (12, 14, 9), channel dwi (12, 14, 10): channels must share one grid")
+    moved = AFFINE.copy()
+    moved[:3, 3] += 5.0                                                      # same shape, 5 mm elsewhere
+    shifted = save(tmp_path / "x_shift.nii.gz", t1_data(4), affine=moved)
+    with pytest.raises(InputError) as info:
+        load_channels([("dwi", dwi), ("adc", shifted)], mask_file)
+    fault(info, shifted, "channel adc has another affine than channel dwi")
+    with pytest.raises(InputError) as info:
+        load_channels([("dwi", dwi), ("adc", tmp_path / "none.nii.gz")], mask_file)
+    fault(info, tmp_path / "none.nii.gz", "adc file not found")
