@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Stage 01: the cohort (ATLAS v2.0 or synthetic) and its lesion statistics.
+"""Stage 01: the cohort (ATLAS v2.0, ISLES'22, nnU-Net raw, PNG or kaggle_3m slice folders, or synthetic),
+its grid plan and its lesion statistics.
 
 Options: `python 01_dataset/run.py --help` (same as `strokeseg dataset`).
 """
