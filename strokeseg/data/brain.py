@@ -42,8 +42,10 @@ def _mni_brain_pixels(plane: str) -> np.ndarray:
     return np.count_nonzero(mni_brain_mask()[0], axis=in_plane_axes(plane)).astype(np.int64)
 
 
-def brain_pixels_per_slice(t1: np.ndarray, affine: np.ndarray, plane: str) -> np.ndarray:
-    """Brain pixels in every slice of a plane (the template's counts are computed once per process)."""
+def brain_pixels_per_slice(t1: np.ndarray, affine: np.ndarray, planes) -> dict[str, np.ndarray]:
+    """Brain pixels in every slice of each plane (the template's counts are computed once per
+    process; elsewhere the head foreground is found once for all planes)."""
     if _on_mni_grid(t1, affine):
-        return _mni_brain_pixels(plane)
-    return np.count_nonzero(brain_mask(t1, affine), axis=in_plane_axes(plane)).astype(np.int64)
+        return {plane: _mni_brain_pixels(plane) for plane in planes}
+    mask = brain_mask(t1, affine)
+    return {plane: np.count_nonzero(mask, axis=in_plane_axes(plane)).astype(np.int64) for plane in planes}

@@ -37,10 +37,12 @@ def channel_paths(row, channels: tuple[str, ...]) -> list[tuple[str, Path]]:
 
 
 def load_planned(channels: list[tuple[str, Path]], mask_path: Path, plan: GridPlan, binarize: bool = False,
-                 allow_empty: bool = False) -> PlannedSubject:
+                 allow_empty: bool = False, images: bool = True) -> PlannedSubject:
+    """The subject's channels (validated, and with ``images`` placed on its plan grid; without, as
+    stage 01 needs only the mask there, ``images`` is empty) and its mask on the plan grid."""
     volumes = load_channels(channels, mask_path, binarize=binarize, allow_empty=allow_empty)
     native = NativeGrid(tuple(int(s) for s in volumes.images[0].shape), volumes.affine)
     plan.check_fixed(channels[0][1], native)
-    images = tuple(plan.to_plan(image, native) for image in volumes.images)
+    placed = tuple(plan.to_plan(image, native) for image in volumes.images) if images else ()
     mask = plan.mask_to_plan(volumes.mask, native)
-    return PlannedSubject(images, mask, native, volumes.mask, volumes.image, volumes.zooms)
+    return PlannedSubject(placed, mask, native, volumes.mask, volumes.image, volumes.zooms)

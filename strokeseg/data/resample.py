@@ -43,21 +43,51 @@ def on_grid(shape, affine, atol: float = 1e-3) -> bool:
             and bool(np.allclose(affine, MNI_AFFINE, rtol=0.0, atol=atol)))
 
 
-def to_grid(data: np.ndarray, affine, shape, target_affine, order: int = 1) -> np.ndarray:
+def to_grid(data: np.ndarray, affine, shape, target_affine, order: int = 1, within=None) -> np.ndarray:
     """``data`` (on the grid ``affine``) sampled on the grid (``shape``, ``target_affine``) as float32.
 
     Outside the source's field of view the result is 0. ``order`` is the spline order (1 =
-    trilinear; see the module docstring for which data use which).
+    trilinear; see the module docstring for which data use which). ``within``: (lo, hi) source voxel
+    indices (inclusive) outside which ``data`` is 0, e.g. a mask's bounding box: only the target
+    voxels that can see that box are interpolated, the others are 0, as they would be anyway.
+    Without it the box is the whole source, so the target's padding beyond the source's field of
+    view is never interpolated.
     """
     data = np.asarray(data)
     if data.ndim != 3:
         raise ValueError(f"expected a 3-D volume, got shape {data.shape}")
+    shape = tuple(int(s) for s in shape[:3])
+    affine, target_affine = np.asarray(affine, dtype=np.float64), np.asarray(target_affine, dtype=np.float64)
+    box = _target_box(data.shape, affine, shape, target_affine, order, within)
+    out = np.zeros(shape, dtype=np.float32)
+    if box is None:
+        return out
     if data.dtype != np.float32:  # affine_transform keeps the input dtype: integers would truncate
         data = data.astype(np.float32)
-    source = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
-    target = (tuple(int(s) for s in shape[:3]), np.asarray(target_affine, dtype=np.float64))
-    out = resample_from_to(source, target, order=order, mode="constant", cval=0.0)
-    return np.asarray(out.dataobj, dtype=np.float32)
+    start = np.array([b.start for b in box], dtype=np.float64)
+    shift = np.eye(4)
+    shift[:3, 3] = start
+    box_shape, box_affine = tuple(b.stop - b.start for b in box), target_affine @ shift
+    source = nib.Nifti1Image(data, affine)
+    out[box] = np.asarray(resample_from_to(source, (box_shape, box_affine), order=order, mode="constant",
+                                           cval=0.0).dataobj, dtype=np.float32)
+    return out
+
+
+def _target_box(source_shape, affine, shape, target_affine, order: int, within) -> tuple[slice, ...] | None:
+    """The target voxels whose sample can touch the source box (None: none can): the box's corners,
+    widened by the interpolation's reach, mapped to target voxel indices."""
+    lo, hi = (np.zeros(3), np.asarray(source_shape[:3], float) - 1) if within is None else \
+        (np.asarray(within[0], float), np.asarray(within[1], float))
+    reach = max(int(order), 1)
+    corners = np.array([[x, y, z, 1.0] for x in (lo[0] - reach, hi[0] + reach)
+                        for y in (lo[1] - reach, hi[1] + reach) for z in (lo[2] - reach, hi[2] + reach)])
+    voxels = (np.linalg.inv(target_affine) @ affine @ corners.T)[:3]
+    first = np.maximum(np.floor(voxels.min(axis=1)).astype(int) - 1, 0)
+    last = np.minimum(np.ceil(voxels.max(axis=1)).astype(int) + 1, np.asarray(shape) - 1)
+    if np.any(last < first):
+        return None
+    return tuple(slice(int(a), int(b) + 1) for a, b in zip(first, last))
 
 
 def to_mni(data: np.ndarray, affine) -> np.ndarray:
@@ -66,8 +96,15 @@ def to_mni(data: np.ndarray, affine) -> np.ndarray:
 
 
 def mask_to_grid(mask: np.ndarray, affine, shape, target_affine) -> np.ndarray:
-    """A binary mask moved to another grid: the mask as float, trilinear, then ``≥ 0.5``; uint8 {0, 1}."""
-    fraction = to_grid(np.asarray(mask) > 0, affine, shape, target_affine, order=1)
+    """A binary mask moved to another grid: the mask as float, trilinear, then ``≥ 0.5``; uint8 {0, 1}.
+    Only the target voxels near the lesions' bounding box are interpolated (lesions are small)."""
+    binary = np.asarray(mask) > 0
+    # per axis, the indices of the slices holding lesion voxels: their ends bound the lesions
+    held = [np.flatnonzero(binary.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if not held[0].size:
+        return np.zeros(tuple(int(s) for s in shape[:3]), dtype=np.uint8)
+    within = ([h[0] for h in held], [h[-1] for h in held])
+    fraction = to_grid(binary, affine, shape, target_affine, order=1, within=within)
     return (fraction >= np.float32(MASK_LEVEL)).astype(np.uint8)
 
 

@@ -108,6 +108,7 @@ def _convert_subject(job: _Job) -> dict[str, pd.DataFrame]:
     normalised = [normalization.channel_volume(image, kind, job.convert)
                   for image, kind in zip(subject.images, plan.channel_kinds)]
     several = len(normalised) > 1
+    brain = brain_pixels_per_slice(subject.images[0], plan.subject_affine(subject.native), plan.planes)
     out = {}
     for plane in plan.planes:
         plane_dir = Path(job.folder) / plane
@@ -140,7 +141,7 @@ def _convert_subject(job: _Job) -> dict[str, pd.DataFrame]:
             "slice": np.arange(count),
             "row": start + np.arange(count),
             "lesion_pixels": lesion_pixels,
-            "brain_pixels": brain_pixels_per_slice(subject.images[0], plan.subject_affine(subject.native), plane),
+            "brain_pixels": brain[plane],
         })
     return out
 

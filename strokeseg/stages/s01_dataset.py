@@ -151,7 +151,9 @@ def _native_grid(subject: Subject) -> NativeGrid:
 
 def _statistics(job: _Job) -> tuple[dict, dict, dict[str, pd.DataFrame]]:
     subject = job.subject
-    planned = load_planned(list(subject.channels), subject.mask, job.plan, job.binarize, job.allow_empty)
+    # Every channel is read and validated; only the mask is needed on the plan grid here.
+    planned = load_planned(list(subject.channels), subject.mask, job.plan, job.binarize, job.allow_empty,
+                           images=False)
     row = {"subject_name": subject.subject, "site": subject.site, **lesions.subject_statistics(planned.mask)}
     # The lesion volume on the subject's own grid: resampling onto the plan changes voxel counts.
     row["volume_ml"] = (float(planned.native_mask.sum()) * float(np.prod(planned.zooms)) / 1000.0
