@@ -68,9 +68,44 @@ def to_grid(data: np.ndarray, affine, shape, target_affine, order: int = 1, with
     shift = np.eye(4)
     shift[:3, 3] = start
     box_shape, box_affine = tuple(b.stop - b.start for b in box), target_affine @ shift
+    voxel_map = np.linalg.inv(affine) @ box_affine                 # target voxel -> source voxel
+    axes = _axis_permutation(voxel_map[:3, :3])
+    if order == 1 and axes is not None:
+        out[box] = _separable_linear(data, voxel_map, axes, box_shape)
+        return out
     source = nib.Nifti1Image(data, affine)
     out[box] = np.asarray(resample_from_to(source, (box_shape, box_affine), order=order, mode="constant",
                                            cval=0.0).dataobj, dtype=np.float32)
+    return out
+
+
+def _axis_permutation(matrix: np.ndarray) -> list[int] | None:
+    """For a voxel map that only reorders, flips and scales axes (a grid-plan subject: reoriented and
+    resampled, never rotated), the source axis of each target axis; None for any other map."""
+    nonzero = np.abs(matrix) > 1e-9 * np.abs(matrix).max()
+    if not (nonzero.sum(axis=0) == 1).all() or not (nonzero.sum(axis=1) == 1).all():
+        return None
+    return [int(np.flatnonzero(nonzero[:, j])[0]) for j in range(3)]
+
+
+def _separable_linear(data: np.ndarray, voxel_map: np.ndarray, axes: list[int], shape) -> np.ndarray:
+    """Trilinear sampling of an axis-aligned map as three 1-D linear interpolations, each along one
+    axis (the same samples as ``affine_transform(order=1)``, in about half its time). A sample within
+    1e-6 voxel of the source's edge counts as inside it: a plan grid's first voxel lies exactly on a
+    subject's edge voxel, which floating-point rounding would otherwise put just outside."""
+    out = data.transpose(axes)                                     # source axes in target order
+    for axis in range(3):
+        size = out.shape[axis]
+        position = voxel_map[axes[axis], axis] * np.arange(shape[axis]) + voxel_map[axes[axis], 3]
+        inside = (position > -1e-6) & (position < size - 1 + 1e-6)
+        low = np.clip(np.floor(position).astype(np.int64), 0, size - 1)
+        high = np.minimum(low + 1, size - 1)
+        weight = np.where(inside, position - low, 0.0).astype(np.float32)
+        view = [1, 1, 1]
+        view[axis] = -1
+        first = np.take(out, low, axis=axis)
+        out = first + (np.take(out, high, axis=axis) - first) * weight.reshape(view)
+        out *= inside.reshape(view)
     return out
 
 
