@@ -9,7 +9,8 @@ Any other grid is resampled through world (scanner/MNI mm) coordinates, which as
 is already registered to MNI space: resampling is not registration.
 
 Rules (``nibabel.processing.resample_from_to``, i.e. ``scipy.ndimage.affine_transform``, points
-outside the source's field of view are 0):
+outside the source's field of view are 0; where the voxel map only reorders, flips and rescales axes,
+as every grid plan's does, the same trilinear samples are taken as three 1-D interpolations):
 
 - intensities (T1) onto the MNI grid: trilinear (``order=1``), float32. Linear rather than cubic
   splines: no overshoot (negative intensities or ringing at the skull edge that the per-volume

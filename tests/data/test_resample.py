@@ -60,3 +60,26 @@ def test_intensities_resample_trilinearly_and_exactly_on_the_same_grid():
     assert on_mni[0, 0, 0] == 0                       # outside the field of view
     same = resample.to_grid(ramp, LAS_AFFINE, LAS_SHAPE, LAS_AFFINE)
     np.testing.assert_allclose(same, ramp, atol=1e-3)
+
+
+def test_axis_aligned_maps_sample_as_the_general_path_and_keep_edge_voxels():
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    rng = np.random.default_rng(4)
+    data = rng.random((30, 24, 20)).astype(np.float32)
+    source = np.array([[0.0, 0.0, -2.0, 40.0], [1.8, 0.0, 0.0, -20.0], [0.0, 2.2, 0.0, 5.0], [0, 0, 0, 1]])
+    target = np.diag([1.5, 1.7, 2.1, 1.0])
+    target[:3, 3] = (-25.0, -18.0, -3.0)
+    shape = (40, 36, 30)
+    ours = resample.to_grid(data, source, shape, target)
+    general = np.asarray(resample_from_to(nib.Nifti1Image(data, source), (shape, target), order=1,
+                                          mode="constant", cval=0.0).dataobj)
+    inside = (ours != 0) & (general != 0)
+    assert inside.sum() > 0.3 * ours.size
+    np.testing.assert_allclose(ours[inside], general[inside], atol=1e-5)
+    # a target grid whose first voxel lies exactly on the source's last one keeps that voxel's value
+    flipped = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flipped[0, 3] = 29.0
+    back = resample.to_grid(data, np.eye(4), (30, 24, 20), flipped)
+    np.testing.assert_array_equal(back, data[::-1])
