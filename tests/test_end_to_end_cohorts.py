@@ -21,8 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ["02_splitting", "03_convert", "04_cross_validation", "05_batch_distribution", "06_preparation"]
 SMALL = ["bins.volume_edges=[0,20,100,\"inf\"]", "bins.axial_edges=[0,5,20,\"inf\"]",
          "bins.sagittal_edges=[0,5,20,\"inf\"]", "bins.coronal_edges=[0,5,20,\"inf\"]", "cv.n_folds=3",
-         "batches.batch_size=8", "batches.lesion_per_batch=4", "batches.inner_validation_fraction=0.4",
-         "training.folds=[1]", "training.max_epochs=1",
+         "batches.batch_size=8", "batches.lesion_per_batch=4", "training.folds=[1]", "training.max_epochs=1",
          "training.steps_per_epoch=1", "training.validation_steps=1", "training.model_options={\"width\": 0.125}"]
 
 
@@ -63,7 +62,7 @@ def check_masks_on_own_grids(workdir: Path, image_column: str) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def multimodal(tmp_path_factory) -> Path:
     return run_study(tmp_path_factory.mktemp("multimodal"), "--dataset", "synthetic_multimodal",
-                     "--n-subjects", "18", "--downsample", "2")
+                     "--n-subjects", "12", "--downsample", "2")   # one subject loses its lesion to the plan
 
 
 def test_multimodal_cohort_runs_on_its_own_grids(multimodal):
@@ -72,6 +71,9 @@ def test_multimodal_cohort_runs_on_its_own_grids(multimodal):
     cohort = pd.read_csv(multimodal / "01_dataset" / "cohort.csv")
     assert cohort["shape"].nunique() > 1 and set(cohort["orientation"]) == {"LAS", "RAS"}
     folds = check_group_disjoint_folds(multimodal)
+    lesion_free = pd.read_csv(multimodal / "02_splitting" / "subjects_80.csv").query("sum_voxel == 0")["subject_name"]
+    inner = pd.read_csv(multimodal / "05_batch_distribution" / "inner_validation.csv")
+    assert not set(lesion_free) & set(inner["subject_name"])          # lesion-free subjects always train
     assert (folds["group"] == "sub-strokecase0008").sum() in (0, 2)     # both sessions, or both held out
     store = np.load(multimodal / "03_convert" / "axial" / "images.npy", mmap_mode="r")
     assert store.shape[1] == 2                                          # (rows, M, H, W)

@@ -21,6 +21,8 @@ from strokeseg.contracts import (
     CROSS_VALIDATION,
     FOLDS_CSV,
     INNER_VALIDATION_CSV,
+    SPLITTING,
+    TRAIN_SUBJECTS_CSV,
     batches_csv,
     lesion_slices_csv,
     normal_slices_csv,
@@ -38,7 +40,13 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
     cv = require_stage(workdir, CROSS_VALIDATION)
     folds = read_csv(cv / FOLDS_CSV)
     n_folds = int(folds["fold"].max())
-    inner = inner_validation_subjects(folds, config.batches.inner_validation_fraction, config.seed)
+    # Subjects without lesion voxels (lesion-free cohorts such as kaggle_3m, or lesions lost to a grid
+    # plan's resampling) always train: an inner-validation part needs lesion slices to make batches.
+    # On ATLAS every subject has a lesion, so the draw is the one made over every subject.
+    trained = read_csv(require_stage(workdir, SPLITTING) / TRAIN_SUBJECTS_CSV)
+    lesioned = set(trained.loc[trained["sum_voxel"] > 0, "subject_name"])
+    inner = inner_validation_subjects(folds[folds["subject_name"].isin(lesioned)],
+                                      config.batches.inner_validation_fraction, config.seed)
     held = set(inner["subject_name"])
     parts = {(int(fold), part): set(members["subject_name"]) & held if part == "inner_val"
              else set(members["subject_name"]) - held
