@@ -62,6 +62,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -616,18 +617,12 @@ def generate_cohort(out_dir: Path, n_subjects: int, seed: int, downsample: int =
     process pool (strokeseg.parallel); ``progress`` shows a bar on stderr. The description is
     written last.
     """
-    n_subjects = _check_int("n_subjects", n_subjects, 1, MAX_SUBJECTS)
-    seed = _check_int("seed", seed, 0)
-    downsample = _check_int("downsample", downsample, 1, 32)
-    workers = max(1, min(_check_int("workers", workers, 0) or (os.cpu_count() or 1), n_subjects))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log.info("generating %d synthetic subjects (seed %d, downsample %d, %d worker(s)) in %s",
-             n_subjects, seed, downsample, workers, out_dir)
-    jobs = [(str(out_dir), seed, i, downsample) for i in range(n_subjects)]
-    for _ in map_ordered(_write_subject_job, jobs, workers, "synthetic cohort", progress):
-        pass
-    description = {
+    write_cohort(out_dir, n_subjects, seed, downsample, workers, progress, _write_subject_job, MAX_SUBJECTS, 32,
+                 "synthetic cohort", _describe)
+
+
+def _describe(n_subjects: int, seed: int, downsample: int) -> dict:
+    return {
         "Name": SYNTHETIC_COHORT_NAME,
         "BIDSVersion": "1.8.0",
         "DatasetType": "derivative",
@@ -641,8 +636,28 @@ def generate_cohort(out_dir: Path, n_subjects: int, seed: int, downsample: int =
                         "(MNI152NLin2009aSym) template shipped in nilearn."),
         "GeneratedBy": [{"Name": "strokeseg.data.synthetic", "Version": str(GENERATOR_VERSION)}],
     }
-    atomic_write_text(out_dir / DESCRIPTION_FILE, json.dumps(description, indent=2) + "\n")
-    log.info("synthetic cohort written to %s", out_dir)
+
+
+def write_cohort(out_dir: Path, n_subjects: int, seed: int, downsample: int, workers: int, progress: bool,
+                 write_job: Callable[[tuple[str, int, int, int]], str], max_subjects: int, max_downsample: int,
+                 label: str, describe: Callable[[int, int, int], dict]) -> None:
+    """What every synthetic flavour does: check the arguments, write subject i with
+    ``write_job((out_dir, seed, i, downsample))`` on ``workers`` processes (0: one per core; the files
+    do not depend on it), then ``describe(n_subjects, seed, downsample)`` as the dataset description,
+    last, so a cohort cut short has none."""
+    n_subjects = _check_int("n_subjects", n_subjects, 1, max_subjects)
+    seed = _check_int("seed", seed, 0)
+    downsample = _check_int("downsample", downsample, 1, max_downsample)
+    workers = max(1, min(_check_int("workers", workers, 0) or (os.cpu_count() or 1), n_subjects))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log.info("generating a %s of %d subjects (seed %d, downsample %d, %d worker(s)) in %s",
+             label, n_subjects, seed, downsample, workers, out_dir)
+    jobs = [(str(out_dir), seed, i, downsample) for i in range(n_subjects)]
+    for _ in map_ordered(write_job, jobs, workers, label, progress):
+        pass
+    atomic_write_text(out_dir / DESCRIPTION_FILE, json.dumps(describe(n_subjects, seed, downsample), indent=2) + "\n")
+    log.info("%s written to %s", label, out_dir)
 
 
 # ----------------------------------------------------------------------------------------------

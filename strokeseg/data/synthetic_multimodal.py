@@ -84,10 +84,8 @@ divided by ``d³`` on the work grid (physical volume kept), with at least 16 wor
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,18 +94,16 @@ from scipy import ndimage as ndi
 
 from strokeseg.data.resample import MASK_LEVEL, to_grid
 from strokeseg.data.synthetic import (
-    DESCRIPTION_FILE,
     LesionPlan,
     _anatomy,
-    _check_int,
     _deformed_anatomy,
     _description,
     _draw_lesions,
     _smooth_noise,
     _split_volume,
+    write_cohort,
 )
-from strokeseg.parallel import map_ordered
-from strokeseg.workdir import atomic_path, atomic_write_text
+from strokeseg.workdir import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -444,18 +440,12 @@ def generate_multimodal_cohort(out_dir: Path, n_subjects: int, seed: int, downsa
     caller makes the whole write atomic. ``workers > 1`` uses a process pool (``0``: one per
     core); the files do not depend on it. The description is written last.
     """
-    n_subjects = _check_int("n_subjects", n_subjects, 1, MAX_SUBJECTS)
-    seed = _check_int("seed", seed, 0)
-    downsample = _check_int("downsample", downsample, 1, MAX_DOWNSAMPLE)
-    workers = max(1, min(_check_int("workers", workers, 0) or (os.cpu_count() or 1), n_subjects))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log.info("generating %d synthetic ISLES22-like subjects (seed %d, downsample %d, %d worker(s)) in %s",
-             n_subjects, seed, downsample, workers, out_dir)
-    jobs = [(str(out_dir), seed, i, downsample) for i in range(n_subjects)]
-    for _ in map_ordered(_write_subject_job, jobs, workers, "synthetic multimodal cohort", progress):
-        pass
-    description = {
+    write_cohort(out_dir, n_subjects, seed, downsample, workers, progress, _write_subject_job, MAX_SUBJECTS,
+                 MAX_DOWNSAMPLE, "synthetic multimodal cohort", _describe)
+
+
+def _describe(n_subjects: int, seed: int, downsample: int) -> dict:
+    return {
         "Name": MULTIMODAL_COHORT_NAME,
         "BIDSVersion": "1.8.0",
         "DatasetType": "raw",
@@ -472,8 +462,6 @@ def generate_multimodal_cohort(out_dir: Path, n_subjects: int, seed: int, downsa
         "GeneratedBy": [{"Name": "strokeseg.data.synthetic_multimodal",
                          "Version": str(MULTIMODAL_GENERATOR_VERSION)}],
     }
-    atomic_write_text(out_dir / DESCRIPTION_FILE, json.dumps(description, indent=2) + "\n")
-    log.info("synthetic multimodal cohort written to %s", out_dir)
 
 
 def is_multimodal(dataset_dir: Path) -> bool:
