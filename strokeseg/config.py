@@ -21,6 +21,9 @@ import numpy as np
 from strokeseg.errors import ConfigError
 
 PLANES = ("axial", "sagittal", "coronal")
+# The "plane" of a 3-D model (strokeseg.models.VOLUME_MODELS): its runs, tables and model files are
+# named like a plane's, but it reads patches of the whole volume.
+VOLUME = "volume"
 
 # Upstream bin edges (docs/upstream-raxnet.md §1.4, §2.1, §4.1). One convention for every
 # stage: right-closed, lo < v <= hi (the splitting and k-fold convention upstream); see bins.py.
@@ -136,6 +139,13 @@ class TrainingConfig:
     planes: tuple[str, ...] = PLANES
     folds: tuple[int, ...] = ()
     eval_batch_size: int = 32
+    # 3-D models only (strokeseg.train.volume_data): patches, batches and sliding-window inference.
+    patch_size: tuple[int, ...] = ()
+    patch_batch_size: int = 2
+    patch_steps: int = 250
+    patch_validation_steps: int = 50
+    deep_supervision: bool = True
+    window_step: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -228,6 +238,11 @@ class Config:
         _check(t.eval_batch_size >= 1, "training.eval_batch_size must be >= 1")
         _check(t.batchnorm_momentum is None or 0.0 <= t.batchnorm_momentum < 1.0,
                "training.batchnorm_momentum must be null or in [0, 1)")
+        _check(len(t.patch_size) in (0, 3) and all(int(p) == p and p >= 16 and p % 16 == 0 for p in t.patch_size),
+               "training.patch_size must be [] (from the grid plan) or three sizes, multiples of 16")
+        _check(min(t.patch_batch_size, t.patch_steps, t.patch_validation_steps) >= 1,
+               "training.patch_batch_size, patch_steps and patch_validation_steps must be >= 1")
+        _check(0.0 < t.window_step <= 0.5, "training.window_step must be in (0, 0.5] (a fraction of the patch)")
         _check(c.recipe in ("published", "raxnet"), "comparison.recipe must be 'published' or 'raxnet'")
         for name, planes in (("training.planes", t.planes), ("comparison.planes", c.planes),
                              ("comparison.loss_planes", c.loss_planes)):
@@ -334,6 +349,16 @@ FIELD_HELP: dict[str, str] = {
     "training.batchnorm_momentum": "moving-average momentum of every batch-norm layer while training; null = the "
                                    "model's own (Keras 0.99; PyTorch's default is 0.9)",
     "training.eval_batch_size": "batch size of test-fold evaluation (and of stage 10's inference, unless --batch-size)",
+    "training.patch_size": "3-D models: patch (x, y, z), multiples of 16; [] = the grid plan's shape rounded up to "
+                           "16, at most 128 per axis",
+    "training.patch_batch_size": "3-D models: patches per batch, a third of them (rounded) centred on a lesion voxel",
+    "training.patch_steps": "3-D models: patch batches per epoch (nnU-Net: 250)",
+    "training.patch_validation_steps": "3-D models: inner-validation patch batches per epoch, the same ones every "
+                                       "epoch (nnU-Net: 50)",
+    "training.deep_supervision": "3-D models: train with nnU-Net's deep-supervision loss on the decoder's lower "
+                                 "scales (the saved model has the main head only)",
+    "training.window_step": "3-D models: sliding-window step as a fraction of the patch, at most 0.5 "
+                            "(test-fold evaluation, stage 10 and predict)",
 
     "comparison.models": "models compared with training.model under the same protocol",
     "comparison.recipe": '"published": each model\'s published loss and optimiser; "raxnet": the training section\'s',

@@ -77,6 +77,7 @@ def plane_lesions_80_csv(plane: str) -> str:
 
 # 03_convert (slice stores in <plane>/, see strokeseg.data.stores)
 HOLDOUT_CSV = "holdout.csv"                        # hold-out subjects with their T1 and mask paths
+VOLUME_STORE_DIR = "volume"                        # whole volumes for 3-D models (strokeseg.data.volume_stores)
 
 # 04_cross_validation
 FOLDS_CSV = "folds.csv"                            # subject_name, fold

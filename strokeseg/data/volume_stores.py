@@ -30,13 +30,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from strokeseg.config import derive_seed
+from strokeseg.config import ConvertConfig, derive_seed
+from strokeseg.data import normalization
+from strokeseg.data.grid_plan import GridPlan
+from strokeseg.data.planned import channel_paths, load_planned
 from strokeseg.errors import InputError
+from strokeseg.parallel import map_ordered
 from strokeseg.workdir import read_csv, write_csv
 
 IMAGES, MASKS, FOREGROUND, INDEX, GEOMETRY = (
@@ -109,6 +114,46 @@ def write_volume_store(folder: Path, subjects: Iterable[Subject], n_subjects: in
                 "foreground_dtype": np.dtype(coordinate_dtype).name, "layout": "subject_channel_x_y_z"}
     (folder / GEOMETRY).write_text(json.dumps(geometry, indent=2, sort_keys=True) + "\n")  # last: marks complete
     return index
+
+
+@dataclass(frozen=True)
+class _Read:
+    name: str
+    channels: tuple[tuple[str, str], ...]
+    mask: str
+    plan: GridPlan
+    convert: ConvertConfig
+    binarize: bool
+    allow_empty: bool
+
+
+def _normalised_subject(job: _Read) -> Subject:
+    """One subject on its plan grid, each channel normalised by its kind exactly as the slice stores
+    normalise it (worker side)."""
+    subject = load_planned([(c, Path(p)) for c, p in job.channels], Path(job.mask), job.plan, job.binarize,
+                           job.allow_empty)
+    images = np.stack([normalization.channel_volume(image, kind, job.convert)
+                       for image, kind in zip(subject.images, job.plan.channel_kinds)])
+    return job.name, images, subject.mask
+
+
+def write_cohort_store(folder: Path, subjects: pd.DataFrame, plan: GridPlan, convert: ConvertConfig,
+                       binarize: bool, allow_empty: bool, seed: int, workers: int = 1,
+                       progress: bool = True) -> pd.DataFrame:
+    """The volume store of ``subjects`` (cohort.csv rows, in store order) on the plan grid, normalised
+    per volume as stage 03's slice stores are; subjects are read by ``workers`` processes and written
+    one at a time. Upstream's per-slice maximum has no per-volume form, so it is refused."""
+    if convert.normalization == "slice_max" and "t1" in plan.channel_kinds:
+        raise InputError(folder, "3-D models need a per-volume normalisation: convert.normalization=slice_max "
+                                 "has none; use volume_robust")
+    jobs = [_Read(str(r.subject_name), tuple((c, str(p)) for c, p in channel_paths(r, plan.channels)), str(r.mask),
+                  plan, convert, binarize, allow_empty)
+            for r in subjects.itertuples(index=False)]
+    geometry = {"grid_plan": plan.kind, "spacing": list(plan.spacing), "spacing_known": plan.spacing_known,
+                "channel_kinds": list(plan.channel_kinds), "normalization": convert.normalization,
+                "robust_percentiles": list(convert.robust_percentiles), "ct_window": list(convert.ct_window)}
+    return write_volume_store(folder, map_ordered(_normalised_subject, jobs, workers, "03 volumes", progress),
+                              len(jobs), channels=plan.channels, seed=seed, extra_geometry=geometry)
 
 
 def _create_arrays(folder: Path, n_subjects: int, modalities: int, shape: tuple[int, ...], dtype) -> None:

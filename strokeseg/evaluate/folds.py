@@ -23,6 +23,9 @@ Three views of the test fold:
   store's grid, or with :class:`NativeTruths` (subjects resampled by a target-spacing grid plan) on
   each subject's own grid against its own mask, as stage 10 scores the hold-out.
 
+- :func:`volume_evaluation`: the same metrics for a 3-D model, each test subject predicted whole by
+  Gaussian-weighted sliding windows (:mod:`strokeseg.infer.sliding_window`) from the volume store.
+
 Peak memory is one subject's volumes plus one chunk of input and output: inputs are read from
 memory maps one chunk at a time and ``predict`` never sees more than ``batch_size`` slices.
 """
@@ -237,5 +240,29 @@ def subject_evaluation(predict: Predict, store: SliceStore, subjects, batch_size
             metrics = native.score(str(subject), pred, connectivity)
         else:
             metrics = subject_metrics(pred, truth_volume(store, subject), spacing, connectivity=connectivity)
+        rows.append({"subject_name": str(subject), **metrics})
+    return pd.DataFrame(rows, columns=["subject_name", *METRIC_KEYS])
+
+
+def volume_evaluation(predict: Predict, store, subjects, patch, batch_size: int, step: float = 0.5,
+                      threshold: float = 0.5, connectivity: int = 6,
+                      native: NativeTruths | None = None) -> pd.DataFrame:
+    """3-D metrics of a 3-D model, as :func:`subject_evaluation` gives them for a plane: ``predict`` maps
+    float32 windows (n, x, y, z, M) on the 0..255 scale to probabilities (n, x, y, z, 1); every subject of
+    ``store`` (a :class:`strokeseg.data.volume_stores.VolumeStore`) is predicted whole by sliding windows
+    of ``patch`` and scored on the store's grid, or with ``native`` on its own grid."""
+    from strokeseg.infer.sliding_window import sliding_window_probability
+
+    spacing = tuple(float(s) for s in store.geometry["spacing"])
+    rows = []
+    for subject in subjects:
+        images, truth = store.volume(store.position(str(subject)))
+        probability = sliding_window_probability(predict, images.astype(np.float32), patch, batch_size, step)
+        pred = probability > threshold
+        del probability, images
+        if native is not None:
+            metrics = native.score(str(subject), pred, connectivity)
+        else:
+            metrics = subject_metrics(pred, truth, spacing, connectivity=connectivity)
         rows.append({"subject_name": str(subject), **metrics})
     return pd.DataFrame(rows, columns=["subject_name", *METRIC_KEYS])

@@ -9,6 +9,12 @@ scored there against the subject's own mask, as ISLES evaluates, with
 :func:`strokeseg.evaluate.volume_metrics.subject_metrics` (ATLAS rules, the settings' connectivity,
 HD95 in mm from the subject's voxel size, or in voxels when the spacing is not known: the ``units``
 column says which). One subject's volumes are in memory at a time.
+
+With a 3-D model beside the planes (``volume``: a predictor whose one "plane" is the volume), the
+same subject is also predicted by sliding windows and scored as the ``volume`` mask, and with
+``average`` the mean of the fused probability and the 3-D probability as the ``average`` mask; both
+go through the fused mask's threshold and small-component removal, so the masks differ only in
+where their probabilities come from.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from strokeseg.evaluate.volume_metrics import subject_metrics
 from strokeseg.infer.tri_planar import TriPlanarPredictor
 
 FUSED = "fused"
+VOLUME_MASK, AVERAGE = "volume", "average"   # a 3-D model's mask, and its mean with the fused probability
 SINGLE_PLANE_THRESHOLD = 0.5        # a single plane's 3-D mask: probability > 0.5
 
 
@@ -38,7 +45,8 @@ class SubjectResult:
 
 
 def evaluate_subject(name: str, channels: list[tuple[str, Path]], mask_path: Path, predictor: TriPlanarPredictor,
-                     plan: GridPlan, binarize_masks: bool = False, keep_probabilities: bool = False) -> SubjectResult:
+                     plan: GridPlan, binarize_masks: bool = False, keep_probabilities: bool = False,
+                     volume: TriPlanarPredictor | None = None, average: bool = False) -> SubjectResult:
     try:
         subject = load_planned(channels, mask_path, plan, binarize_masks, allow_empty=True)
     except InputError as exc:
@@ -59,8 +67,17 @@ def evaluate_subject(name: str, channels: list[tuple[str, Path]], mask_path: Pat
     fused = plan.mask_to_native(predictor.mask(probabilities), native)
     rows.append({"subject_name": name, "mask": FUSED,
                  **subject_metrics(fused, truth, spacing, connectivity=connectivity), **units})
+    extra = {}
+    if volume is not None:
+        extra[VOLUME_MASK] = next(iter(volume.probabilities(subject.volume).values()))
+        if average:
+            extra[AVERAGE] = (predictor.fused_probability(probabilities) + extra[VOLUME_MASK]) * np.float32(0.5)
+        for key, probability in extra.items():
+            mask = plan.mask_to_native(volume.mask({key: probability}), native)
+            rows.append({"subject_name": name, "mask": key,
+                         **subject_metrics(mask, truth, spacing, connectivity=connectivity), **units})
     if keep_probabilities:
-        probabilities = {**probabilities, FUSED: predictor.fused_probability(probabilities)}
+        probabilities = {**probabilities, FUSED: predictor.fused_probability(probabilities), **extra}
         probabilities = {key: plan.probability_to_native(p, native) for key, p in probabilities.items()}
     else:
         probabilities = {}

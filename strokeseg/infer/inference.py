@@ -20,6 +20,8 @@ crop core (:func:`predict_slices`) and stays framework-free; model loading impor
 
 Model folders (:func:`load_plane_models`): ``<plane>.keras`` per plane (e.g. the best fold of each
 plane), and/or per-fold sets ``<plane>_fold<k>.keras`` whose members are averaged (an ensemble).
+A 3-D model is the folder's ``volume`` "plane" (``volume.keras``): one (n, X, Y, Z, M) patch input
+and output, predicted over the whole volume by sliding windows (:mod:`strokeseg.infer.sliding_window`).
 Models are loaded in Keras safe mode (no arbitrary code runs on load) and without compiling.
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from strokeseg.config import PLANES, ConvertConfig
+from strokeseg.config import PLANES, VOLUME, ConvertConfig
 from strokeseg.data import normalization, planes
 from strokeseg.errors import InputError
 
@@ -197,33 +199,51 @@ def plane_probability(predict: Predict, t1: np.ndarray, plane: str, convert: Con
 
 @dataclass(frozen=True)
 class PlanePredictor:
-    """One plane's ``predict`` (one model, or the mean of a fold set) and the channels it reads."""
+    """One plane's ``predict`` (one model, or the mean of a fold set) and the channels it reads; for a
+    3-D model (the ``volume`` plane) also its patch, the window of the sliding-window inference."""
     predict: Predict
     channels: int
+    patch: tuple[int, int, int] | None = None
 
 
 # ------------------------------------------------------------------------------------- models
-def model_channels(model: "keras.Model") -> int:
-    """The number of input channels (adjacent slices) a single-input (n, H, W, C) model reads."""
+def model_channels(model: "keras.Model", volumetric: bool = False) -> int:
+    """The number of input channels of a single-input model: adjacent slices × image channels of an
+    (n, H, W, C) slice model, or the image channels of an (n, X, Y, Z, M) 3-D model."""
     inputs = model.inputs
     shape = tuple(inputs[0].shape) if len(inputs) == 1 else ()
-    if len(shape) != 4 or shape[-1] is None:
+    rank, layout = (5, "(n, X, Y, Z, M)") if volumetric else (4, "(n, H, W, C)")
+    if len(shape) != rank or shape[-1] is None:
         raise ValueError(f"model {model.name!r} has input(s) {[tuple(i.shape) for i in inputs]}; "
-                         "expected one (n, H, W, C) input with a fixed C")
+                         f"expected one {layout} input with a fixed channel count")
     return int(shape[-1])
 
 
-def _check_model(path: Path, model, canvas_shape: tuple[int, int] | None) -> int:
+def model_patch(model: "keras.Model") -> tuple[int, int, int]:
+    """The (X, Y, Z) window of a 3-D model (its fixed input size)."""
+    patch = tuple(model.inputs[0].shape)[1:4]
+    if any(p is None for p in patch):
+        raise ValueError(f"model {model.name!r} has no fixed patch size: input {tuple(model.inputs[0].shape)}")
+    return tuple(int(p) for p in patch)  # type: ignore[return-value]
+
+
+def _check_model(path: Path, model, canvas_shape: tuple[int, int] | None, volumetric: bool = False) -> int:
     try:
-        channels = model_channels(model)
+        channels = model_channels(model, volumetric)
+        if volumetric:
+            model_patch(model)
     except ValueError as exc:
         raise InputError(path, str(exc)) from None
     outputs = model.outputs
     out = tuple(outputs[0].shape) if len(outputs) == 1 else ()
-    height, width = tuple(model.inputs[0].shape)[1:3]
-    if len(out) != 4 or out[-1] != 1 or out[1:3] != (height, width):
-        raise InputError(path, f"model output {[tuple(o.shape) for o in outputs]} is not one (n, H, W, 1) "
-                               f"probability map of the input's size ({height}, {width})")
+    spatial = tuple(model.inputs[0].shape)[1:-1]
+    if len(out) != len(spatial) + 2 or out[-1] != 1 or out[1:-1] != spatial:
+        layout = "(n, X, Y, Z, 1)" if volumetric else "(n, H, W, 1)"
+        raise InputError(path, f"model output {[tuple(o.shape) for o in outputs]} is not one {layout} "
+                               f"probability map of the input's size {spatial}")
+    if volumetric:
+        return channels
+    height, width = spatial
     if canvas_shape is not None:
         for size, expected, name in ((height, canvas_shape[0], "height"), (width, canvas_shape[1], "width")):
             if size is not None and int(size) != int(expected):
@@ -255,7 +275,7 @@ def model_files(folder, ensemble: bool = False, planes_wanted: tuple[str, ...] =
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "models folder not found")
-    folds: dict[str, list[tuple[int, Path]]] = {plane: [] for plane in PLANES}
+    folds: dict[str, list[tuple[int, Path]]] = {plane: [] for plane in (*PLANES, VOLUME)}
     for path in folder.iterdir():
         match = _FOLD_FILE.match(path.name)
         if match and match["plane"] in folds:
@@ -274,6 +294,16 @@ def model_files(folder, ensemble: bool = False, planes_wanted: tuple[str, ...] =
     return found
 
 
+def folder_planes(folder, planes_wanted: tuple[str, ...] = PLANES) -> tuple[str, ...]:
+    """The "planes" a models folder predicts with: ``volume`` when it holds a 3-D model (``volume.keras``
+    or ``volume_fold<k>.keras``), else ``planes_wanted``."""
+    folder = Path(folder)
+    has_volume = folder.is_dir() and any(p.name == f"{VOLUME}{MODEL_SUFFIX}" or
+                                         (_FOLD_FILE.match(p.name) and p.name.startswith(f"{VOLUME}_"))
+                                         for p in folder.iterdir())
+    return (VOLUME,) if has_volume else tuple(planes_wanted)
+
+
 def load_plane_models(folder, ensemble: bool = False, canvas_shapes: dict[str, tuple[int, int]] | None = None,
                       planes_wanted: tuple[str, ...] = PLANES) -> dict[str, list["keras.Model"]]:
     """The models of each plane (the three, or a one-plane study's): ``{plane: [model, ...]}`` (one
@@ -288,7 +318,7 @@ def load_plane_models(folder, ensemble: bool = False, canvas_shapes: dict[str, t
         loaded, channels = [], set()
         for path in paths:
             model = load_model(path)
-            channels.add(_check_model(path, model, (canvas_shapes or {}).get(plane)))
+            channels.add(_check_model(path, model, (canvas_shapes or {}).get(plane), plane == VOLUME))
             if len(channels) > 1:
                 raise InputError(path, f"{plane} models read different numbers of input channels "
                                        f"({sorted(channels)}); an ensemble needs one")
@@ -328,5 +358,12 @@ def ensemble_predict(models: list["keras.Model"], batch_size: int) -> Predict:
 
 def plane_predictors(models: dict[str, list["keras.Model"]], batch_size: int) -> dict[str, PlanePredictor]:
     """:class:`PlanePredictor` per plane from :func:`load_plane_models`' members."""
-    return {plane: PlanePredictor(ensemble_predict(members, batch_size), model_channels(members[0]))
-            for plane, members in models.items()}
+    predictors = {}
+    for plane, members in models.items():
+        volumetric = plane == VOLUME
+        patches = {model_patch(m) for m in members} if volumetric else {None}
+        if len(patches) > 1:
+            raise InputError(plane, f"the 3-D models of an ensemble have different patches {sorted(patches)}")
+        predictors[plane] = PlanePredictor(ensemble_predict(members, batch_size),
+                                           model_channels(members[0], volumetric), patches.pop())
+    return predictors

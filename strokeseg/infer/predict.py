@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from strokeseg.config import PLANES, ConvertConfig, from_dict
+from strokeseg.config import PLANES, VOLUME, ConvertConfig, from_dict
 from strokeseg.data import planes, resample
 from strokeseg.data.grid_plan import GRID_PLAN_JSON, GridPlan, NativeGrid
 from strokeseg.data.lesions import component_sizes
@@ -99,6 +99,8 @@ class Options:
     save_probabilities: bool = False
     batch_size: int = DEFAULT_BATCH_SIZE
     skip_empty: bool = False
+    window_step: float = 0.5        # 3-D models: the training run's sliding-window step and windows per call
+    window_batch: int = 2
 
 
 # ------------------------------------------------------------------------------------ arguments
@@ -111,7 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="one case given channel by channel (repeat for each of the models' channels)")
     parser.add_argument("--models", type=Path, required=True, metavar="DIR",
                         help="folder with axial.keras, sagittal.keras, coronal.keras and/or per-fold sets "
-                             "<plane>_fold<k>.keras, and optionally the training config.json")
+                             "<plane>_fold<k>.keras (or a 3-D model: volume.keras or volume_fold<k>.keras), and "
+                             "optionally the training config.json")
     parser.add_argument("--output", type=Path, required=True, metavar="DIR",
                         help="folder for <case>_mask.nii.gz and predictions.csv (created if missing)")
     parser.add_argument("--ensemble", action="store_true",
@@ -227,12 +230,27 @@ def fusion_settings(models_dir: Path, args: argparse.Namespace) -> FusionSetting
     return dataclasses.replace(settings, **changes)
 
 
+def window_settings(models_dir: Path) -> tuple[float, int]:
+    """(sliding-window step, windows per call) of a 3-D model: the ``training`` section of the models
+    folder's ``config.json`` (``window_step``, ``patch_batch_size``), else the package defaults."""
+    section = recorded_config(models_dir).get("training", {})
+    if not isinstance(section, dict):
+        raise UsageError(f"{Path(models_dir) / CONFIG_NAME}: 'training' is not a JSON object")
+    wanted = {k: section[k] for k in ("window_step", "patch_batch_size") if k in section}
+    try:
+        training = from_dict({"training": wanted}).training
+    except StrokesegError as exc:
+        raise UsageError(f"{Path(models_dir) / CONFIG_NAME}: {exc}") from None
+    return training.window_step, training.patch_batch_size
+
+
 def options_from_args(args: argparse.Namespace) -> Options:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    step, windows = window_settings(args.models)
     return Options(convert=convert_config(args.models, args), settings=fusion_settings(args.models, args),
                    save_probabilities=args.save_probabilities, batch_size=args.batch_size,
-                   skip_empty=args.skip_empty_slices)
+                   skip_empty=args.skip_empty_slices, window_step=step, window_batch=windows)
 
 
 # --------------------------------------------------------------------------------------- inputs
@@ -362,18 +380,22 @@ def models_plan(models_dir: Path) -> GridPlan:
 # ------------------------------------------------------------------------------------ one case
 def load_predictor(models_dir: Path, options: Options, ensemble: bool = False,
                    plan: GridPlan = MNI_T1_PLAN) -> TriPlanarPredictor:
-    from strokeseg.infer.inference import load_plane_models, plane_predictors
+    from strokeseg.infer.inference import folder_planes, load_plane_models, plane_predictors
 
-    canvases = {p: planes.canvas_for(plan.shape, p, options.convert.canvas_multiple).shape for p in plan.planes}
-    models = load_plane_models(models_dir, ensemble=ensemble, canvas_shapes=canvases, planes_wanted=plan.planes)
+    wanted = folder_planes(models_dir, plan.planes)
+    canvases = {p: planes.canvas_for(plan.shape, p, options.convert.canvas_multiple).shape
+                for p in wanted if p in PLANES}
+    models = load_plane_models(models_dir, ensemble=ensemble, canvas_shapes=canvases, planes_wanted=wanted)
     predictors = plane_predictors(models, options.batch_size)
     for plane, predictor in predictors.items():
         log.info("%s: %d model(s), %d input channel(s)", plane, len(models[plane]), predictor.channels)
-        if predictor.channels % len(plan.channels):
-            raise InputError(Path(models_dir), f"the {plane} model reads {predictor.channels} input channels, not a "
-                                               f"multiple of the plan's {len(plan.channels)} image channels")
+        fits = predictor.channels == len(plan.channels) if plane == VOLUME else \
+            predictor.channels % len(plan.channels) == 0
+        if not fits:
+            raise InputError(Path(models_dir), f"the {plane} model reads {predictor.channels} input channels, which "
+                                               f"do not fit the plan's {len(plan.channels)} image channels")
     return TriPlanarPredictor(predictors, options.convert, options.settings, options.batch_size, options.skip_empty,
-                              plan.channel_kinds)
+                              plan.channel_kinds, options.window_step, options.window_batch)
 
 
 def _describe_grid(shape, affine) -> str:

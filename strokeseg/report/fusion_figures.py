@@ -30,6 +30,7 @@ from strokeseg.report.figures import plt
 
 PLANE_MASKS = ("axial", "sagittal", "coronal")
 FUSED = "fused"
+VOLUME_MASKS = ("volume", "average")   # a 3-D model's mask, and its mean with the fused probability
 OVERLAY_FIGSIZE = (13.0, 4.8)
 VIEW_FIGSIZE = (13.0, 4.8)
 DEFAULT_MAX_POINTS = 4000
@@ -41,8 +42,15 @@ METRIC_NAMES = {"dice": "Dice", "precision": "Precision", "recall": "Recall",
 
 # ------------------------------------------------------------------------------------ rainclouds
 def mask_label(mask: str) -> str:
-    """The tick label of a mask column: single planes are "before fusion", the fused mask "after"."""
-    return f"{mask} (after fusion)" if mask == FUSED else f"{mask} (before fusion)"
+    """The tick label of a mask column: single planes are "before fusion", the fused mask "after"; a 3-D
+    model's mask and its average with the fused one say so."""
+    if mask == FUSED:
+        return f"{mask} (after fusion)"
+    if mask == "volume":
+        return "3-D model"
+    if mask == "average":
+        return "average (fused + 3-D)"
+    return f"{mask} (before fusion)"
 
 
 def before_after_raincloud(subjects: pd.DataFrame, path: Path, synthetic: bool, metric: str = "dice",
@@ -50,14 +58,16 @@ def before_after_raincloud(subjects: pd.DataFrame, path: Path, synthetic: bool, 
     """Per-subject 3-D ``metric`` of each single plane (before fusion) and of the fused mask.
 
     ``subjects``: stage 10's ``subjects.csv`` rows (columns ``mask`` and ``metric``), one row per
-    (subject, mask). Columns in the order axial, sagittal, coronal, fused; n from the data.
+    (subject, mask). Columns in the order axial, sagittal, coronal, fused, then a 3-D model's masks;
+    n from the data.
     """
     _require(subjects, ("mask", metric), "before_after_raincloud")
     present = list(dict.fromkeys(subjects["mask"].astype(str)))
-    unknown = [m for m in present if m not in (*PLANE_MASKS, FUSED)]
+    known = (*PLANE_MASKS, FUSED, *VOLUME_MASKS)
+    unknown = [m for m in present if m not in known]
     if unknown:
         raise ValueError(f"before_after_raincloud: unknown masks {unknown}")
-    order = [m for m in (*PLANE_MASKS, FUSED) if m in present]
+    order = [m for m in known if m in present]
     frame = pd.DataFrame({"mask": subjects["mask"].astype(str).map(mask_label), metric: subjects[metric]})
     name = METRIC_NAMES.get(metric, metric)
     title = title or f"Hold-out: per-subject 3-D {name}, single planes vs fused (fusion: {rule})"

@@ -1,4 +1,6 @@
-"""Stage 03: the 80 % subjects become per-plane slice stores (see strokeseg.data.stores).
+"""Stage 03: the 80 % subjects become per-plane slice stores (see strokeseg.data.stores), and when
+the config trains a 3-D model (``training.model`` or one of ``comparison.models``) also one volume
+store, ``volume/`` (strokeseg.data.volume_stores), on the same grid with the same normalisation.
 
 The 20 % hold-out is not converted: ``holdout.csv`` lists its subjects and files for stage 10.
 """
@@ -15,8 +17,11 @@ from strokeseg.contracts import (
     HOLDOUT_SUBJECTS_CSV,
     SPLITTING,
     TRAIN_SUBJECTS_CSV,
+    VOLUME_STORE_DIR,
 )
 from strokeseg.data.stores import write_stores
+from strokeseg.data.volume_stores import write_cohort_store
+from strokeseg.models import selected_volume_models
 from strokeseg.workdir import (
     StageWriter,
     grid_plan,
@@ -41,8 +46,13 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
     with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir)) as out:
         counts = write_stores(out.path, train.sort_values("subject_name"), plan, config.convert,
                               config.dataset.binarize_masks, config.workers, progress, allow_empty)
+        volume_models = selected_volume_models(config)
+        if volume_models:
+            write_cohort_store(out.path / VOLUME_STORE_DIR, train.sort_values("subject_name"), plan, config.convert,
+                               config.dataset.binarize_masks, allow_empty, config.seed, config.workers, progress)
         write_csv(holdout.sort_values("subject_name"), out.path / HOLDOUT_CSV)
         out.extra["rows_per_plane"] = counts
+        out.extra["volume_store_for"] = volume_models
     return stage_dir(workdir, STAGE)
 
 

@@ -11,6 +11,10 @@ Outputs under ``09_comparison/``:
 - ``runs/<model>/<plane>/fold_<k>/`` and ``losses/<loss>/<model>/<plane>/fold_<k>/``: the runs
   (kept across invocations, so a killed stage resumes), each with its test-fold evaluations;
 - ``folds_results.csv``: per model and plane, stage 08's fold table (the reference model included);
+  a 3-D model (``comparison.models`` may name ``unet3d`` or ``attention_unet3d``) has one plane,
+  ``volume``, and only the ``subject_3d`` evaluation (it has no slices);
+- ``best_folds.csv``: per comparison model and plane, the fold with the best cross-validation
+  subject-3-D average score and its model file (stage 10's ``--volume-model`` reads it);
 - ``model_comparison.csv``: per plane and model, mean ± std and median of the per-subject 3-D
   metrics on the cross-validation test folds;
 - ``wilcoxon.csv``: per plane and model, the paired Wilcoxon signed-rank test of per-subject 3-D
@@ -30,6 +34,7 @@ import pandas as pd
 
 from strokeseg.config import Config, apply_overrides
 from strokeseg.contracts import (
+    BEST_FOLDS_CSV,
     COMPARISON,
     LOSS_COMPARISON_CSV,
     MODEL_COMPARISON_CSV,
@@ -84,6 +89,7 @@ def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = Fals
     tables, subjects, runs = [], [read_csv(reference_dir / TEST_SUBJECTS_3D_CSV)], []
     if model_specs:
         slices, model_subjects, model_runs = experiments.collect(model_specs, root)
+        best = experiments.best_folds(experiments.plane_fold_tables(slices, model_subjects), model_runs)
         subjects.append(model_subjects)
         runs.append(model_runs.assign(comparison="model"))
         reference_slices = read_csv(reference_dir / TEST_SLICES_CSV)
@@ -102,6 +108,7 @@ def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = Fals
     with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir), kept=(RUNS_DIR, LOSS_RUNS)) as out:
         if model_specs:
             write_csv(pd.concat(tables, ignore_index=True), out.path / "folds_results.csv")
+            write_csv(best, out.path / BEST_FOLDS_CSV)
             write_csv(summary_table(subjects, ["plane", "model"], _present(subjects)), out.path / MODEL_COMPARISON_CSV)
             write_csv(paired_wilcoxon(subjects, reference, "dice"), out.path / "wilcoxon.csv")
             write_csv(subjects, out.path / TEST_SUBJECTS_3D_CSV)

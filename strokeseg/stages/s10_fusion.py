@@ -66,6 +66,22 @@ Outputs under ``10_fusion/``:
   (``overlays`` subjects spread over the fused-Dice ranking, tri-planar through the lesion's centre
   of mass) and ``fusion_3d_view.png`` (surface voxels of fused vs ground truth, the median subject).
 
+**3-D models** (``unet3d``, ``attention_unet3d``; strokeseg.models.VOLUME_MODELS):
+
+- when stage 08's model is 3-D, the study's one "plane" is ``volume``: each hold-out subject is
+  predicted by Gaussian-weighted sliding windows, its "fused" rows are that mask after the threshold
+  and component removal (as a one-plane study), and ``models/`` holds ``volume.keras``;
+- ``--volume-model NAME`` (a 3-D model stage 09 trained, its best fold from ``09_comparison/
+  best_folds.csv``, or every fold with ``--ensemble``) evaluates it beside the tri-planar fusion on the
+  same hold-out subjects: ``subjects.csv`` gains the ``volume`` mask, and with ``--average`` the
+  ``average`` mask (mean of the fused and the 3-D probability), both through the fused mask's
+  threshold and component removal; ``volume_comparison.csv`` holds the paired Wilcoxon of each against
+  the fused mask (columns as ``fusion_gain.csv``); ``models_3d/`` is a models folder for
+  ``strokeseg predict`` with the 3-D model.
+
+``--min-lesion-voxels auto`` chooses on the slice models' out-of-fold predictions, so it is for
+tri-planar studies only.
+
 Every option is recorded in ``manifest.json`` (``options``, ``fusion`` (the settings),
 ``min_lesion_voxels``, ``models``).
 """
@@ -73,16 +89,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
-from strokeseg.config import PLANES, Config, apply_overrides
+from strokeseg.config import PLANES, VOLUME, Config, apply_overrides
 from strokeseg.contracts import (
     BY_VOLUME_BIN_CSV,
+    COMPARISON,
     CONVERT,
     CROSS_VALIDATION,
     FOLDS_CSV,
@@ -98,9 +115,10 @@ from strokeseg.contracts import (
     fused_mask_file,
 )
 from strokeseg.errors import ConfigError
-from strokeseg.evaluate.holdout import FUSED, SINGLE_PLANE_THRESHOLD
+from strokeseg.evaluate.holdout import AVERAGE, FUSED, SINGLE_PLANE_THRESHOLD, VOLUME_MASK
 from strokeseg.infer.fusion import FUSION_RULES, FusionSettings
 from strokeseg.infer.postprocessing import DEFAULT_CANDIDATES
+from strokeseg.models import is_volumetric
 from strokeseg.workdir import (
     StageWriter,
     grid_plan,
@@ -115,8 +133,9 @@ from strokeseg.workdir import (
 log = logging.getLogger(__name__)
 
 STAGE = FUSION
-MASK_ORDER = (*PLANES, FUSED)
+MASK_ORDER = (*PLANES, VOLUME, FUSED)
 PROBABILITIES_DIR = "probabilities"
+MODELS_3D_DIR, VOLUME_COMPARISON_CSV = "models_3d", "volume_comparison.csv"
 SIZES_CSV, CV_SUBJECTS_CSV = "min_lesion_voxels.csv", "cv_subjects.csv"
 PROBABILITY_ENCODING = "uint8 = round(255 * probability)"
 DEFAULT_SETTINGS = FusionSettings()
@@ -135,6 +154,8 @@ class FusionStageOptions:
     overlays: int = 3
     save_probabilities: bool = False
     batch_size: int | None = None                    # None: training.eval_batch_size
+    volume_model: str | None = None                  # a 3-D model of stage 09, evaluated beside the fusion
+    average: bool = False                            # also the mean of the fused and the 3-D probability
 
     def __post_init__(self):
         size = self.min_lesion_voxels
@@ -147,6 +168,10 @@ class FusionStageOptions:
             raise ConfigError(f"overlays must be >= 0, got {self.overlays}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.volume_model is not None and not is_volumetric(self.volume_model):
+            raise ConfigError(f"--volume-model {self.volume_model}: not a 3-D model")
+        if self.average and self.volume_model is None:
+            raise ConfigError("--average needs --volume-model")
         # Checked now, before any model is loaded; weighted_mean's weights come from stage 08 later,
         # so equal ones stand in for them here.
         self.settings(dict.fromkeys(PLANES, 1.0) if self.fusion == "weighted_mean" else None)
@@ -182,7 +207,13 @@ def run(workdir: Path, config: Config, progress: bool = True,
     model = config.training.model
     batch = options.batch_size or config.training.eval_batch_size
     plan = grid_plan(workdir)
-    planes = plan.planes
+    volumetric = is_volumetric(model)
+    planes = (VOLUME,) if volumetric else plan.planes
+    if volumetric and (options.chooses_min_size or options.volume_model):
+        raise ConfigError(f"stage 08 trained a 3-D model ({model}): "
+                          + ("--min-lesion-voxels auto is for tri-planar studies; give a number of voxels"
+                             if options.chooses_min_size else "--volume-model compares a 3-D model with a "
+                             "tri-planar fusion, and this study has none"))
     chosen = models_folder.trained_models(training_dir, model, options.ensemble, planes)
     weights = (models_folder.cross_validation_weights(training_dir, chosen, options.ensemble)
                if options.fusion == "weighted_mean" else None)
@@ -194,9 +225,11 @@ def run(workdir: Path, config: Config, progress: bool = True,
         models_dir = models_folder.export_models(out.path / MODELS_DIR, sources, config, options.ensemble)
         plan.write(models_dir)   # predict places a new case on the grid the models were trained on
         # The exported models are loaded back as `strokeseg predict` loads them.
-        canvases = {plane: _canvas(plan.shape, plane, config) for plane in planes}
+        canvases = {plane: _canvas(plan.shape, plane, config) for plane in planes if plane != VOLUME}
         predictors = plane_predictors(load_plane_models(models_dir, options.ensemble, canvases, planes), batch)
-        predictor = TriPlanarPredictor(predictors, config.convert, settings, batch, kinds=plan.channel_kinds)
+        predictor = TriPlanarPredictor(predictors, config.convert, settings, batch, kinds=plan.channel_kinds,
+                                       window_step=config.training.window_step,
+                                       window_batch=config.training.patch_batch_size)
 
         chosen_on = None
         if options.chooses_min_size:
@@ -212,7 +245,12 @@ def run(workdir: Path, config: Config, progress: bool = True,
             single_plane_threshold=SINGLE_PLANE_THRESHOLD, min_lesion_voxels_chosen_on=chosen_on,
             sources={p: [{"fold": f, "file": f"{TRAINING}/{path}"} for f, path in m] for p, m in chosen.items()})
 
-        rows = _evaluate_holdout(holdout, predictor, plan, config, options, out.path, progress)
+        volume = None
+        if options.volume_model:
+            volume = _volume_predictor(workdir, config, options, settings, plan, out.path / MODELS_3D_DIR, batch)
+            out.extra["volume_model"] = {"model": options.volume_model, "models": volume[1]}
+            volume = volume[0]
+        rows = _evaluate_holdout(holdout, predictor, plan, config, options, out.path, progress, volume)
         subjects = _tables(rows, holdout, config, out.path, planes)
         rule = settings.describe() + (", fold ensemble" if options.ensemble else "")
         if len(planes) == 1:
@@ -229,6 +267,32 @@ def run(workdir: Path, config: Config, progress: bool = True,
             "probability_encoding": PROBABILITY_ENCODING if options.save_probabilities else None,
         })
     return stage_dir(workdir, STAGE)
+
+
+def _volume_predictor(workdir: Path, config: Config, options: FusionStageOptions, settings: FusionSettings, plan,
+                      folder: Path, batch: int):
+    """(predictor of the 3-D model of ``--volume-model``, its sources): stage 09's best fold (or every fold
+    with ``--ensemble``) exported to ``folder`` as a models folder of its own, and loaded back from there.
+    Its mask takes the fused mask's threshold and component removal, without plane weights."""
+    from strokeseg.infer import models_folder
+    from strokeseg.infer.inference import load_plane_models, plane_predictors
+    from strokeseg.infer.tri_planar import TriPlanarPredictor
+    from strokeseg.train.recipes import model_training
+
+    comparison_dir = require_stage(workdir, COMPARISON)
+    chosen = models_folder.trained_models(comparison_dir, options.volume_model, options.ensemble, (VOLUME,))
+    sources = {VOLUME: [(fold, comparison_dir / path) for fold, path in chosen[VOLUME]]}
+    training = model_training(config, options.volume_model, config.comparison.recipe, config.comparison.max_epochs)
+    models_dir = models_folder.export_models(folder, sources, replace(config, training=training), options.ensemble)
+    plan.write(models_dir)
+    volume_settings = settings.replace(rule="mean", weights=None)
+    provenance = [{"fold": fold, "file": f"{COMPARISON}/{path}"} for fold, path in chosen[VOLUME]]
+    models_folder.write_fusion_settings(models_dir, volume_settings, ensemble=options.ensemble,
+                                        model=options.volume_model, sources={VOLUME: provenance})
+    predictors = plane_predictors(load_plane_models(models_dir, options.ensemble, None, (VOLUME,)), batch)
+    predictor = TriPlanarPredictor(predictors, config.convert, volume_settings, batch, kinds=plan.channel_kinds,
+                                   window_step=training.window_step, window_batch=training.patch_batch_size)
+    return predictor, provenance
 
 
 def _canvas(shape, plane: str, config: Config) -> tuple[int, int]:
@@ -257,7 +321,7 @@ def _choose_min_lesion_voxels(training_dir: Path, convert_dir: Path, folds, mode
 
 
 def _evaluate_holdout(holdout, predictor, plan, config: Config, options: FusionStageOptions, root: Path,
-                      progress: bool) -> list[dict]:
+                      progress: bool, volume=None) -> list[dict]:
     """Every hold-out subject scored on its own grid (:func:`strokeseg.evaluate.holdout.evaluate_subject`);
     its fused mask, and with ``save_probabilities`` its probability maps, written with its own geometry
     (the first channel's header and affine)."""
@@ -275,7 +339,8 @@ def _evaluate_holdout(holdout, predictor, plan, config: Config, options: FusionS
                         disable=not progress, leave=False):
         name = str(subject.subject_name)
         result = evaluate_subject(name, channel_paths(subject, plan.channels), Path(subject.mask), predictor, plan,
-                                  config.dataset.binarize_masks, keep_probabilities=options.save_probabilities)
+                                  config.dataset.binarize_masks, keep_probabilities=options.save_probabilities,
+                                  volume=volume, average=options.average)
         write_nifti(root / MASKS_DIR / fused_mask_file(name), result.fused, reference=result.image, dtype=np.uint8)
         if options.save_probabilities:
             for key, probability in result.probabilities.items():
@@ -294,7 +359,9 @@ def _tables(rows: list[dict], holdout, config: Config, root: Path, planes: tuple
     subjects table. A ``units`` column says whether mL and mm are physical or voxels."""
     from strokeseg.evaluate import subject_tables
 
-    order = tuple(m for m in MASK_ORDER if m in (*planes, FUSED))
+    present = set(r["mask"] for r in rows)
+    order = tuple(m for m in MASK_ORDER if m in (*planes, FUSED)) + tuple(m for m in (VOLUME_MASK, AVERAGE)
+                                                                          if m in present and m not in planes)
     bins = holdout.set_index("subject_name")["volume_bin"].astype(int)
     subjects = subject_tables.subjects_frame([{k: v for k, v in r.items() if k != "units"} for r in rows], bins,
                                              config.bins.volume_edges)
@@ -302,9 +369,15 @@ def _tables(rows: list[dict], holdout, config: Config, root: Path, planes: tuple
     write_csv(subjects, root / SUBJECTS_CSV)
     write_csv(subject_tables.summary(subjects, order), root / SUMMARY_CSV)
     if len(planes) > 1:
-        gain = subject_tables.paired_comparison(subjects, FUSED, order)
+        fused_planes = (*planes, FUSED)
+        gain = subject_tables.paired_comparison(subjects[subjects["mask"].isin(fused_planes)], FUSED, fused_planes)
         write_csv(gain.rename(columns={"mask": "plane", "mask_mean": "plane_mean", "reference_mean": "fused_mean"}),
                   root / FUSION_GAIN_CSV)
+    three_d = tuple(m for m in (VOLUME_MASK, AVERAGE) if m in order and m not in planes)
+    if three_d:
+        compared = subjects[subjects["mask"].isin((FUSED, *three_d))]
+        write_csv(subject_tables.paired_comparison(compared, FUSED, (FUSED, *three_d))
+                  .rename(columns={"reference_mean": "fused_mean"}), root / VOLUME_COMPARISON_CSV)
     write_csv(subject_tables.by_volume_bin(subjects, config.bins.volume_edges, order), root / BY_VOLUME_BIN_CSV)
     return subjects
 
@@ -355,10 +428,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "probability x 255)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="slices per model call (default: training.eval_batch_size)")
+    parser.add_argument("--volume-model", default=None, metavar="NAME",
+                        help="also evaluate this 3-D model of stage 09 (e.g. attention_unet3d) on the same hold-out "
+                             "subjects: the 'volume' rows and volume_comparison.csv (Wilcoxon against the fused mask)")
+    parser.add_argument("--average", action="store_true",
+                        help="with --volume-model: also the mean of the fused and the 3-D probability ('average')")
 
 
 def run_options(args: argparse.Namespace) -> dict:
     return {"options": FusionStageOptions(
         fusion=args.fusion, threshold=args.threshold, flip_tta=args.flip_tta, min_lesion_voxels=args.min_lesion_voxels,
         ensemble=args.ensemble, overlays=args.overlays, save_probabilities=args.save_probabilities,
-        batch_size=args.batch_size)}
+        batch_size=args.batch_size, volume_model=args.volume_model, average=args.average)}

@@ -9,6 +9,11 @@ ways (strokeseg.evaluate.folds), written beside the run as ``test_slices.csv`` a
   16 normal batches, each slice once), so tables are comparable with the paper's;
 - ``lesion_slices``: the lesion slices only, no smoothing (what the per-slice numbers hide);
 - ``subject_3d``: every slice of each test subject predicted, the volume rebuilt, 3-D metrics.
+
+A 3-D model's runs (its plane is ``volume``) train on patches of stage 03's volume store with the
+same folds and inner-validation subjects (strokeseg.train.volume_data); they have no slices, so only
+``subject_3d`` is written for them: each test subject predicted by Gaussian-weighted sliding
+windows (strokeseg.infer.sliding_window) and scored exactly as the slice runs' rebuilt volumes.
 """
 from __future__ import annotations
 
@@ -20,14 +25,33 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from strokeseg.config import Config, TrainingConfig
-from strokeseg.contracts import BATCHES, COHORT_CSV, CONVERT, CROSS_VALIDATION, DATASET, FOLDS_CSV, PREPARATION
+from strokeseg.config import VOLUME, Config, TrainingConfig
+from strokeseg.contracts import (
+    BATCHES,
+    COHORT_CSV,
+    CONVERT,
+    CROSS_VALIDATION,
+    DATASET,
+    FOLDS_CSV,
+    INNER_VALIDATION_CSV,
+    PREPARATION,
+    VOLUME_STORE_DIR,
+)
 from strokeseg.data.stores import SliceStore
+from strokeseg.data.volume_stores import GEOMETRY, VolumeStore
 from strokeseg.errors import ConfigError, StrokesegError
-from strokeseg.evaluate.folds import NativeTruths, role_plan, slice_evaluation, subject_evaluation
+from strokeseg.evaluate.folds import (
+    SLICE_COLUMNS,
+    NativeTruths,
+    role_plan,
+    slice_evaluation,
+    subject_evaluation,
+    volume_evaluation,
+)
 from strokeseg.evaluate.tables import folds_results_table
-from strokeseg.models import slice_channels
+from strokeseg.models import is_volumetric, slice_channels
 from strokeseg.train.loop import BEST_MODEL, RunSpec, RunState, load_best_model, read_history, train
+from strokeseg.train.volume_data import VolumeRunData, role_subjects, run_patch
 from strokeseg.workdir import grid_plan, read_csv, require_stage, stage_config, write_csv
 
 log = logging.getLogger(__name__)
@@ -58,7 +82,10 @@ class Inputs:
 
 
 def run_specs(config: Config, inputs: Inputs, training: TrainingConfig, planes, folds, root: Path) -> list[RunSpec]:
-    """One run per (plane, fold) of ``training.model`` under ``root/<model>/<plane>/fold_<k>``."""
+    """One run per (plane, fold) of ``training.model`` under ``root/<model>/<plane>/fold_<k>``; a 3-D
+    model has one plane, ``volume``, whatever ``planes`` says."""
+    if is_volumetric(training.model):
+        return volume_specs(config, inputs, training, folds, root)
     channels = slice_channels(training.model)
     if channels not in config.prepare.channels:
         raise ConfigError(f"{training.model} reads {channels} adjacent slices but stage 06 prepared "
@@ -66,6 +93,26 @@ def run_specs(config: Config, inputs: Inputs, training: TrainingConfig, planes, 
     return [RunSpec(inputs.prepared, plane, fold, config.cv.n_folds, training, config.seed,
                     config.batches.fixed_order, root / training.model / plane / f"fold_{fold}")
             for plane in planes for fold in config.training_folds(folds)]
+
+
+def volume_specs(config: Config, inputs: Inputs, training: TrainingConfig, folds, root: Path) -> list[RunSpec]:
+    """One run per fold of a 3-D model under ``root/<model>/volume/fold_<k>``, on stage 03's volume store."""
+    store = inputs.stores / VOLUME_STORE_DIR
+    if not (store / GEOMETRY).is_file():
+        raise ConfigError(f"{training.model} trains on the volume store {store}, which stage 03 writes only when "
+                          f"the config selects a 3-D model: rerun from stage 03 with --set "
+                          f"training.model={training.model} or comparison.models=[\"{training.model}\"]")
+    shape = VolumeStore(store).shape
+    patch = run_patch(training, shape)
+    inner = set(read_csv(inputs.plans / INNER_VALIDATION_CSV)["subject_name"].astype(str))
+    n_folds = config.cv.n_folds
+    specs = []
+    for fold in config.training_folds(folds):
+        data = VolumeRunData(store, *(tuple(role_subjects(inputs.folds, inner, fold, n_folds, role))
+                                      for role in ("train", "inner_val")), patch, training.patch_batch_size)
+        specs.append(RunSpec(inputs.prepared, VOLUME, fold, n_folds, training, config.seed,
+                             config.batches.fixed_order, root / training.model / VOLUME / f"fold_{fold}", data))
+    return specs
 
 
 def train_and_evaluate(spec: RunSpec, inputs: Inputs, fresh: bool = False, progress: bool = True) -> bool:
@@ -91,11 +138,19 @@ def evaluate(spec: RunSpec, inputs: Inputs, progress: bool = True) -> None:
     def predict(images: np.ndarray) -> np.ndarray:
         return model.predict(images, batch_size=batch, verbose=0)
 
-    plan = role_plan(inputs.plans, spec.plane, spec.test_fold, spec.n_folds, role="test")
-    slices = slice_evaluation(predict, spec.split("test"), plan, batch)
     subjects = sorted(inputs.folds.loc[inputs.folds["fold"] == spec.test_fold, "subject_name"])
     if not subjects:
         raise StrokesegError(f"fold {spec.test_fold} has no subjects in folds.csv")
+    if spec.volume is not None:
+        per_subject = volume_evaluation(predict, spec.volume.open(), subjects, spec.volume.patch,
+                                        spec.training.patch_batch_size, spec.training.window_step,
+                                        native=inputs.native)
+        write_csv(pd.DataFrame(columns=list(SLICE_COLUMNS)), spec.folder / TEST_SLICES)
+        write_csv(per_subject, spec.folder / TEST_SUBJECTS)
+        log.info("%s: evaluated on %d subjects by sliding windows", spec.folder, len(per_subject))
+        return
+    plan = role_plan(inputs.plans, spec.plane, spec.test_fold, spec.n_folds, role="test")
+    slices = slice_evaluation(predict, spec.split("test"), plan, batch)
     store = SliceStore(inputs.stores / spec.plane)
     per_subject = subject_evaluation(predict, store, subjects, batch, channels=spec.channels, native=inputs.native)
     # Written after both are computed, subjects last: its presence marks a finished evaluation.

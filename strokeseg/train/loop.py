@@ -20,6 +20,11 @@ the resumed run continues exactly as the uninterrupted one would have (on one de
 on GPUs are not bitwise deterministic). Checkpoints are plain arrays (``np.load`` without pickle)
 and best models load in Keras safe mode.
 
+3-D models (strokeseg.models.VOLUME_MODELS) run the same loop on patch batches of stage 03's
+volume store (strokeseg.train.volume_data), with nnU-Net's deep-supervision loss on the decoder's
+lower scales when ``training.deep_supervision`` (strokeseg.train.deep_supervision); their
+``best.keras`` is the single-output inference model.
+
 Distribution (strokeseg.train.distribute): each replica gets one prepared batch per step, so the global
 batch is ``batch_size × replicas``. Under MultiWorkerMirroredStrategy only the chief writes into
 the run folder; the other workers keep their own copy in ``.worker-<index>/`` beside it.
@@ -41,8 +46,10 @@ import pandas as pd
 from strokeseg.config import TrainingConfig, derive_seed
 from strokeseg.data.prepared import PreparedSplit
 from strokeseg.errors import StrokesegError
-from strokeseg.models import build_model, load_model, slice_channels
+from strokeseg.models import build_model, is_volumetric, load_model, slice_channels
+from strokeseg.train import volume_data
 from strokeseg.train.augmentation import Augmentation
+from strokeseg.train.deep_supervision import DeepSupervisionLoss
 from strokeseg.train.distribute import choose_strategy, global_batches, set_precision, strategy_scope, worker_info
 from strokeseg.train.input_pipeline import batch_dataset
 from strokeseg.train.losses import LCNNLoss, get_loss
@@ -74,19 +81,33 @@ class RunSpec:
     seed: int
     fixed_order: bool         # upstream's fixed batch order (config.batches.fixed_order)
     folder: Path
+    volume: volume_data.VolumeRunData | None = None   # a 3-D run's patches (its plane is "volume")
 
     def settings(self) -> dict:
         """What must match for a run folder to be resumed (recorded in state.json)."""
         training = asdict(self.training)
         for shared in ("planes", "folds", "eval_batch_size"):  # which runs exist, not how one trains
             training.pop(shared)
-        return json.loads(json.dumps({"plane": self.plane, "test_fold": self.test_fold, "n_folds": self.n_folds,
-                                      "seed": self.seed, "fixed_order": self.fixed_order,
-                                      "training": training}, default=list))
+        settings = {"plane": self.plane, "test_fold": self.test_fold, "n_folds": self.n_folds,
+                    "seed": self.seed, "fixed_order": self.fixed_order, "training": training}
+        if self.volume is not None:
+            settings["patch"] = list(self.volume.patch)
+        return json.loads(json.dumps(settings, default=list))
 
     @property
     def channels(self) -> int:
         return slice_channels(self.training.model)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The model's input: a prepared batch's slice (H, W, C), or a 3-D run's patch (X, Y, Z, M)."""
+        if self.volume is not None:
+            return self.volume.input_shape
+        return tuple(self.split("train").batch_shape[0][1:])
+
+    @property
+    def deep_supervision(self) -> bool:
+        return self.volume is not None and self.training.deep_supervision
 
     def split(self, role: str) -> PreparedSplit:
         return PreparedSplit(self.prepared, self.plane, self.test_fold, role, self.n_folds, self.channels)
@@ -119,10 +140,19 @@ class AlignmentPenalty(keras.layers.Layer):
         return {**super().get_config(), "loss_config": self.loss_config}
 
 
-def build_training_model(training: TrainingConfig, input_shape: tuple[int, int, int], loss) -> keras.Model:
-    """The model ``fit`` trains: the registry model, with LCNN's alignment term when the loss is LCNN's,
-    and ``training.batchnorm_momentum`` when set."""
-    model = build_model(training.model, input_shape, **training.model_options)
+def model_options(training: TrainingConfig, deep_supervision: bool = False) -> dict:
+    """The build options of a run's model: ``training.model_options``, and for a 3-D model whether to
+    build the deep-supervision heads (training) or not (the inference model)."""
+    if not is_volumetric(training.model):
+        return dict(training.model_options)
+    return {**training.model_options, "deep_supervision": deep_supervision}
+
+
+def build_training_model(training: TrainingConfig, input_shape: tuple[int, ...], loss,
+                         deep_supervision: bool = False) -> keras.Model:
+    """The model ``fit`` trains: the registry model (with its deep-supervision heads when asked), with
+    LCNN's alignment term when the loss is LCNN's, and ``training.batchnorm_momentum`` when set."""
+    model = build_model(training.model, input_shape, **model_options(training, deep_supervision))
     if training.batchnorm_momentum is not None:
         # Keras' 0.99 averages the batch statistics over ~100 steps: in a run of a few hundred
         # steps the moving statistics lag the weights, and inference-mode outputs lag training.
@@ -248,7 +278,7 @@ def train(spec: RunSpec, progress: bool = True) -> RunState:
     folder = Path(spec.folder) if chief else Path(spec.folder) / f".worker-{worker_info()[1]}"
     folder.mkdir(parents=True, exist_ok=True)
     state = RunState.load_or_new(folder, spec.settings())
-    input_shape = tuple(spec.split("train").batch_shape[0][1:])
+    input_shape = spec.input_shape
     if state.stopped:  # finished; killed at most before best.keras, which needs no strategy
         if chief and not (folder / BEST_MODEL).is_file():
             _write_best_model(spec, input_shape, folder, state)
@@ -289,14 +319,23 @@ def train(spec: RunSpec, progress: bool = True) -> RunState:
 def _compiled_model(spec: RunSpec, state: RunState, folder: Path, strategy, replicas: int, input_shape):
     """(compiled training model, loss) inside the strategy's scope, restored from the checkpoint."""
     training = spec.training
-    steps = _steps(spec.split("train").n_batches, training.steps_per_epoch, replicas)
+    if spec.volume is not None:
+        steps = training.patch_steps
+    else:
+        steps = _steps(spec.split("train").n_batches, training.steps_per_epoch, replicas)
     keras.utils.set_random_seed(derive_seed(spec.seed, "init", spec.plane, spec.test_fold))
     with strategy_scope(strategy):
         loss = get_loss(training.loss, **training.loss_options)
-        model = build_training_model(training, input_shape, loss)
+        model = build_training_model(training, input_shape, loss, spec.deep_supervision)
         if replicas > 1:
             _synchronize_batch_norm(model)
-        model.compile(optimizer=build_optimizer(training, steps), loss=loss, metrics=training_metrics())
+        optimizer = build_optimizer(training, steps)
+        if len(model.outputs) > 1:   # deep supervision: one loss per scale, metrics on the full-resolution map
+            supervision = DeepSupervisionLoss(loss, len(model.outputs))
+            model.compile(optimizer=optimizer, loss=supervision.output_losses(), loss_weights=supervision.weights,
+                          metrics=[training_metrics()] + [None] * (len(model.outputs) - 1))
+        else:
+            model.compile(optimizer=optimizer, loss=loss, metrics=training_metrics())
         model.optimizer.build(model.trainable_variables)
         if state.checkpoint:
             load_variables(folder / state.checkpoint, _state_variables(model))
@@ -307,18 +346,41 @@ def _compiled_model(spec: RunSpec, state: RunState, folder: Path, strategy, repl
 def _fit_epoch(model: keras.Model, spec: RunSpec, epoch: int, replicas: int, progress: bool) -> dict:
     """Train epoch ``epoch`` (from 0) and validate; the history row."""
     training = spec.training
-    augment = Augmentation.from_training(spec.plane, training) if training.augment else None
-    train_data = batch_dataset(spec.split("train"), epoch, spec.data_seed, spec.fixed_order,
-                               training.steps_per_epoch, replicas, augment)
-    val_data = batch_dataset(spec.split("inner_val"), 0, spec.data_seed, True, training.validation_steps, replicas)
+    if spec.volume is not None:
+        outputs = len(model.outputs)
+        train_data = spec.volume.dataset("train", epoch, spec.data_seed, training.patch_steps, replicas,
+                                         volume_data.augmentation(training), outputs)
+        val_data = spec.volume.dataset("inner_val", 0, spec.data_seed, training.patch_validation_steps, replicas,
+                                       None, outputs)
+    else:
+        augment = Augmentation.from_training(spec.plane, training) if training.augment else None
+        train_data = batch_dataset(spec.split("train"), epoch, spec.data_seed, spec.fixed_order,
+                                   training.steps_per_epoch, replicas, augment)
+        val_data = batch_dataset(spec.split("inner_val"), 0, spec.data_seed, True, training.validation_steps,
+                                 replicas)
     lr = _current_lr(model.optimizer)  # at the epoch's first step (a schedule moves on per step)
     timer = _OneEpoch()
     result = model.fit(global_batches(train_data, replicas), validation_data=global_batches(val_data, replicas),
                        epochs=training.max_epochs, initial_epoch=epoch, shuffle=False, callbacks=[timer],
                        verbose=_verbosity(progress))
-    logs = {k: float(v[-1]) for k, v in result.history.items()}
+    logs = _main_output_logs({k: float(v[-1]) for k, v in result.history.items()}, model)
     return {"epoch": epoch + 1, **{k: logs.get(k, np.nan) for k in HISTORY_COLUMNS[1:9]}, "learning_rate": lr,
             "train_seconds": timer.train_seconds, "epoch_seconds": timer.epoch_seconds}
+
+
+def _main_output_logs(logs: dict, model: keras.Model) -> dict:
+    """Keras prefixes a multi-output model's metrics with the output's name ("probabilities_dice"): the
+    full-resolution output's metrics under their plain names, as a one-output model logs them."""
+    if len(model.outputs) == 1:
+        return logs
+    main = model.output_names[0]
+    named = {}
+    for key, value in logs.items():
+        prefix = "val_" if key.startswith("val_") else ""
+        plain = key[len(prefix):]
+        if plain.startswith(f"{main}_") and plain != f"{main}_loss":
+            named[prefix + plain[len(main) + 1:]] = value
+    return {**logs, **named}
 
 
 @functools.cache
@@ -392,7 +454,10 @@ def _remove_stale(folder: Path, state: RunState) -> None:
 def _write_best_model(spec: RunSpec, input_shape, folder: Path, state: RunState) -> None:
     """``best.keras``: the inference model (no optimizer) with the best epoch's weights."""
     inference = inference_model(spec.training, input_shape)
-    load_variables(folder / state.best, _trained_variables(spec.training, inference))
+    if spec.deep_supervision:
+        _load_deeply_supervised(spec.training, input_shape, folder / state.best, inference)
+    else:
+        load_variables(folder / state.best, _trained_variables(spec.training, inference))
     with atomic_path(folder / BEST_MODEL) as tmp:
         inference.save(tmp)
 
@@ -400,7 +465,17 @@ def _write_best_model(spec: RunSpec, input_shape, folder: Path, state: RunState)
 def inference_model(training: TrainingConfig, input_shape) -> keras.Model:
     """A fresh float32 model of the run's architecture, outside any distribution strategy."""
     keras.mixed_precision.set_global_policy("float32")
-    return build_model(training.model, tuple(input_shape), **training.model_options)
+    return build_model(training.model, tuple(input_shape), **model_options(training))
+
+
+def _load_deeply_supervised(training: TrainingConfig, input_shape, path: Path, inference: keras.Model) -> None:
+    """The best weights of a model trained with deep-supervision heads, copied layer by layer (the
+    shared layers have the same names) into the single-output inference model; the heads are dropped."""
+    trained = build_model(training.model, tuple(input_shape), **model_options(training, deep_supervision=True))
+    load_variables(path, list(trained.variables))
+    for layer in inference.layers:
+        if layer.weights:
+            layer.set_weights(trained.get_layer(layer.name).get_weights())
 
 
 def _trained_variables(training: TrainingConfig, inference: keras.Model) -> list:

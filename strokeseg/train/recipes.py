@@ -7,7 +7,8 @@ what its authors published for the loss and the optimiser (``recipe="published"`
 ``recipe="raxnet"`` every model gets RAX-Net's (the ``training`` section as configured).
 
 Sources: ``docs/upstream-raxnet.md`` §8 (RAX-Net), §10 table and §10.4 (X-Net, CLCI-Net, D-UNet);
-``docs/upstream-other-projects.md`` A.4 (LCNN), B (ResNet-U-Net), C.4 (attention U-Net), D.4 (U-Net).
+``docs/upstream-other-projects.md`` A.4 (LCNN), B (ResNet-U-Net), C.4–C.5 (attention U-Nets, 2-D and 3-D),
+D.4 (U-Net).
 Deliberate departures, the same for every model: batch composition and size are the shared
 16 lesion + 16 normal batches; epochs and patience are the protocol's, not each paper's;
 per-epoch PyTorch schedulers become Keras per-step schedules over the same number of epochs.
@@ -50,7 +51,14 @@ PUBLISHED: dict[str, dict[str, object]] = {
     # belongs to its 3-D deep-supervision setup and is not ported.)
     "attention_unet": {"loss": "focal_tversky", "loss_options": {}, "optimizer": "adamw", "learning_rate": 1e-4,
                        "weight_decay": 2e-4, "schedule": "constant"},
+    # C.4–C.5, the 3-D network as published: focal Tversky; AdamW 1e-4, wd 2e-4, gradient clip 1.0,
+    # plateau ×0.5 after 10 epochs (on the inner-validation loss; C watched validation Dice). The
+    # plain 3-D U-Net has no publication: C's recipe, so the gates are the only difference.
+    "attention_unet3d": {"loss": "focal_tversky", "loss_options": {}, "optimizer": "adamw", "learning_rate": 1e-4,
+                         "weight_decay": 2e-4, "clipnorm": 1.0, "schedule": "constant", "plateau_factor": 0.5,
+                         "plateau_patience": 10},
 }
+PUBLISHED["unet3d"] = PUBLISHED["attention_unet3d"]
 
 # Fields a recipe may set; everything else (epochs, patience, steps, augmentation, precision,
 # planes, folds) is the protocol's and shared by all models.

@@ -66,7 +66,7 @@ SPECS = {
     "attention_unet": Spec(options=dict(base_filters=8), float16_layer="enc1_conv1",
                            training=_TUNED),
 }
-NAMES = model_names()
+NAMES = model_names(volumetric=False)   # the 3-D models: tests/models/test_unet3d.py
 
 
 def _spec(name: str) -> Spec:

@@ -34,7 +34,7 @@ def checkpoint_arrays(folder: Path) -> list[np.ndarray]:
         return [data[k] for k in sorted(data.files)]
 
 
-@pytest.mark.parametrize("model", model_names())
+@pytest.mark.parametrize("model", model_names(volumetric=False))   # 3-D: test_volume_runs.py
 def test_every_model_trains_two_steps_and_its_best_model_loads_in_safe_mode(prepared_workdir, tmp_path, model):
     spec = spec_for(prepared_workdir, tmp_path / model, model)
     state = training.train(spec, progress=False)
