@@ -112,3 +112,11 @@ def prepared(tiny_cohort, tmp_path_factory):
         out.mkdir(parents=True, exist_ok=True)
         shapes[(fold, part)] = write_prepared(store, plans[(fold, part)], (1, 4), out, part)
     return store, plans, root, shapes
+
+
+@pytest.fixture(scope="session")
+def volume_workdir(tiny_cohort, tmp_path_factory) -> Path:
+    """Stages 01-06 as ``prepared_workdir``, with a 3-D comparison model selected, so that stage 03 also
+    wrote the volume store (read-only, as ``prepared_workdir``)."""
+    return run_data_stages(tmp_path_factory.mktemp("volume"), tiny_cohort,
+                           TINY_OVERRIDES + ['comparison.models=["unet3d"]'])
