@@ -21,7 +21,8 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(PY) -m strokeseg.demo --workdir $(WORKDIR)
 
-# The full model table: every model on every plane, measured (about 12 minutes on 2 CPU cores).
+# The full model table: every model on every plane, measured (about 12 minutes on 2 CPU cores, plus
+# 10-20 minutes and up to 17 GB of memory for each of the two full-width 3-D models).
 models-table: $(STAMP)
 	$(PY) 07_models/run.py --workdir $(WORKDIR)
 

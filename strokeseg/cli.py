@@ -42,7 +42,7 @@ READS = {
     "batches": ("batches.batch_size", "batches.lesion_per_batch", "batches.inner_validation_fraction",
                 "bins.axial_edges", "bins.sagittal_edges", "bins.coronal_edges", "seed"),
     "prepare": ("prepare", "cv.n_folds"),
-    "models": ("prepare.planes", "convert.canvas_multiple", "dataset.source", "seed", "onednn"),
+    "models": ("prepare.planes", "convert.canvas_multiple", "training.patch_size", "dataset.source", "seed", "onednn"),
     "training": ("training", "cv.n_folds", "batches.fixed_order", "prepare.channels", "seed", "onednn"),
     "comparison": ("comparison", "training", "cv.n_folds", "batches.fixed_order", "prepare.channels", "seed",
                    "onednn"),

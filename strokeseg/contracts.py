@@ -38,7 +38,7 @@ STAGES = (
           "distribution-matched batch plans and inner validation subjects"),
     Stage("06_preparation", "prepare", "s06_preparation", "memory-mapped arrays (n_batches, batch, H, W, C)"),
     Stage("07_models", "models", "s07_models",
-          "the model zoo table (parameters, GFLOPs, measured speed per slice)"),
+          "the model zoo table (parameters, GFLOPs, measured speed per slice or 3-D patch)"),
     Stage("08_training", "training", "s08_training",
           "train the configured model per (plane, fold) with resume; test-fold tables"),
     Stage("09_comparison", "comparison", "s09_comparison",

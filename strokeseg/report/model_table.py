@@ -5,40 +5,64 @@ parameter count, its forward FLOPs per slice, and on this machine its measured f
 train-step time per slice and the fraction of the machine's measured matmul throughput its
 forward pass achieves.
 
+Volume models
+    A 3-D model (:data:`strokeseg.models.VOLUME_MODELS`) gets one row, plane ``volume``, whatever
+    the planes: built with its default options (as the slice models are) for the patch its runs
+    train on (:func:`strokeseg.train.volume_data.run_patch` on stage 01's grid plan, with the
+    plan's channel count M; without a published stage 01, on the ATLAS grid with M = 1). Its
+    input is (``input_h``, ``input_w``, ``input_d``, ``input_c``) in the model's axis order (the
+    patch's x, y, z, then M), its canvas (``canvas_h``, ``canvas_w``, ``canvas_d``) the grid the
+    patch is cut from, and ``input_padded`` says the patch exceeds the grid on some axis (the
+    sampler zero-pads). Its costs are per **patch**, in their own columns
+    (``forward_gflops_per_patch``, ``forward_ms_per_patch``, ``train_step_ms_per_patch``); the
+    per-slice columns stay empty on a volume row and the per-patch ones, ``canvas_d`` and
+    ``input_d`` on slice rows, so no column mixes units. A volume row is timed one patch per call
+    (``batch_size`` 1) with the options' warm-up and repeats, because a full-width 3-D model is
+    costly on a CPU: unet3d on the ATLAS default patch (128³, M = 1) is 90 M parameters and
+    3.8 TFLOPs per forward pass, measured on two shared CPU cores at 30-40 s per forward pass and
+    1-2 min and 14 GB per train step (attention_unet3d about 17 GB), so 10-20 min per 3-D model
+    with the default 2 + 5 calls of each. When the kernel kills a model's measuring process for
+    memory, its rows are ``failed`` and the other models' rows are still written (not with
+    ``isolate`` off, as in :meth:`ReportOptions.quick`, where the one process dies).
+
 FLOP convention
     Forward FLOPs are counted on the traced TensorFlow forward graph of one slice
-    (``tf.function(model).get_concrete_function(TensorSpec((1, H, W, C)))``, inference mode), op
-    by op, with the per-op statistics TensorFlow registers for ``tf.compat.v1.profiler``'s
-    ``float_operation`` view. So a multiply-add counts as **2 FLOPs** (Conv2D:
-    2·kh·kw·C_in per output element; MatMul: 2·K per output element) and elementwise arithmetic
-    (bias and residual adds, batch-norm's multiply and add) counts 1 per output element. Unlike
-    the profiler, the walk goes into function calls and multiplies a ``while`` loop's body by its
-    static trip count (Keras runs ConvLSTM2D as a loop), skips ops the outputs do not depend on and
-    ops with integer or boolean outputs (loop counters, shape arithmetic, comparisons), and counts
-    ``Einsum`` as 2 FLOPs per point of its index space. Ops with arithmetic but no registered
-    count (activations such as Relu and Sigmoid, bilinear resizing, 3-D pooling, ...) are not
-    counted; their types are listed in the ``uncounted_ops`` column (and their output sizes in
-    the summaries), so that nothing is left out silently. On a loop-free graph the
-    total equals the profiler's (tests/report/test_model_table.py checks both this and hand counts).
+    (``tf.function(model).get_concrete_function(TensorSpec((1, H, W, C)))``, inference mode), or of
+    one patch (``(1, x, y, z, M)``) for a 3-D model, op by op, with the per-op statistics TensorFlow
+    registers for ``tf.compat.v1.profiler``'s ``float_operation`` view. So a multiply-add counts as
+    **2 FLOPs** (Conv2D: 2·kh·kw·C_in per output element, Conv3D: 2·kd·kh·kw·C_in; MatMul: 2·K per
+    output element) and elementwise arithmetic (bias and residual adds, batch-norm's multiply and
+    add) counts 1 per output element. Unlike the profiler, the walk goes into function calls and
+    multiplies a ``while`` loop's body by its static trip count (Keras runs ConvLSTM2D as a loop),
+    skips ops the outputs do not depend on and ops with integer or boolean outputs (loop counters,
+    shape arithmetic, comparisons), counts ``Einsum`` as 2 FLOPs per point of its index space, and
+    counts the 3-D transposed convolution (``Conv3DBackpropInputV2``, which TensorFlow registers no
+    count for) by the formula TensorFlow registers for the 2-D one. Ops with arithmetic but no
+    registered count (activations such as Relu and Sigmoid, bilinear resizing, 3-D pooling, ...)
+    are not counted; their types are listed in the ``uncounted_ops`` column (and their output sizes
+    in the summaries), so that nothing is left out silently. On a loop-free graph without 3-D
+    transposed convolutions the total equals the profiler's (tests/report/test_model_table.py
+    checks both this and hand counts).
 
 Timing
-    A batch of ``batch_size`` random slices, ``warmup`` untimed calls (tracing, XLA compilation),
-    then the median of ``repeats`` timed calls divided by the batch size. Forward is
-    ``model.predict_on_batch``; a train step is one ``model.train_on_batch`` with binary
-    cross-entropy and Adam; both go through the compiled step functions Keras uses for training
-    (``jit_compile`` as given to ``model.compile``; "auto" is Keras's default: XLA on GPU, not on
-    CPU). The machine's matmul throughput is float32 ``keras.ops.matmul`` of two N×N matrices
-    (2·N³ FLOPs) in a compiled function, median of ``repeats`` timed groups of calls, measured
-    again just before each model. ``matmul_fraction`` = forward FLOP/s ÷ matmul FLOP/s, with the
-    nominal FLOPs above: convolution algorithms that do fewer multiplications (Winograd, FFT) can
-    put it above 1. Timings vary run to run (and with other load on a shared machine);
+    A batch of ``batch_size`` random slices (one patch for a 3-D model), ``warmup`` untimed calls
+    (tracing, XLA compilation), then the median of ``repeats`` timed calls divided by the batch
+    size. Forward is ``model.predict_on_batch``; a train step is one ``model.train_on_batch`` with
+    binary cross-entropy and Adam; both go through the compiled step functions Keras uses for
+    training (``jit_compile`` as given to ``model.compile``; "auto" is Keras's default: XLA on GPU,
+    not on CPU). The machine's matmul throughput is float32 ``keras.ops.matmul`` of two N×N
+    matrices (2·N³ FLOPs) in a compiled function, median of ``repeats`` timed groups of calls,
+    measured again just before each model. ``matmul_fraction`` = forward FLOP/s ÷ matmul FLOP/s,
+    with the nominal FLOPs above: convolution algorithms that do fewer multiplications (Winograd,
+    FFT) can put it above 1. Timings vary run to run (and with other load on a shared machine);
     everything else in the table is deterministic.
 
 Status
-    Every requested model gets one row per plane. ``status`` is ``ok``; ``missing`` when its
-    module under strokeseg/models/ does not exist yet; or ``failed`` when building, counting or
-    timing raised (``error`` gives the one-line reason and the columns computed before the
-    failure are kept). With ``strict=True`` the first missing or failed model raises instead.
+    Every requested model gets one row per plane (a 3-D model its one ``volume`` row). ``status``
+    is ``ok``; ``missing`` when its module under strokeseg/models/ does not exist yet; or
+    ``failed`` when building, counting or timing raised (``error`` gives the one-line reason and
+    the columns computed before the failure are kept) or its measuring process died (nothing is
+    kept). With ``strict=True`` the first missing or failed model raises instead.
 """
 from __future__ import annotations
 
@@ -53,6 +77,7 @@ import statistics
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -60,7 +85,7 @@ import numpy as np
 import pandas as pd
 
 from strokeseg import models as registry
-from strokeseg.config import PLANES, Config
+from strokeseg.config import PLANES, VOLUME, Config
 from strokeseg.data import planes as planes_mod
 from strokeseg.errors import ConfigError, StrokesegError
 
@@ -68,12 +93,12 @@ log = logging.getLogger(__name__)
 
 COLUMNS = (
     "model", "plane", "status",
-    "canvas_h", "canvas_w", "canvas_source",
-    "input_h", "input_w", "input_c", "size_multiple", "input_padded",
+    "canvas_h", "canvas_w", "canvas_d", "canvas_source",
+    "input_h", "input_w", "input_d", "input_c", "size_multiple", "input_padded",
     "parameters", "trainable_parameters", "canonical_parameters",
-    "forward_gflops_per_slice", "uncounted_ops",
+    "forward_gflops_per_slice", "forward_gflops_per_patch", "uncounted_ops",
     "batch_size", "repeats",
-    "forward_ms_per_slice", "train_step_ms_per_slice",
+    "forward_ms_per_slice", "train_step_ms_per_slice", "forward_ms_per_patch", "train_step_ms_per_patch",
     "forward_gflops_per_second", "matmul_gflops_per_second", "matmul_fraction",
     "backend", "device", "dtype_policy", "jit_compile",
     "error",
@@ -90,7 +115,7 @@ class ModelReportError(StrokesegError):
 class ReportOptions:
     models: tuple[str, ...] | None = None   # None = every registered model
     planes: tuple[str, ...] | None = None   # None = config.prepare.planes
-    batch_size: int = 4                     # slices per timed call
+    batch_size: int = 4                     # slices per timed call (volume rows: one patch)
     repeats: int = 5                        # timed calls (median reported)
     warmup: int = 2                         # untimed calls before timing (>= 1)
     matmul_size: int = 2048                 # N of the N×N float32 GEMM
@@ -130,21 +155,23 @@ class ReportOptions:
 @dataclass(frozen=True)
 class PlaneCanvas:
     plane: str
-    shape: tuple[int, int]
-    source: str                 # "03_convert store" or "ATLAS grid"
-    image_channels: int = 1     # the cohort's image channels (modalities) per slice
+    shape: tuple[int, ...]      # (H, W) of a plane's slices; the (x, y, z) grid for the volume
+    source: str                 # "03_convert store", "01_dataset grid plan" or "ATLAS grid"
+    image_channels: int = 1     # the cohort's image channels (modalities) per slice or voxel
+    patch: tuple[int, int, int] | None = None   # the volume: the patch the 3-D models train on
 
 
 @dataclass(frozen=True)
 class PlaneInput:
     plane: str
-    canvas: tuple[int, int]
-    shape: tuple[int, int, int]  # (H, W, C) the model is built for
+    canvas: tuple[int, ...]
+    shape: tuple[int, ...]      # (H, W, C), or (x, y, z, M) for a volume model, as the model is built
     size_multiple: int
 
     @property
     def padded(self) -> bool:
-        return tuple(self.shape[:2]) != tuple(self.canvas)
+        """Larger than the canvas on some axis (slices: rounded up; a volume patch: beyond the grid)."""
+        return any(int(s) > int(c) for s, c in zip(self.shape, self.canvas))
 
 
 def plane_canvases(workdir: Path | None, config: Config, plane_names=None) -> list[PlaneCanvas]:
@@ -168,13 +195,45 @@ def plane_canvases(workdir: Path | None, config: Config, plane_names=None) -> li
     return out
 
 
+def volume_canvas(workdir: Path | None, config: Config) -> PlaneCanvas:
+    """The volume the 3-D models see: stage 01's grid plan and channels when published, else the ATLAS
+    grid with one channel, and the patch their runs train on there."""
+    from strokeseg.contracts import DATASET, MANIFEST_JSON
+    from strokeseg.train.volume_data import run_patch
+    from strokeseg.workdir import grid_plan, stage_dir
+
+    if workdir is not None and (stage_dir(workdir, DATASET) / MANIFEST_JSON).is_file():
+        plan = grid_plan(workdir)
+        shape, channels, source = tuple(int(s) for s in plan.shape), len(plan.channels), "01_dataset grid plan"
+    else:
+        shape, channels, source = tuple(planes_mod.ATLAS_SHAPE), 1, "ATLAS grid"
+    return PlaneCanvas(VOLUME, shape, source, channels, run_patch(config.training, shape))
+
+
+def report_canvases(workdir: Path | None, config: Config, options: ReportOptions) -> list[PlaneCanvas]:
+    """The canvases of the selected planes, plus the volume when a selected model is a 3-D one."""
+    canvases = plane_canvases(workdir, config, options.planes)
+    if any(registry.is_volumetric(name) for name in _model_names(options)):
+        canvases.append(volume_canvas(workdir, config))
+    return canvases
+
+
+def model_canvases(name: str, canvases: list[PlaneCanvas]) -> list[PlaneCanvas]:
+    """The canvases a model gets: the volume for a 3-D model, the planes for a slice model."""
+    volumetric = registry.is_volumetric(name)
+    return [c for c in canvases if (c.plane == VOLUME) == volumetric]
+
+
 def plane_input(module, canvas: PlaneCanvas) -> PlaneInput:
     """The canvas rounded up to the model's SIZE_MULTIPLE, with its channel count (the model's adjacent
-    slices times the cohort's image channels)."""
+    slices times the cohort's image channels); for the volume, the patch with the image channels."""
     multiple = int(module.SIZE_MULTIPLE)
-    channels = int(module.CANONICAL_INPUT[-1]) * canvas.image_channels
-    h, w = (-(-int(s) // multiple) * multiple for s in canvas.shape)
-    return PlaneInput(canvas.plane, tuple(canvas.shape), (h, w, channels), multiple)
+    if canvas.patch is not None:
+        spatial, channels = canvas.patch, canvas.image_channels
+    else:
+        spatial, channels = canvas.shape, int(module.CANONICAL_INPUT[-1]) * canvas.image_channels
+    sizes = tuple(-(-int(s) // multiple) * multiple for s in spatial)
+    return PlaneInput(canvas.plane, tuple(canvas.shape), (*sizes, channels), multiple)
 
 
 # FLOPs ----------------------------------------------------------------------------------------------
@@ -231,7 +290,7 @@ def forward_graph(model, input_shape: tuple[int, ...], batch: int = 1):
 
 
 def count_flops(model, input_shape: tuple[int, ...]) -> FlopCount:
-    """Forward FLOPs of ``model`` for one sample of shape ``input_shape`` (H, W, C)."""
+    """Forward FLOPs of ``model`` for one sample of shape ``input_shape`` ((H, W, C) slice, (x, y, z, M) patch)."""
     return graph_flops(forward_graph(model, input_shape, batch=1))
 
 
@@ -274,6 +333,8 @@ def graph_flops(graph) -> FlopCount:
             continue   # integer/boolean bookkeeping (loop counters, shape arithmetic, comparisons)
         if kind == "Einsum":
             flops = _einsum_flops(op)
+        elif kind == "Conv3DBackpropInputV2":
+            flops = _conv3d_transpose_flops(op)
         else:
             try:
                 with deprecation.silence():   # the registered counters use a deprecated shape helper
@@ -367,6 +428,20 @@ def _einsum_flops(op) -> int | None:
     return (2 if len(inputs) > 1 else 1) * math.prod(sizes.values())
 
 
+def _conv3d_transpose_flops(op) -> int | None:
+    """Keras's Conv3DTranspose, counted as TensorFlow counts the 2-D one (Conv2DBackpropInput):
+    2·kd·kh·kw·C_in per output element, divided by the stride volume."""
+    output, kernel = op.outputs[0].shape, op.inputs[1].shape   # kernel: (kd, kh, kw, C_out, C_in)
+    if not (output.is_fully_defined() and kernel.is_fully_defined()):
+        return None
+    data_format = op.get_attr("data_format")
+    data_format = data_format.decode() if isinstance(data_format, bytes) else data_format
+    strides = op.get_attr("strides")
+    strides = strides[1:4] if data_format == "NDHWC" else strides[2:5]
+    kd, kh, kw, _, c_in = kernel.as_list()
+    return 2 * output.num_elements() * kd * kh * kw * c_in // math.prod(strides)
+
+
 def _elements(op) -> int:
     if not op.outputs or not op.outputs[0].shape.is_fully_defined():
         return 0
@@ -376,8 +451,8 @@ def _elements(op) -> int:
 # Timing ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Timing:
-    forward_ms_per_slice: float
-    train_step_ms_per_slice: float
+    forward_ms: float           # per sample (a slice, or a patch)
+    train_step_ms: float
     jit_compile: object
 
 
@@ -392,9 +467,9 @@ def _median_seconds(call, repeats: int, warmup: int) -> float:
     return statistics.median(samples)
 
 
-def time_model(model, input_shape: tuple[int, int, int], batch_size: int, repeats: int, warmup: int,
+def time_model(model, input_shape: tuple[int, ...], batch_size: int, repeats: int, warmup: int,
                jit_compile: bool | str = "auto", seed: int = 0) -> Timing:
-    """Median forward and train-step time per slice (ms) on a batch of random slices.
+    """Median forward and train-step time per sample (ms) on a batch of random samples (slices or patches).
 
     The model is compiled in place (Adam, binary cross-entropy); use a throwaway build.
     """
@@ -525,18 +600,13 @@ def _one_line(exc: BaseException) -> str:
 
 def report_model(name: str, canvases: list[PlaneCanvas], options: ReportOptions,
                  machine: dict) -> tuple[list[dict], str]:
-    """One row per plane for one model, and its summary text."""
+    """One row per canvas for one model, and its summary text."""
     import keras
 
     module, status, error = _load(name)
     rows, sections, summary_text = [], [], ""
     for canvas in canvases:
-        row = {c: None for c in COLUMNS}
-        row.update(model=name, plane=canvas.plane, status=status, error=error,
-                   canvas_h=canvas.shape[0], canvas_w=canvas.shape[1], canvas_source=canvas.source,
-                   batch_size=options.batch_size, repeats=options.repeats,
-                   matmul_gflops_per_second=machine["matmul_gflops_per_second"],
-                   backend=machine["backend"], device=machine["device"], dtype_policy=machine["dtype_policy"])
+        row = _row(name, canvas, options, machine, status, error)
         if module is not None:
             with _quiet_tensorflow():   # each fresh model's step functions trip TF's retracing warning
                 _measure(name, module, canvas, options, row, sections)
@@ -545,9 +615,25 @@ def report_model(name: str, canvases: list[PlaneCanvas], options: ReportOptions,
         row.pop("_summary", None)
         rows.append({c: row[c] for c in COLUMNS})
         keras.backend.clear_session(free_memory=True)
-        if options.strict and row["status"] != "ok":
-            raise ModelReportError(f"model {name!r} ({canvas.plane}): {row['status']}: {row['error']}")
+        _check_strict(options, row)
     return rows, _summary_file(name, rows, summary_text, sections)
+
+
+def _row(name: str, canvas: PlaneCanvas, options: ReportOptions, machine: dict, status: str, error: str) -> dict:
+    """A row's columns known before measuring."""
+    row = {c: None for c in COLUMNS}
+    row.update(zip(("canvas_h", "canvas_w", "canvas_d"), canvas.shape))
+    # One patch per timed call: a full-width 3-D model's train step on a CPU takes minutes and GBs.
+    row.update(model=name, plane=canvas.plane, status=status, error=error, canvas_source=canvas.source,
+               batch_size=1 if canvas.patch is not None else options.batch_size, repeats=options.repeats,
+               matmul_gflops_per_second=machine["matmul_gflops_per_second"],
+               backend=machine["backend"], device=machine["device"], dtype_policy=machine["dtype_policy"])
+    return row
+
+
+def _check_strict(options: ReportOptions, row: dict) -> None:
+    if options.strict and row["status"] != "ok":
+        raise ModelReportError(f"model {row['model']!r} ({row['plane']}): {row['status']}: {row['error']}")
 
 
 @contextlib.contextmanager
@@ -562,25 +648,26 @@ def _quiet_tensorflow():
 
 
 def _measure(name, module, canvas, options, row, sections) -> None:
+    unit = _unit(canvas)
     try:
         spec = plane_input(module, canvas)
-        row.update(input_h=spec.shape[0], input_w=spec.shape[1], input_c=spec.shape[2],
-                   size_multiple=spec.size_multiple, input_padded=spec.padded,
+        row.update(zip(("input_h", "input_w", "input_d")[:len(spec.shape) - 1], spec.shape))
+        row.update(input_c=spec.shape[-1], size_multiple=spec.size_multiple, input_padded=spec.padded,
                    canonical_parameters=int(getattr(module, "CANONICAL_PARAMS", 0)) or None)
         model = registry.build_model(name, spec.shape)
         row["parameters"] = int(model.count_params())
         row["trainable_parameters"] = int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
         row["_summary"] = f"Built for {canvas.plane} input {_shape_text(spec.shape)}:\n\n{model_summary(model)}"
         flops = count_flops(model, spec.shape)
-        row["forward_gflops_per_slice"] = flops.gflops
+        row[f"forward_gflops_per_{unit}"] = flops.gflops
         row["uncounted_ops"] = flops.uncounted_ops
-        sections.append(_flop_section(canvas.plane, spec, flops))
-        timing = time_model(model, spec.shape, options.batch_size, options.repeats, options.warmup,
+        sections.append(_flop_section(canvas.plane, spec, flops, unit))
+        timing = time_model(model, spec.shape, row["batch_size"], options.repeats, options.warmup,
                             options.jit_compile, options.seed)
-        row["forward_ms_per_slice"] = timing.forward_ms_per_slice
-        row["train_step_ms_per_slice"] = timing.train_step_ms_per_slice
+        row[f"forward_ms_per_{unit}"] = timing.forward_ms
+        row[f"train_step_ms_per_{unit}"] = timing.train_step_ms
         row["jit_compile"] = timing.jit_compile
-        achieved = flops.gflops / (timing.forward_ms_per_slice / 1e3)
+        achieved = flops.gflops / (timing.forward_ms / 1e3)
         row["forward_gflops_per_second"] = achieved
         row["matmul_fraction"] = achieved / row["matmul_gflops_per_second"]
         row["status"], row["error"] = "ok", ""
@@ -589,15 +676,23 @@ def _measure(name, module, canvas, options, row, sections) -> None:
         log.warning("07 models: %s (%s) failed: %s", name, canvas.plane, row["error"])
 
 
+def _unit(canvas: PlaneCanvas) -> str:
+    """What a row's costs are per: a slice of a plane, or a patch of the volume."""
+    return "patch" if canvas.patch is not None else "slice"
+
+
 def _shape_text(shape) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 
-def _flop_section(plane: str, spec: PlaneInput, flops: FlopCount) -> str:
-    lines = [f"{plane}: input {_shape_text(spec.shape)}"
-             + (f" (canvas {_shape_text(spec.canvas)} padded to a multiple of {spec.size_multiple})"
-                if spec.padded else "")
-             + f", forward {flops.gflops:.4f} GFLOPs per slice (multiply-add = 2)"]
+def _flop_section(plane: str, spec: PlaneInput, flops: FlopCount, unit: str = "slice") -> str:
+    if unit == "patch":
+        where = f" (patch of the {_shape_text(spec.canvas)} grid{', zero-padded' if spec.padded else ''})"
+    else:
+        where = (f" (canvas {_shape_text(spec.canvas)} padded to a multiple of {spec.size_multiple})"
+                 if spec.padded else "")
+    lines = [f"{plane}: input {_shape_text(spec.shape)}{where}, "
+             f"forward {flops.gflops:.4f} GFLOPs per {unit} (multiply-add = 2)"]
     for op, value in sorted(flops.by_op.items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"  {op:<28}{value / 1e9:>14.4f} GFLOPs {100 * value / max(flops.total, 1):6.2f} %")
     if flops.uncounted:
@@ -609,10 +704,14 @@ def _flop_section(plane: str, spec: PlaneInput, flops: FlopCount) -> str:
 
 _TEXT_COLUMNS = ("plane", "status", "input_h", "input_w", "input_c", "parameters", "forward_gflops_per_slice",
                  "forward_ms_per_slice", "train_step_ms_per_slice", "matmul_fraction")
+_VOLUME_TEXT_COLUMNS = ("plane", "status", "input_h", "input_w", "input_d", "input_c", "parameters",
+                        "forward_gflops_per_patch", "forward_ms_per_patch", "train_step_ms_per_patch",
+                        "matmul_fraction")
 
 
 def _summary_file(name: str, rows: list[dict], summary: str, sections: list[str]) -> str:
-    frame = pd.DataFrame(rows)[list(_TEXT_COLUMNS)]
+    volume = any(r["plane"] == VOLUME for r in rows)
+    frame = pd.DataFrame(rows)[list(_VOLUME_TEXT_COLUMNS if volume else _TEXT_COLUMNS)]
     parts = [f"Model {name!r}",
              f"device: {rows[0]['device']}, backend: {rows[0]['backend']}, "
              f"matmul: {rows[0]['matmul_gflops_per_second']:.1f} GFLOP/s",
@@ -634,16 +733,33 @@ def _report_model_isolated(name, canvases, options, machine):
     if not options.isolate:
         return report_model(name, canvases, options, machine)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(report_model, name, canvases, options, machine).result()
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            return pool.submit(report_model, name, canvases, options, machine).result()
+    except BrokenProcessPool:
+        # Killed without a Python error, most often by the kernel for memory (a full-width 3-D model's
+        # train step needs 14 GB or more); the other models' rows are still worth writing.
+        error = "the measuring process died (killed, most likely out of memory); nothing was recorded"
+        log.warning("07 models: %s: %s", name, error)
+        rows = [_row(name, canvas, options, machine, "failed", error) for canvas in canvases]
+        for row in rows:
+            _check_strict(options, row)
+        return rows, _summary_file(name, rows, "", [])
+
+
+def _model_names(options: ReportOptions) -> list[str]:
+    return list(options.models) if options.models is not None else registry.model_names()
 
 
 def build_report(canvases: list[PlaneCanvas], options: ReportOptions, progress: bool = True) -> Report:
-    """Measure every requested model on every canvas; one row per (model, plane), registry order."""
+    """Measure every requested model on its canvases (:func:`model_canvases`; the volume canvas from
+    :func:`report_canvases`); one row per (model, plane), registry order."""
     from tqdm import tqdm
 
     options = options.validate()
-    names = list(options.models) if options.models is not None else registry.model_names()
+    names = _model_names(options)
+    if any(registry.is_volumetric(n) for n in names) and not any(c.plane == VOLUME for c in canvases):
+        raise ConfigError("models: a 3-D model is selected but no volume canvas was given (see report_canvases)")
     machine = machine_info(options)
     rows, summaries, matmul = [], {}, {}
     for name in tqdm(names, desc="07 models", disable=not progress, leave=False):
@@ -652,7 +768,7 @@ def build_report(canvases: list[PlaneCanvas], options: ReportOptions, progress: 
         matmul[name] = measure_matmul(options)
         log.info("07 models: %s on %s, matmul %.1f GFLOP/s", name, machine["device"], matmul[name])
         model_rows, summaries[name] = _report_model_isolated(
-            name, canvases, options, {**machine, "matmul_gflops_per_second": matmul[name]})
+            name, model_canvases(name, canvases), options, {**machine, "matmul_gflops_per_second": matmul[name]})
         rows += model_rows
     machine["matmul_gflops_per_second"] = matmul
     table = pd.DataFrame(rows, columns=list(COLUMNS))

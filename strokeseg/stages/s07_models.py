@@ -1,12 +1,22 @@
 """Stage 07: the model table — ``models.csv`` and ``summaries/<name>.txt`` (see strokeseg.report.model_table).
 
-One row per (registered model, plane): the input shape on that plane's canvas, parameters, forward
-GFLOPs per slice, measured forward and train-step milliseconds per slice on this machine, and the
-fraction of the machine's measured matmul throughput the forward pass achieves. Needs no earlier
-stage: it starts from the config of the latest published stage (else the ``paper`` profile), and
-the canvases are a published stage-03 store's when there is one, else the ATLAS grid's.
-A model whose module does not exist yet or fails gets rows with status ``missing``/``failed``
-(``strict=True`` raises instead); the stage fails only when no model could be measured.
+One row per (registered slice model, plane): the input shape on that plane's canvas, parameters,
+forward GFLOPs per slice, measured forward and train-step milliseconds per slice on this machine, and
+the fraction of the machine's measured matmul throughput the forward pass achieves. Needs no earlier
+stage: it starts from the config of the latest published stage (else the ``paper`` profile), and the
+canvases are a published stage-03 store's when there is one, else the ATLAS grid's. A model whose
+module does not exist yet or fails gets rows with status ``missing``/``failed`` (``strict=True``
+raises instead); the stage fails only when no model could be measured.
+
+A 3-D model (``unet3d``, ``attention_unet3d``) gets one row, plane ``volume``, whatever ``planes``
+says: built for the patch its runs train on (``training.patch_size``, else stage 01's grid plan
+rounded up to multiples of 16 and capped at 128, with the plan's channels; before stage 01 the ATLAS
+grid, so 128³ with one channel). ``canvas_d``/``input_d`` hold its third axis, and its costs are per
+patch, in ``forward_gflops_per_patch``, ``forward_ms_per_patch`` and ``train_step_ms_per_patch``
+(its per-slice columns stay empty, as the per-patch ones on slice rows). It is timed one patch per
+call: at full width and 128³ a train step takes 1-2 min and 14-17 GB on a CPU, 10-20 min per 3-D
+model with the default repeats on two cores (``--models`` leaves them out), and a model whose
+measuring process is killed for memory gets ``failed`` rows.
 
 This module imports no Keras at import time, so the command line stays quick to start.
 """
@@ -39,8 +49,9 @@ def run(workdir: Path, config: Config, progress: bool = True, *, models=None, pl
         strict: bool = False) -> Path:
     """Write ``<workdir>/07_models/``. ``quick`` = small batches and repeats (tests, smoke runs);
     explicit arguments override it. ``models``/``planes`` default to every registered model and
-    ``config.prepare.planes``."""
-    from strokeseg.report.model_table import ModelReportError, ReportOptions, build_report, plane_canvases
+    ``config.prepare.planes``; ``planes`` selects the slice models' rows (a 3-D model has its one
+    ``volume`` row)."""
+    from strokeseg.report.model_table import ModelReportError, ReportOptions, build_report, report_canvases
 
     options = ReportOptions.quick() if quick else ReportOptions()
     given = {"models": tuple(models) if models is not None else None,
@@ -49,7 +60,7 @@ def run(workdir: Path, config: Config, progress: bool = True, *, models=None, pl
              "matmul_size": matmul_size, "jit_compile": jit_compile}
     options = replace(options, strict=strict, seed=config.seed,
                       **{k: v for k, v in given.items() if v is not None}).validate()
-    canvases = plane_canvases(workdir, config, options.planes)
+    canvases = report_canvases(workdir, config, options)
     dataset_done = (stage_dir(workdir, DATASET) / MANIFEST_JSON).is_file()
     synthetic = is_synthetic_run(workdir) if dataset_done else config.synthetic
     with StageWriter(workdir, STAGE, config, synthetic=synthetic) as out:
@@ -67,7 +78,9 @@ def run(workdir: Path, config: Config, progress: bool = True, *, models=None, pl
         out.extra["machine"] = report.machine
         out.extra["timing"] = {"batch_size": options.batch_size, "repeats": options.repeats,
                                "warmup": options.warmup, "jit_compile": options.jit_compile}
-        out.extra["canvases"] = {c.plane: {"shape": list(c.shape), "source": c.source} for c in canvases}
+        out.extra["canvases"] = {c.plane: {"shape": list(c.shape), "source": c.source,
+                                           **({"patch": list(c.patch)} if c.patch is not None else {})}
+                                 for c in canvases}
     return stage_dir(workdir, STAGE)
 
 
@@ -77,9 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", type=_names, default=None, metavar="NAME[,NAME...]",
                         help="registered models to measure, comma-separated (default: every registered model)")
     parser.add_argument("--planes", type=_names, default=None, metavar="PLANE[,PLANE...]",
-                        help="planes, comma-separated (default: the config's prepare.planes)")
+                        help="planes of the slice models' rows, comma-separated (default: the config's "
+                             "prepare.planes); a 3-D model always gets its one volume row")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="slices per timed call (default 4; 2 with --quick)")
+                        help="slices per timed call (default 4; 2 with --quick); 3-D models time one patch")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed calls per measurement, the median is reported (default 5; 2 with --quick)")
     parser.add_argument("--warmup", type=int, default=None,

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import types
+from dataclasses import replace
 
 import keras
 import numpy as np
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 
 import strokeseg.models as registry
-from strokeseg.config import Config
+from strokeseg.config import VOLUME, Config
 from strokeseg.errors import ConfigError
 from strokeseg.report import model_table as mr
 from strokeseg.stages import s07_models as stage
@@ -71,6 +72,20 @@ def test_einsum_counted_as_multiply_adds():
     assert mr.count_flops(model, (6, 5)).total == 2 * 6 * 6 * 5
 
 
+def test_conv3d_and_its_transpose_by_hand():
+    """Conv3D as the profiler counts it; the transposed 3-D convolution, which it does not count, by hand."""
+    inp = keras.Input((4, 4, 2, 3))
+    x = keras.layers.Conv3D(4, 3, padding="same")(inp)
+    model = keras.Model(inp, keras.layers.Conv3DTranspose(5, 2, strides=2)(x))
+    count = mr.count_flops(model, (4, 4, 2, 3))
+    voxels, upsampled = 4 * 4 * 2, 8 * 8 * 4
+    assert count.by_op["Conv3D"] == 2 * 27 * 3 * 4 * voxels
+    assert count.by_op["Conv3DBackpropInputV2"] == 2 * 4 * 5 * upsampled   # one input voxel per output
+    assert count.total == count.by_op["Conv3DBackpropInputV2"] + mr.profiler_flops(model, (4, 4, 2, 3))
+    assert count.total == 2 * 27 * 3 * 4 * voxels + 4 * voxels + 2 * 4 * 5 * upsampled + 5 * upsampled
+    assert not count.uncounted and not count.notes
+
+
 # A tiny registered architecture ------------------------------------------------------------------
 def tiny_module(name, multiple=32, channels=2, fail=False):
     module = types.ModuleType(f"strokeseg.models.{name}")
@@ -93,6 +108,26 @@ def tiny_flops(h, w, c):
     return h * w * (2 * 9 * c * 2 + 2 + 2 * 2 + 1)
 
 
+def tiny_volume_module(name):
+    """A one-level 3-D encoder-decoder: the real 3-D models take seconds to trace a train step."""
+    module = types.ModuleType(f"strokeseg.models.{name}")
+    module.SIZE_MULTIPLE, module.CANONICAL_INPUT, module.CANONICAL_PARAMS = 16, (32, 32, 32, 1), 0
+
+    def build(input_shape, **options):
+        inp = keras.Input(input_shape)
+        x = keras.layers.Conv3D(2, 3, padding="same", activation="relu")(inp)
+        x = keras.layers.Conv3DTranspose(2, 2, strides=2)(keras.layers.MaxPooling3D(2)(x))
+        return keras.Model(inp, keras.layers.Conv3D(1, 1, activation="sigmoid")(x))
+
+    module.build = build
+    return module
+
+
+def tiny3d_flops(x, y, z, m):
+    # conv 3x3x3 (M -> 2) + bias, transposed conv (one input voxel of 2 channels) + bias, head 1x1x1 + bias
+    return x * y * z * (2 * 27 * m * 2 + 2 + 2 * 2 * 2 + 2 + 2 * 2 + 1)
+
+
 @pytest.fixture
 def tiny_registry(monkeypatch):
     modules = {"tiny": "_report_tiny", "ghost": "_report_ghost_never_written", "broken": "_report_broken"}
@@ -100,6 +135,14 @@ def tiny_registry(monkeypatch):
     monkeypatch.setitem(sys.modules, "strokeseg.models._report_tiny", tiny_module("_report_tiny"))
     monkeypatch.setitem(sys.modules, "strokeseg.models._report_broken", tiny_module("_report_broken", fail=True))
     return modules
+
+
+@pytest.fixture
+def volume_registry(monkeypatch, tiny_registry):
+    monkeypatch.setitem(tiny_registry, "tiny3d", "_report_tiny3d")
+    monkeypatch.setattr(registry, "VOLUME_MODELS", ("tiny3d",))
+    monkeypatch.setitem(sys.modules, "strokeseg.models._report_tiny3d", tiny_volume_module("_report_tiny3d"))
+    return tiny_registry
 
 
 def test_plane_inputs_round_up_to_the_size_multiple():
@@ -126,6 +169,43 @@ def test_canvases_come_from_a_published_store(tmp_path):
     got = mr.plane_canvases(tmp_path, Config(), ("coronal", "axial"))
     assert [(c.plane, c.shape, c.source) for c in got] == [
         ("coronal", (32, 32), "03_convert store"), ("axial", (32, 48), "03_convert store")]
+
+
+def test_volume_canvas_is_the_run_patch_of_the_grid(tmp_path):
+    from strokeseg.contracts import DATASET, MANIFEST_JSON
+    from strokeseg.data.grid_plan import GridPlan
+    from strokeseg.workdir import stage_dir
+
+    atlas = mr.volume_canvas(tmp_path, Config())   # no stage 01: the ATLAS grid, one channel
+    assert (atlas.plane, atlas.shape, atlas.source, atlas.image_channels, atlas.patch) == (
+        VOLUME, (197, 233, 189), "ATLAS grid", 1, (128, 128, 128))
+    unet3d = registry.architecture("unet3d")
+    spec = mr.plane_input(unet3d, atlas)
+    assert spec.shape == (128, 128, 128, 1) and not spec.padded
+    config = Config()
+    config = replace(config, training=replace(config.training, patch_size=(32, 48, 16)))
+    assert mr.volume_canvas(None, config).patch == (32, 48, 16)
+
+    dataset = stage_dir(tmp_path, DATASET)
+    dataset.mkdir(parents=True)
+    plan = GridPlan("target_spacing", (112, 112, 73), (2.0, 2.0, 2.0), ("dwi", "adc"), ("mri", "mri"), ("axial",))
+    plan.write(dataset)
+    (dataset / MANIFEST_JSON).write_text("{}")
+    isles = mr.volume_canvas(tmp_path, Config())
+    assert (isles.shape, isles.source, isles.patch) == ((112, 112, 73), "01_dataset grid plan", (112, 112, 80))
+    spec = mr.plane_input(unet3d, isles)
+    assert spec.shape == unet3d.CANONICAL_INPUT and spec.padded   # z: 73 voxels in an 80-voxel patch
+
+
+def test_planes_select_slice_rows_and_3d_models_add_the_volume():
+    only_2d = mr.report_canvases(None, Config(), mr.ReportOptions(models=("raxnet",), planes=("axial",)))
+    assert [c.plane for c in only_2d] == ["axial"]
+    every = mr.report_canvases(None, Config(), mr.ReportOptions(planes=("sagittal",)))
+    assert [c.plane for c in every] == ["sagittal", VOLUME]
+    assert [c.plane for c in mr.model_canvases("unet3d", every)] == [VOLUME]
+    assert [c.plane for c in mr.model_canvases("raxnet", every)] == ["sagittal"]
+    with pytest.raises(ConfigError, match="no volume canvas"):
+        mr.build_report(only_2d, mr.ReportOptions.quick(models=("raxnet", "attention_unet3d")), progress=False)
 
 
 def test_options_are_checked(tiny_registry):
@@ -209,6 +289,83 @@ def test_stage_writes_one_row_per_model_and_plane(tmp_path, tiny_registry):
     assert (out / "config.json").is_file()
 
 
+def test_a_volume_model_gets_one_volume_row_per_patch(tmp_path, volume_registry):
+    config = Config()
+    config = replace(config, training=replace(config.training, patch_size=(16, 16, 16)))
+    out = stage.run(tmp_path, config, progress=False, quick=True, models=["tiny", "tiny3d"], planes=["axial"])
+    table = pd.read_csv(out / "models.csv")
+    assert tuple(table.columns) == mr.COLUMNS
+    assert list(zip(table["model"], table["plane"], table["status"])) == [("tiny", "axial", "ok"),
+                                                                           ("tiny3d", VOLUME, "ok")]
+    tiny, volume = table.iloc[0], table.iloc[1]
+
+    shape = ["canvas_h", "canvas_w", "canvas_d", "input_h", "input_w", "input_d", "input_c"]
+    assert volume[shape].astype(int).tolist() == [197, 233, 189, 16, 16, 16, 1]
+    assert volume["canvas_source"] == "ATLAS grid" and not volume["input_padded"]
+    assert volume["parameters"] == registry.build_model("tiny3d", (16, 16, 16, 1)).count_params()
+    assert (volume["batch_size"], volume["repeats"]) == (1, 2)
+    per_patch = ["forward_gflops_per_patch", "forward_ms_per_patch", "train_step_ms_per_patch"]
+    per_slice = ["forward_gflops_per_slice", "forward_ms_per_slice", "train_step_ms_per_slice"]
+    assert (volume[per_patch].astype(float) > 0).all() and volume[per_slice].isna().all()
+    assert volume["forward_gflops_per_patch"] == pytest.approx(tiny3d_flops(16, 16, 16, 1) / 1e9, rel=1e-9)
+    assert volume["uncounted_ops"] == "MaxPool3D;Relu;Sigmoid"
+    assert volume["matmul_fraction"] == pytest.approx(volume["forward_gflops_per_patch"] / (
+        volume["forward_ms_per_patch"] / 1e3) / volume["matmul_gflops_per_second"], rel=1e-6)
+
+    # The slice row is what it was: per-slice costs, no third axis.
+    assert tiny[per_patch + ["canvas_d", "input_d"]].isna().all()
+    assert tiny[["input_h", "input_w", "input_c"]].astype(int).tolist() == [224, 256, 2]
+    assert tiny["forward_gflops_per_slice"] == pytest.approx(tiny_flops(224, 256, 2) / 1e9, rel=1e-9)
+    assert tiny["batch_size"] == 2
+
+    text = (out / "summaries" / "tiny3d.txt").read_text()
+    assert "GFLOPs per patch" in text and "16x16x16x1" in text
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["canvases"][VOLUME] == {"shape": [197, 233, 189], "source": "ATLAS grid", "patch": [16, 16, 16]}
+
+
+@pytest.mark.parametrize("name", ["unet3d", "attention_unet3d"])
+def test_3d_model_flops_grow_with_the_patch_volume(name):
+    """Doubling the patch on every axis multiplies the forward FLOPs by 8, but for the per-channel
+    terms of instance norm; and the walk reaches every op of the real 3-D models."""
+    counts = []
+    for shape in ((16, 16, 16, 1), (32, 32, 32, 1)):
+        counts.append(mr.count_flops(registry.build_model(name, shape, width=0.125), shape))
+        keras.backend.clear_session()
+    small, large = counts
+    assert small.total > 0 and large.total / small.total == pytest.approx(8, rel=0.03)
+    assert small.by_op["Conv3D"] > 0 and small.by_op["Conv3DBackpropInputV2"] > 0 and not small.notes
+    assert set(small.uncounted) == {"MaxPool3D", "Relu", "Sigmoid"}
+
+
+def test_a_killed_measuring_process_fails_its_rows_only(monkeypatch):
+    """A worker killed by the kernel (out of memory) leaves no Python error: the model's rows say so."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    class KilledPool:
+        def __init__(self, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, *args):
+            raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+    monkeypatch.setattr(mr, "ProcessPoolExecutor", KilledPool)
+    options = mr.ReportOptions.quick(isolate=True)
+    machine = {"matmul_gflops_per_second": 1.0, "backend": "tensorflow", "device": "CPU", "dtype_policy": "float32"}
+    canvas = mr.PlaneCanvas(VOLUME, (197, 233, 189), "ATLAS grid", 1, (128, 128, 128))
+    (row,), summary = mr._report_model_isolated("attention_unet3d", [canvas], options, machine)
+    assert (row["status"], row["plane"], row["canvas_d"], row["batch_size"]) == ("failed", VOLUME, 189, 1)
+    assert "out of memory" in row["error"] and "out of memory" in summary and row["parameters"] is None
+    with pytest.raises(mr.ModelReportError, match="out of memory"):
+        mr._report_model_isolated("attention_unet3d", [canvas], replace(options, strict=True), machine)
+
+
 def test_strict_mode_and_no_measurable_model_publish_nothing(tmp_path, tiny_registry):
     with pytest.raises(mr.ModelReportError, match="'ghost'.*missing"):
         stage.run(tmp_path, Config(), progress=False, quick=True, models=["ghost", "tiny"], strict=True)
@@ -231,8 +388,11 @@ def test_registered_models_are_counted_completely(name):
     if importlib.util.find_spec(f"strokeseg.models.{registry.MODULES[name]}") is None:
         pytest.skip(f"strokeseg/models/{registry.MODULES[name]}.py not written yet")
     module = registry.architecture(name)
-    shape = mr.plane_input(module, mr.PlaneCanvas("axial", (32, 32), "test")).shape
+    volumetric = registry.is_volumetric(name)
+    canvas = (mr.PlaneCanvas(VOLUME, (16, 16, 16), "test", 1, (16, 16, 16)) if volumetric
+              else mr.PlaneCanvas("axial", (32, 32), "test"))
+    shape = mr.plane_input(module, canvas).shape
     count = mr.count_flops(registry.build_model(name, shape), shape)
-    assert count.total > 0 and count.by_op["Conv2D"] > 0
+    assert count.total > 0 and count.by_op["Conv3D" if volumetric else "Conv2D"] > 0
     assert not [n for n in count.notes if "unknown" in n or "not found" in n or "not counted" in n], count.notes
     keras.backend.clear_session()
