@@ -1,9 +1,10 @@
 """The models folder: what stage 10 exports and ``strokeseg predict`` (and the Docker image) reads.
 
 Layout: ``<plane>.keras`` per plane, or per-fold sets ``<plane>_fold<k>.keras`` (an ensemble; read
-by :func:`strokeseg.infer.inference.load_plane_models`), ``config.json`` (the training run's
-config: predict normalises as training did) and ``fusion.json`` (the
-:class:`strokeseg.infer.fusion.FusionSettings` stage 10 chose, plus where each model came from).
+by :func:`strokeseg.infer.inference.load_plane_models`; a 3-D model is the ``volume`` plane),
+``config.json`` (the training run's config: predict normalises as training did), ``fusion.json``
+(the :class:`strokeseg.infer.fusion.FusionSettings` stage 10 chose, plus where each model came from)
+and ``grid_plan.json`` (the grid and channels the models were trained on).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from strokeseg.config import PLANES, Config, to_json
+from strokeseg.config import PLANES, VOLUME, Config, to_json
 from strokeseg.contracts import BEST_FOLDS_CSV, RUNS_CSV, plane_folds_results_csv
 from strokeseg.errors import InputError, StageOrderError, StrokesegError
 from strokeseg.infer.fusion import FusionSettings
@@ -64,6 +65,9 @@ def trained_models(training_dir: Path, model: str, ensemble: bool,
     chosen = {}
     for plane in planes:
         rows = table[table["plane"] == plane].sort_values("fold")
+        if rows.empty and plane == VOLUME:
+            raise StageOrderError(f"{training_dir / name}: no {model} runs; train the 3-D model first (stage 08's "
+                                  f"training.model, or stage 09's comparison.models)")
         if rows.empty:
             raise StageOrderError(f"{training_dir / name}: no {model} model for the {plane} plane; stage 10 "
                                   f"fuses the study's planes, rerun 08_training with all of "

@@ -247,13 +247,15 @@ def run(workdir: Path, config: Config, progress: bool = True,
 
         volume = None
         if options.volume_model:
-            volume = _volume_predictor(workdir, config, options, settings, plan, out.path / MODELS_3D_DIR, batch)
-            out.extra["volume_model"] = {"model": options.volume_model, "models": volume[1]}
-            volume = volume[0]
+            volume, provenance = _volume_predictor(workdir, config, options, settings, plan, out.path / MODELS_3D_DIR,
+                                                   batch)
+            out.extra["volume_model"] = {"model": options.volume_model, "models": provenance}
         rows = _evaluate_holdout(holdout, predictor, plan, config, options, out.path, progress, volume)
         subjects = _tables(rows, holdout, config, out.path, planes)
         rule = settings.describe() + (", fold ensemble" if options.ensemble else "")
-        if len(planes) == 1:
+        if volumetric:
+            rule = f"3-D model ({model}): threshold and component removal only, no fusion"
+        elif len(planes) == 1:
             rule = f"one plane ({planes[0]}): threshold and component removal only, no fusion"
         _figures(subjects, out.path, holdout, synthetic, rule, options, config, plan.channels[0])
 

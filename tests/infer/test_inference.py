@@ -229,3 +229,37 @@ def test_models_with_custom_layers_load_in_safe_mode_in_a_fresh_process(tmp_path
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "axial.keras")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "xnet", result.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------- 3-D models
+@pytest.fixture(scope="module")
+def volume_folder(tmp_path_factory):
+    """A models folder holding a 1/16-width 3-D U-Net for 16³ patches of two image channels."""
+    from strokeseg.models import build_model
+
+    folder = tmp_path_factory.mktemp("volume_models")
+    build_model("unet3d", (16, 16, 16, 2), width=0.0625).save(folder / "volume.keras")
+    return folder
+
+
+def test_a_3d_models_folder_is_the_volume_plane_with_its_patch(volume_folder, tmp_path):
+    from strokeseg.infer.inference import folder_planes, plane_predictors
+
+    assert folder_planes(volume_folder) == ("volume",)
+    assert folder_planes(tmp_path, ("axial",)) == ("axial",)
+    predictor = plane_predictors(load_plane_models(volume_folder, planes_wanted=("volume",)), 4)["volume"]
+    assert predictor.patch == (16, 16, 16) and predictor.channels == 2
+
+
+def test_the_3d_plane_predicts_the_whole_volume_and_refuses_other_channel_counts(volume_folder):
+    from strokeseg.infer.inference import plane_predictors
+    from strokeseg.infer.tri_planar import TriPlanarPredictor
+
+    predictors = plane_predictors(load_plane_models(volume_folder, planes_wanted=("volume",)), 4)
+    volume = np.random.default_rng(0).normal(size=(2, 20, 24, 18)).astype(np.float32)
+    probabilities = TriPlanarPredictor(predictors, kinds=("mr", "mr")).probabilities(volume)
+    assert list(probabilities) == ["volume"] and probabilities["volume"].shape == (20, 24, 18)
+    assert probabilities["volume"].dtype == np.float32 and np.all((probabilities["volume"] >= 0) &
+                                                                 (probabilities["volume"] <= 1))
+    with pytest.raises(ValueError, match="reads 2 image channels, the cohort has 1"):
+        TriPlanarPredictor(predictors, kinds=("t1",))
