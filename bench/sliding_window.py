@@ -13,7 +13,9 @@ throughput, and times :func:`strokeseg.infer.sliding_window.sliding_window_proba
 On the ATLAS grid the same run times the tri-planar path (three untrained full-width RAX-Nets,
 ``TriPlanarPredictor.probabilities``) for comparison. Peak RSS is the process's ``ru_maxrss``
 after each measurement (Linux: KiB; the whole process, TensorFlow included). Model building and
-the first call of each model (graph tracing) are done before the clock starts.
+graph tracing are done before the clock starts: the 3-D path makes one untimed pass over the
+volume first (a last chunk of fewer windows than the batch is a new input shape, traced on its
+first call), so the figure is the per-volume time of a stage or predict run over many volumes.
 
     python bench/sliding_window.py                      # width 0.25, patch 128x128x128 / 112x112x80
     python bench/sliding_window.py --width 1 --patch-atlas 96 96 96
@@ -52,10 +54,11 @@ def three_d(label: str, shape, channels: int, patch, width: float, batch: int, m
     model = attention_unet3d.build((*patch, channels), width=width)
     flops = count_flops(model, (*patch, channels)).total
     predict = model.predict_on_batch
-    predict(np.zeros((batch, *patch, channels), np.float32))            # tracing, not timed
     volume = np.random.default_rng(0).random((channels, *shape)).astype(np.float32)
+    volume = volume if channels > 1 else volume[0]
+    sliding_window_probability(predict, volume, patch, batch_size=batch)   # tracing of every chunk shape
     start = time.perf_counter()
-    sliding_window_probability(predict, volume if channels > 1 else volume[0], patch, batch_size=batch)
+    sliding_window_probability(predict, volume, patch, batch_size=batch)
     seconds = time.perf_counter() - start
     windows = n_windows(shape, patch)
     floor = windows * flops / matmul

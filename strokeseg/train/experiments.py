@@ -142,7 +142,8 @@ def evaluate(spec: RunSpec, inputs: Inputs, progress: bool = True) -> None:
     if not subjects:
         raise StrokesegError(f"fold {spec.test_fold} has no subjects in folds.csv")
     if spec.volume is not None:
-        per_subject = volume_evaluation(predict, spec.volume.open(), subjects, spec.volume.patch,
+        # A few windows per call: predict_on_batch spares model.predict's per-call input pipeline.
+        per_subject = volume_evaluation(model.predict_on_batch, spec.volume.open(), subjects, spec.volume.patch,
                                         spec.training.patch_batch_size, spec.training.window_step,
                                         native=inputs.native)
         write_csv(pd.DataFrame(columns=list(SLICE_COLUMNS)), spec.folder / TEST_SLICES)
