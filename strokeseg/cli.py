@@ -126,6 +126,9 @@ def build_parser(default_workdir: Path | None = None) -> argparse.ArgumentParser
 
     text = "tri-planar inference on T1 NIfTI volumes with trained models (the Docker entrypoint)"
     predict.add_arguments(commands.add_parser("predict", help=text, description=text))
+    from strokeseg.serve import command as serve_command  # imports the server only when it runs
+
+    serve_command.add_arguments(commands.add_parser("serve", help=serve_command.HELP, description=serve_command.HELP))
     from strokeseg.evaluate import external  # imports its table code only when it runs
 
     external.add_arguments(commands.add_parser("evaluate", help=external.HELP, description=external.HELP))
@@ -202,6 +205,10 @@ def main(argv: list[str] | None = None, default_workdir: Path | None = None) -> 
         from strokeseg.infer import predict
 
         return predict.run_from_args(args)
+    if args.command == "serve":
+        from strokeseg.serve import command as serve_command
+
+        return serve_command.run_from_args(args)
     if args.command == "evaluate":
         from strokeseg.evaluate import external
 

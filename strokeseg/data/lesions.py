@@ -68,6 +68,31 @@ def component_sizes(mask: np.ndarray, connectivity: int) -> np.ndarray:
     return np.sort(sizes)[::-1]
 
 
+LESION_TABLE_COLUMNS = ("lesion", "voxels", "volume_ml", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm")
+
+
+def lesion_table(mask: np.ndarray, affine: np.ndarray, connectivity: int) -> pd.DataFrame:
+    """One row per connected component of ``mask > 0``, largest first (:data:`LESION_TABLE_COLUMNS`):
+    its voxels, its volume in mL (the affine's voxel size) and its centroid in world millimetres
+    (the affine applied to the mean voxel index)."""
+    binary = _binary(mask)
+    cropped = _crop(binary)
+    if cropped is None:
+        return pd.DataFrame(columns=list(LESION_TABLE_COLUMNS))
+    labels, n = ndimage.label(cropped[0], structure=structure(binary.ndim, connectivity))
+    index = np.arange(1, n + 1)
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index).astype(np.int64)
+    centres = np.asarray(ndimage.center_of_mass(np.ones_like(labels), labels, index), dtype=np.float64)
+    centres = centres.reshape(n, binary.ndim) + np.asarray(cropped[1], dtype=np.float64)
+    affine = np.asarray(affine, dtype=np.float64)
+    world = centres @ affine[:3, :3].T + affine[:3, 3]
+    voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
+    order = np.argsort(-sizes, kind="stable")
+    return pd.DataFrame({"lesion": np.arange(1, n + 1), "voxels": sizes[order], "volume_ml": sizes[order] * voxel_ml,
+                         "centroid_x_mm": world[order, 0], "centroid_y_mm": world[order, 1],
+                         "centroid_z_mm": world[order, 2]}, columns=list(LESION_TABLE_COLUMNS))
+
+
 def subject_statistics(mask: np.ndarray) -> dict:
     """3-D lesion statistics at 26-connectivity.
 

@@ -55,6 +55,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -242,6 +243,18 @@ def window_settings(models_dir: Path) -> tuple[float, int]:
     except StrokesegError as exc:
         raise UsageError(f"{Path(models_dir) / CONFIG_NAME}: {exc}") from None
     return training.window_step, training.patch_batch_size
+
+
+def folder_options(models_dir: Path, batch_size: int = DEFAULT_BATCH_SIZE) -> Options:
+    """The options a models folder asks for by itself (its ``config.json`` and ``fusion.json``, else the
+    package defaults), as ``strokeseg predict`` runs without flags; faults are a :class:`UsageError`."""
+    try:
+        settings = models_folder.fusion_settings(models_dir) or FusionSettings()
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    step, windows = window_settings(models_dir)
+    return Options(convert=convert_config(models_dir), settings=settings, batch_size=batch_size,
+                   window_step=step, window_batch=windows)
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
@@ -436,6 +449,43 @@ def _grid_name(plan: GridPlan) -> str:
     return "the MNI152 grid" if plan == MNI_T1_PLAN else "the models' grid"
 
 
+@dataclass
+class PlacedCase:
+    """A case read, validated and placed on the models' grid."""
+    volume: np.ndarray          # (X, Y, Z), or (M, X, Y, Z) for M channels, on the plan grid
+    native: NativeGrid          # the input's own grid, where the mask goes back
+    image: nib.Nifti1Image      # the first channel: header and affine of the outputs
+    resampled: bool
+
+
+def place_case(case: Case, plan: GridPlan = MNI_T1_PLAN) -> PlacedCase:
+    """Read the case's channels (every fault an :class:`InputError` naming the file) and place them on
+    the plan grid, logging whether they were used as they are or resampled."""
+    if case.fault:
+        raise InputError(case.fault.partition(": ")[0], case.fault.partition(": ")[2])
+    loaded = load_channels(case.channels)
+    image, affine = loaded.image, loaded.affine
+    native = NativeGrid(tuple(int(s) for s in loaded.images[0].shape), affine)
+    resampled = not plan.on_grid(native)
+    grid = _grid_name(plan)
+    if resampled:
+        log.info("%s: grid %s is not %s: resampled onto it (trilinear) and the mask back (linear, >= 0.5)%s",
+                 case.name, _describe_grid(native.shape, affine), grid,
+                 "; this assumes the image is registered to MNI152NLin2009aSym" if plan == MNI_T1_PLAN else "")
+        if not plan.fits(native):
+            log.warning("%s: larger than the plan volume %s: cropped to it", case.name, plan.shape)
+    else:
+        log.info("%s: on %s (%s): used as is", case.name, grid, _describe_grid(native.shape, affine))
+    channels = [plan.to_plan(volume, native) for volume in loaded.images]
+    del loaded
+    if resampled and all(c.min() == c.max() for c in channels):
+        raise InputError(case.channels[0][1], f"no overlap with {grid} after resampling"
+                                              + (" (is the image registered to MNI space?)" if plan == MNI_T1_PLAN
+                                                 else ""))
+    volume = channels[0] if len(channels) == 1 else np.stack(channels)
+    return PlacedCase(volume, native, image, resampled)
+
+
 def predict_case(case: Case, predictor: TriPlanarPredictor, options: Options, output: Path,
                  plan: GridPlan = MNI_T1_PLAN) -> dict:
     """One CSV row; the case's files are written only when everything before succeeded."""
@@ -444,32 +494,11 @@ def predict_case(case: Case, predictor: TriPlanarPredictor, options: Options, ou
     start = time.perf_counter()
     written: list[Path] = []
     try:
-        if case.fault:
-            raise InputError(case.fault.partition(": ")[0], case.fault.partition(": ")[2])
-        loaded = load_channels(case.channels)
-        image, affine = loaded.image, loaded.affine
-        native = NativeGrid(tuple(int(s) for s in loaded.images[0].shape), affine)
-        shape = native.shape
-        row["resampled"] = resampled = not plan.on_grid(native)
-        grid = _grid_name(plan)
-        if resampled:
-            log.info("%s: grid %s is not %s: resampled onto it (trilinear) and the mask back (linear, >= 0.5)%s",
-                     case.name, _describe_grid(shape, affine), grid,
-                     "; this assumes the image is registered to MNI152NLin2009aSym" if plan == MNI_T1_PLAN else "")
-            if not plan.fits(native):
-                log.warning("%s: larger than the plan volume %s: cropped to it", case.name, plan.shape)
-        else:
-            log.info("%s: on %s (%s): used as is", case.name, grid, _describe_grid(shape, affine))
-        channels = [plan.to_plan(volume, native) for volume in loaded.images]
-        del loaded
-        if resampled and all(c.min() == c.max() for c in channels):
-            raise InputError(case.channels[0][1], f"no overlap with {grid} after resampling"
-                                                  + (" (is the image registered to MNI space?)" if plan == MNI_T1_PLAN
-                                                     else ""))
-        volume = channels[0] if len(channels) == 1 else np.stack(channels)
-        del channels
-        mask, probability = predict_volume(volume, predictor, options.save_probabilities)
-        del volume
+        placed = place_case(case, plan)
+        row["resampled"] = placed.resampled
+        image, affine, native = placed.image, placed.image.affine, placed.native
+        mask, probability = predict_volume(placed.volume, predictor, options.save_probabilities)
+        del placed
         mask = plan.mask_to_native(mask, native)
         if probability is not None:
             probability = plan.probability_to_native(probability, native)

@@ -114,16 +114,19 @@ def _panel(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     return np.take(volume, index, axis=axis).T
 
 
-def overlay_figure(t1: np.ndarray, truth: np.ndarray, prediction: np.ndarray, path: Path, synthetic: bool,
+def overlay_figure(t1: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray, path: Path, synthetic: bool,
                    spacing: Sequence[float] = (1.0, 1.0, 1.0), title: str = "",
                    centre: Sequence[int] | None = None, dpi: int = figures.DEFAULT_DPI) -> None:
     """Axial, sagittal and coronal slices through the lesion's centre of mass: the T1 in grey,
     the ground truth's outline in green and the prediction filled in orange (outline too).
 
     Volumes are ``[x, y, z]`` of one shape; ``spacing`` (mm) sets each panel's aspect ratio.
+    ``truth=None`` (a new scan, as ``strokeseg serve`` shows it): no ground truth is drawn.
     """
     path = figures._png_path(path)
-    t1, truth, prediction = np.asarray(t1), np.asarray(truth) > 0, np.asarray(prediction) > 0
+    has_truth = truth is not None
+    t1, prediction = np.asarray(t1), np.asarray(prediction) > 0
+    truth = np.asarray(truth) > 0 if has_truth else np.zeros(prediction.shape, dtype=bool)
     if not (t1.shape == truth.shape == prediction.shape) or t1.ndim != 3:
         raise ValueError(f"overlay_figure: T1 {t1.shape}, truth {truth.shape} and prediction "
                          f"{prediction.shape} must be 3-D volumes of one shape")
@@ -150,10 +153,12 @@ def overlay_figure(t1: np.ndarray, truth: np.ndarray, prediction: np.ndarray, pa
             ax.set_title(f"{name} (slice {index} along {'xyz'[axis]})", fontsize=10)
             ax.set_xticks([])
             ax.set_yticks([])
-        handles = [plt.Line2D([], [], color=TRUTH_COLOUR, linewidth=1.4, label="ground truth (outline)"),
-                   plt.Rectangle((0, 0), 1, 1, color=PREDICTION_COLOUR, alpha=0.45, label="prediction (filled)")]
-        fig.legend(handles=handles, loc="outside lower right", ncols=2, frameon=False)
-        fig.suptitle(figures._title(title or "Image, ground truth and prediction", synthetic))
+        handles = [plt.Rectangle((0, 0), 1, 1, color=PREDICTION_COLOUR, alpha=0.45, label="prediction (filled)")]
+        if has_truth:
+            handles.insert(0, plt.Line2D([], [], color=TRUTH_COLOUR, linewidth=1.4, label="ground truth (outline)"))
+        fig.legend(handles=handles, loc="outside lower right", ncols=len(handles), frameon=False)
+        default = "Image, ground truth and prediction" if has_truth else "Image and prediction"
+        fig.suptitle(figures._title(title or default, synthetic))
         figures._save(fig, path, dpi)
     finally:
         plt.close(fig)

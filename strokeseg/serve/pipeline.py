@@ -1,0 +1,76 @@
+"""One served case from its stored scans to its mask, lesion table and overlay: ``strokeseg predict``'s
+path (:func:`strokeseg.infer.predict.place_case`, the same :class:`TriPlanarPredictor`), one plane at a
+time so that the page can say which plane is being predicted.
+
+The result the page shows: whether the scan was resampled onto the models' grid, the lesions of the
+mask on the scan's own grid (:func:`strokeseg.data.lesions.lesion_table`: voxels, mL, centroid in mm,
+the fusion settings' connectivity), their count and total volume, and per plane the agreement of
+that plane alone (probability > 0.5) with the fused mask (Dice on the models' grid; 1.0 when both
+are empty). Outputs: ``mask.nii.gz`` (uint8, the scan's affine and header), ``lesions.csv`` and
+``overlay.png`` (three planes through the largest lesion's centre, or the volume's centre).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from strokeseg.data.grid_plan import GridPlan
+from strokeseg.data.lesions import lesion_table
+from strokeseg.data.nifti import write_nifti
+from strokeseg.evaluate.holdout import SINGLE_PLANE_THRESHOLD
+from strokeseg.infer.inference import normalized_volume, per_slice
+from strokeseg.infer.predict import Case, place_case
+from strokeseg.infer.tri_planar import TriPlanarPredictor
+from strokeseg.serve.cases import MASK, OVERLAY, TABLE
+from strokeseg.workdir import write_csv
+
+Progress = Callable[[str, str], None]    # (status, human-readable step)
+
+
+def agreement(plane_mask: np.ndarray, fused: np.ndarray) -> float:
+    """Dice of one plane's mask with the fused mask (1.0 when both are empty)."""
+    both = int(np.count_nonzero(plane_mask & fused))
+    total = int(np.count_nonzero(plane_mask)) + int(np.count_nonzero(fused))
+    return 1.0 if total == 0 else 2.0 * both / total
+
+
+def run_case(name: str, scans: dict[str, Path], folder: Path, predictor: TriPlanarPredictor, plan: GridPlan,
+             progress: Progress) -> dict:
+    """Predict one case and write its outputs into ``folder``; returns the result the API reports.
+    Faults in the scans are :class:`strokeseg.errors.InputError`s (the caller reports them)."""
+    start = time.perf_counter()
+    progress("reading", "reading the scan")
+    placed = place_case(Case(name, tuple((c, scans[c]) for c in plan.channels)), plan)
+    normalized = None if per_slice(predictor.convert, predictor.kinds) else \
+        normalized_volume(placed.volume, predictor.convert, predictor.kinds)
+    probabilities = {}
+    planes = list(predictor.predictors)
+    for k, plane in enumerate(planes, start=1):
+        progress("predicting", f"predicting plane {k} of {len(planes)} ({plane})")
+        probabilities[plane] = predictor.plane_probability(plane, placed.volume, normalized)
+    progress("fusing", "fusing the planes" if len(planes) > 1 else "thresholding")
+    fused = predictor.mask(probabilities).astype(bool)
+    agreements = {plane: agreement(p > SINGLE_PLANE_THRESHOLD, fused) for plane, p in probabilities.items()}
+    del probabilities
+    progress("writing", "writing the mask, the lesion table and the overlay")
+    mask = plan.mask_to_native(fused.astype(np.uint8), placed.native)
+    affine = np.asarray(placed.image.affine, dtype=np.float64)
+    table = lesion_table(mask, affine, predictor.settings.connectivity)
+    write_nifti(folder / MASK, mask, reference=placed.image, dtype=np.uint8)
+    write_csv(table, folder / TABLE)
+    _overlay(np.asarray(placed.image.dataobj, dtype=np.float32), mask, affine, folder / OVERLAY)
+    return {"resampled": bool(placed.resampled), "lesion_count": int(len(table)),
+            "total_volume_ml": float(table["volume_ml"].sum()), "lesions": table.to_dict("records"),
+            "agreement": agreements, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _overlay(scan: np.ndarray, mask: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    from strokeseg.report.fusion_figures import overlay_figure
+
+    if scan.ndim != 3:      # a 4-D first channel never gets here (load_channels refuses it)
+        scan = scan.reshape(mask.shape)
+    overlay_figure(scan, None, mask, path, synthetic=False, spacing=np.linalg.norm(affine[:3, :3], axis=0),
+                   title="Scan and predicted lesion mask (research software, not for clinical use)")
