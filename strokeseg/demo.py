@@ -178,8 +178,16 @@ def closing_lines(workdir: Path, timing: pd.DataFrame, agreement: tuple[int, int
               "losses are compared)",
               f"  {workdir / '10_fusion'}/  subjects.csv, summary.csv, fusion_gain.csv, by_volume_bin.csv, "
               "masks/, overlays/, figures",
-              f"  {workdir / PREDICT_DIR}/  predict's masks and predictions.csv"]
+              f"  {workdir / PREDICT_DIR}/  predict's masks and predictions.csv",
+              "",
+              "See the models at work in a browser (this machine only; Ctrl-C stops it):",
+              f"  {serve_command(workdir)}"]
     return "\n".join(lines)
+
+
+def serve_command(workdir: Path) -> str:
+    """The one line that serves the demo's models in the local web app."""
+    return f"python -m strokeseg serve --models {workdir / FUSION / MODELS_DIR}   # then open http://127.0.0.1:8000/"
 
 
 def _met(ok: bool) -> str:

@@ -61,3 +61,14 @@ def test_predict_agreement_counts_voxel_identical_masks(tmp_path):
     changed[0, 0, 0] = 1                                       # one voxel differs
     _mask(tmp_path / demo.PREDICT_DIR / f"{subjects[1]}_ses-1_space-MNI152NLin2009aSym_mask.nii.gz", changed)
     assert demo.predict_agreement(tmp_path) == (1, 2)
+
+
+def test_the_demo_ends_with_the_line_that_serves_its_models(tmp_path):
+    from strokeseg.cli import build_parser
+    from strokeseg.demo import serve_command
+
+    line = serve_command(tmp_path)
+    words = line.split("#")[0].split()
+    assert words[:4] == ["python", "-m", "strokeseg", "serve"]
+    args = build_parser().parse_args(words[3:])
+    assert args.models == tmp_path / "10_fusion" / "models" and args.host == "127.0.0.1"

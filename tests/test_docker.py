@@ -120,10 +120,10 @@ def test_readme_shows_the_build_and_run_lines():
     assert "--user" in readme
 
 
-def test_predict_imports_with_only_the_images_runtime_libraries():
+def test_predict_and_serve_import_with_only_the_images_runtime_libraries():
     """The image installs TensorFlow (its base) and the pins it greps from requirements.txt, nothing
-    else: `import strokeseg.infer.predict` (its build check and its entrypoint) must not need
-    another library at import time."""
+    else: `import strokeseg.infer.predict` and `strokeseg.serve.app` (its build check, its entrypoint
+    and `strokeseg serve`) must not need another library at import time."""
     import subprocess
     import sys
 
@@ -139,6 +139,7 @@ def test_predict_imports_with_only_the_images_runtime_libraries():
                "        if name.split('.')[0] in self.names:\n"
                "            raise ImportError(f'{name} is not installed in the image')\n"
                "sys.meta_path.insert(0, Absent())\n"
-               "import strokeseg.infer.predict\n")
+               "import strokeseg.infer.predict\n"
+               "import strokeseg.serve.app\n")
     result = subprocess.run([sys.executable, "-c", blocker], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
