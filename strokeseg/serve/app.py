@@ -51,10 +51,10 @@ log = logging.getLogger("strokeseg.serve")
 NOTICE = "Research software, not for clinical use."
 EXPIRY_INTERVAL_S = 60.0
 STATIC = resources.files("strokeseg.serve") / "static"
-CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self' "
-                           "'unsafe-inline'; img-src 'self' data: blob:; worker-src 'self' blob:; "
-                           "connect-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
-                           "frame-ancestors 'none'")
+# The page and NiiVue need nothing else: no inline script or style, no other origin.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+                           "worker-src 'self' blob:; connect-src 'self' data: blob:; object-src 'none'; "
+                           "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
 def input_statement(plan: GridPlan) -> str:
@@ -65,6 +65,7 @@ def input_statement(plan: GridPlan) -> str:
     if plan == predict.MNI_T1_PLAN:
         return (f"A T1-weighted MRI, {files}, registered to MNI152NLin2009aSym ({grid}); a scan on another "
                 "grid is resampled onto it through its world coordinates, which assumes that registration.")
+    files = files[0].upper() + files[1:]
     if plan.kind == "fixed":
         return f"{files}, on the grid the models were trained on ({grid}); another grid is resampled onto it."
     return f"{files}; it is reoriented and resampled to the models' voxel size ({grid}) and the mask back."
@@ -125,9 +126,10 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def _guard(request: Request, call_next) -> Response:
-    """The token check of ``/api/`` and the security headers of every response."""
+    """The token check of ``/api/`` (``/api/info`` holds nothing private: it tells the page whether a
+    token is needed) and the security headers of every response."""
     state: ServerState = request.app.state.server
-    if request.url.path.startswith("/api/") and state.token is not None:
+    if request.url.path.startswith("/api/") and request.url.path != "/api/info" and state.token is not None:
         header = request.headers.get("authorization", "")
         given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token", "")
         if not secrets.compare_digest(given.encode(), state.token.encode()):
@@ -180,7 +182,7 @@ async def _create(request: Request) -> JSONResponse:
             content = await upload.read()
             if not content:
                 return _error(400, f"{channel}: the file is empty")
-            uploads[channel] = content
+            uploads[channel] = (content, upload.filename)
     finally:
         await form.close()
     record = await run_in_threadpool(state.store.create, uploads)

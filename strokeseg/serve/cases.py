@@ -29,17 +29,33 @@ def scan_name(channel: str, gzipped: bool) -> str:
     return f"scan_{channel}.nii{'.gz' if gzipped else ''}"
 
 
+def display_name(client_name: str | None) -> str:
+    """The client's file name as messages may show it: its last component, printable, at most 80
+    characters (it is only ever shown, never used as a path)."""
+    name = (client_name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable())[:80]
+    return name or "upload"
+
+
 @dataclass
 class CaseRecord:
     id: str
     folder: Path
     scans: dict[str, Path]                    # channel -> stored upload
+    labels: dict[str, str] = field(default_factory=dict)   # channel -> "t1w (its file name)", for messages
     status: str = "queued"
     step: str = "queued"
     error: str | None = None
     result: dict | None = None
     finished_at: float | None = None
     created_at: float = field(default_factory=time.monotonic)
+
+    def describe(self, message: str) -> str:
+        """A message about the case's files with each stored path replaced by its channel and the
+        client's file name: the server's folders never reach the client."""
+        for channel, path in self.scans.items():
+            message = message.replace(str(path), self.labels.get(channel, channel))
+        return message.replace(f"{self.folder}/", "")
 
     def files(self) -> list[str]:
         """The names this case may serve: its scans, and once done its outputs."""
@@ -56,17 +72,18 @@ class CaseStore:
         self._cases: dict[str, CaseRecord] = {}
         self._lock = threading.Lock()
 
-    def create(self, uploads: dict[str, bytes]) -> CaseRecord:
-        """A new queued case holding the uploaded channel files (channel -> content)."""
+    def create(self, uploads: dict[str, tuple[bytes, str | None]]) -> CaseRecord:
+        """A new queued case holding the uploaded channel files (channel -> (content, client file name))."""
         case_id = secrets.token_urlsafe(16)
         folder = self.root / case_id
         folder.mkdir()
-        scans = {}
-        for channel, content in uploads.items():
+        scans, labels = {}, {}
+        for channel, (content, client_name) in uploads.items():
             path = folder / scan_name(channel, content[:2] == _GZIP_MAGIC)
             path.write_bytes(content)
             scans[channel] = path
-        record = CaseRecord(case_id, folder, scans)
+            labels[channel] = f"{channel} ({display_name(client_name)})"
+        record = CaseRecord(case_id, folder, scans, labels)
         with self._lock:
             self._cases[case_id] = record
         return record

@@ -69,7 +69,7 @@ class CaseWorker:
         try:
             result = run_case(record.id, record.scans, record.folder, self.predictor, self.plan, progress)
         except StrokesegError as exc:
-            message = str(exc).replace(f"{record.folder}/", "")
+            message = record.describe(str(exc))
             self.store.update(record, status="failed", step="failed", error=message)
             log.info("case %s failed: %s", record.id, message)
         except Exception as exc:  # noqa: BLE001 - one case never stops the server
