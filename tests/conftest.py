@@ -120,3 +120,19 @@ def volume_workdir(tiny_cohort, tmp_path_factory) -> Path:
     wrote the volume store (read-only, as ``prepared_workdir``)."""
     return run_data_stages(tmp_path_factory.mktemp("volume"), tiny_cohort,
                            TINY_OVERRIDES + ['comparison.models=["unet3d"]'])
+
+
+@pytest.fixture(scope="session")
+def stub_models(tmp_path_factory) -> Path:
+    """A models folder of stub models that find exactly the two blocks of a stub scan (tests/serve_stub.py)."""
+    from serve_stub import write_stub_models
+
+    return write_stub_models(tmp_path_factory.mktemp("serve_models"))
+
+
+@pytest.fixture
+def scan_file(tmp_path) -> Path:
+    """A stub scan (tests/serve_stub.py) as a NIfTI file."""
+    from serve_stub import write_stub_scan
+
+    return write_stub_scan(tmp_path / "case_T1w.nii.gz")

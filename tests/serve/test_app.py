@@ -14,11 +14,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from serve_stub import AFFINE, LESION_VOXELS, SHAPE, VOXEL_ML, stub_scan
 from starlette.testclient import TestClient
 
 from strokeseg.serve.app import create_app, is_loopback
-
-from conftest import AFFINE, LESION_VOXELS, SHAPE, VOXEL_ML, stub_scan
 
 
 def _nifti_bytes(data: np.ndarray, affine=AFFINE) -> bytes:

@@ -26,10 +26,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from serve_stub import AFFINE, LESION_VOXELS, SHAPE, VOXEL_ML
 
 from strokeseg.serve.app import create_app
-
-from conftest import AFFINE, LESION_VOXELS, SHAPE, VOXEL_ML
 
 TOKEN = "browser-test-token"
 # Root in a container: no sandbox. WebGL2 for NiiVue from SwiftShader (software rendering through

@@ -1,4 +1,6 @@
-"""A stub models folder and scans made for it: what ``strokeseg serve`` tests run on.
+"""A stub models folder and scans made for it: what the ``strokeseg serve`` tests (tests/serve/) run on.
+Its fixtures are registered in tests/conftest.py: a conftest.py in tests/serve/ would shadow that one
+for every ``from conftest import …`` in the suite.
 
 The models are 1×1 convolutions that call a voxel lesion where its normalised intensity is above
 199.5 of 255 (``tests/helpers.threshold_model``), one per plane, on a small 2 mm grid. A scan is a
@@ -11,7 +13,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 SHAPE = (40, 48, 32)
 AFFINE = np.array([[2.0, 0, 0, -40], [0, 2.0, 0, -48], [0, 0, 2.0, -32], [0, 0, 0, 1]])
@@ -45,13 +46,3 @@ def stub_scan(seed: int = 0) -> np.ndarray:
 def write_stub_scan(path: Path, seed: int = 0) -> Path:
     nib.save(nib.Nifti1Image(stub_scan(seed), AFFINE), path)
     return path
-
-
-@pytest.fixture(scope="session")
-def stub_models(tmp_path_factory) -> Path:
-    return write_stub_models(tmp_path_factory.mktemp("serve_models"))
-
-
-@pytest.fixture
-def scan_file(tmp_path) -> Path:
-    return write_stub_scan(tmp_path / "case_T1w.nii.gz")
