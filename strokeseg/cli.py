@@ -37,7 +37,7 @@ OVERRIDE_HELP = ("override one config value, e.g. --set cv.n_folds=5 --set conve
 READS = {
     "dataset": ("dataset", "bins", "workers"),
     "splitting": ("split", "seed"),  # stratifies on stage 01's volume_bin column, not on bins.*
-    "convert": ("convert", "dataset.binarize_masks", "workers"),
+    "convert": ("convert", "dataset.binarize_masks", "workers", "training.model", "comparison.models", "seed"),
     "cross-validation": ("cv", "bins", "seed"),
     "batches": ("batches.batch_size", "batches.lesion_per_batch", "batches.inner_validation_fraction",
                 "bins.axial_edges", "bins.sagittal_edges", "bins.coronal_edges", "seed"),
@@ -46,8 +46,8 @@ READS = {
     "training": ("training", "cv.n_folds", "batches.fixed_order", "prepare.channels", "seed", "onednn"),
     "comparison": ("comparison", "training", "cv.n_folds", "batches.fixed_order", "prepare.channels", "seed",
                    "onednn"),
-    "fusion": ("training.model", "training.eval_batch_size", "convert", "dataset.binarize_masks",
-               "bins.volume_edges", "onednn"),
+    "fusion": ("training.model", "training.eval_batch_size", "training.window_step", "training.patch_batch_size",
+               "convert", "dataset.binarize_masks", "bins.volume_edges", "comparison.recipe", "onednn"),
 }
 NOT_READ = {"comparison": ("training.max_epochs", "training.planes", "training.folds")}  # comparison.* replace them
 BINS_NOTE = "bins.*: stage 01 assigned every bin; this stage uses only their count and labels, so set them in stage 01."

@@ -135,6 +135,7 @@ class TrainingConfig:
     max_rotation_degrees: float = 10.0
     max_scaling: float = 0.1
     precision: str = "auto"
+    require_gpu: bool = False
     batchnorm_momentum: float | None = None
     planes: tuple[str, ...] = PLANES
     folds: tuple[int, ...] = ()
@@ -344,6 +345,7 @@ FIELD_HELP: dict[str, str] = {
     "training.max_rotation_degrees": "augment: rotation angle drawn from +- this many degrees",
     "training.max_scaling": "augment: zoom factor drawn from [1 - s, 1 + s]",
     "training.precision": "auto (mixed_float16 on a visible GPU, else float32), float32, mixed_float16, mixed_bfloat16",
+    "training.require_gpu": "stop stages 08/09 with an error when no GPU is visible, instead of training on the CPU",
     "training.planes": "planes to train",
     "training.folds": "test folds to run; [] = every fold",
     "training.batchnorm_momentum": "moving-average momentum of every batch-norm layer while training; null = the "

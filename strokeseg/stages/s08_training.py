@@ -15,6 +15,7 @@ Outputs under ``08_training/``:
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Iterable
 
@@ -31,6 +32,7 @@ from strokeseg.contracts import (
 )
 from strokeseg.workdir import StageWriter, is_synthetic_run, stage_config, stage_dir, write_csv
 
+log = logging.getLogger(__name__)
 STAGE = TRAINING
 
 
@@ -41,9 +43,11 @@ def starting_config(workdir: Path, overrides: Iterable[str] = ()) -> Config:
 
 def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = False) -> Path:
     from strokeseg.train import experiments
+    from strokeseg.train.distribute import training_environment
 
-    inputs = experiments.Inputs.of(workdir)
     training = config.training
+    log.info("08 training: %s", training_environment(training.precision, training.require_gpu))
+    inputs = experiments.Inputs.of(workdir)
     root = stage_dir(workdir, STAGE)
     specs = experiments.run_specs(config, inputs, training, training.planes, training.folds, root / RUNS_DIR)
     chief = True

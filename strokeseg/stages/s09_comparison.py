@@ -26,6 +26,7 @@ Outputs under ``09_comparison/``:
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
@@ -47,6 +48,7 @@ from strokeseg.contracts import (
 from strokeseg.stages import s08_training as training_stage
 from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_config, stage_dir, write_csv
 
+log = logging.getLogger(__name__)
 STAGE = COMPARISON
 LOSS_RUNS = "losses"
 SUMMARY_METRICS = ["dice", "precision", "recall", "lesionwise_f1", "hd95_mm", "volume_difference_ml",
@@ -62,8 +64,10 @@ def starting_config(workdir: Path, overrides: Iterable[str] = ()) -> Config:
 def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = False) -> Path:
     from strokeseg.evaluate.tables import paired_wilcoxon, summary_table
     from strokeseg.train import experiments
+    from strokeseg.train.distribute import training_environment
     from strokeseg.train.recipes import model_training
 
+    log.info("09 comparison: %s", training_environment(config.training.precision, config.training.require_gpu))
     reference_dir = require_stage(workdir, TRAINING)
     inputs = experiments.Inputs.of(workdir)
     comparison, root = config.comparison, stage_dir(workdir, STAGE)

@@ -251,6 +251,47 @@ def set_precision(name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# what a training stage runs on
+
+def visible_devices() -> list[str]:
+    """The devices the backend sees, e.g. ["CPU:0", "GPU:0"] (listing them starts no TensorFlow op)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [f"{d.device_type}:{i}" for kind in ("CPU", "GPU")
+                for i, d in enumerate(tf.config.list_physical_devices(kind))]
+    if backend == "jax":
+        import jax
+
+        return [f"{d.platform.upper()}:{d.id}" for d in jax.devices()]
+    return [backend]
+
+
+def training_environment(precision: str, require_gpu: bool) -> str:
+    """One line for a training stage's log: the devices, the strategy and the precision it will use.
+    With ``require_gpu`` and no GPU visible, a ConfigError instead: days of training on a CPU by
+    mistake cost more than a stop."""
+    devices = visible_devices()
+    gpu = _gpu_visible()
+    if require_gpu and not gpu:
+        raise ConfigError(f"training.require_gpu is set but no GPU is visible (devices: {', '.join(devices)}); "
+                          "install the GPU build (make venv GPU=1) or set training.require_gpu=false")
+    if not _is_tensorflow():
+        strategy = f"none ({keras.backend.backend()} backend: tf.distribute does not apply)"
+    elif tf_config() is not None:
+        strategy = "MultiWorkerMirroredStrategy (TF_CONFIG)"
+    elif gpu:
+        strategy = "MirroredStrategy over the local GPUs"
+    else:
+        strategy = "the default strategy (one replica)"
+    resolved = precision_policy(precision)
+    where = "GPU" if gpu else "CPU"
+    return (f"devices {', '.join(devices)}; strategy: {strategy}; precision: {resolved} on {where}"
+            + (f" (training.precision={precision})" if precision == "auto" else ""))
+
+
+# --------------------------------------------------------------------------------------------
 # input
 
 def global_batches(dataset, replicas: int, drop_remainder: bool = True):

@@ -273,3 +273,25 @@ def test_two_cpu_workers_train_a_real_run_to_identical_weights(prepared_workdir,
     history = pd.read_csv(folder / "history.csv")
     assert list(history["epoch"]) == [1] and (folder / "best.keras").is_file()
     assert not (folder / ".worker-1" / "best.keras").exists()  # only the chief publishes
+
+
+def test_the_training_log_line_says_devices_strategy_and_precision(monkeypatch):
+    monkeypatch.setattr(distribute, "_gpu_visible", lambda: False)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    line = distribute.training_environment("auto", require_gpu=False)
+    assert "CPU:0" in line and "the default strategy (one replica)" in line
+    assert line.endswith("precision: float32 on CPU (training.precision=auto)")
+
+
+def test_require_gpu_without_a_gpu_stops_the_training_stage_with_one_line(monkeypatch, prepared_workdir, capsys):
+    from strokeseg import cli
+
+    monkeypatch.setattr(distribute, "_gpu_visible", lambda: False)
+    with pytest.raises(ConfigError, match=r"no GPU is visible .*\(make venv GPU=1\)"):
+        distribute.training_environment("auto", require_gpu=True)
+    before = sorted(p.name for p in prepared_workdir.iterdir())
+    assert cli.main(["training", "--workdir", str(prepared_workdir), "--quiet",
+                     "--set", "training.require_gpu=true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training.require_gpu is set but no GPU is visible" in err[0]
+    assert sorted(p.name for p in prepared_workdir.iterdir()) == before       # nothing was written
