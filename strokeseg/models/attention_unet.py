@@ -40,29 +40,37 @@ DEPTH = 4
 EPSILON = 1e-5  # PyTorch InstanceNorm default
 
 
-def _instance_norm(name: str):
+# The blocks below serve the 2-D model and, with ``dims=3``, the 3-D ones (strokeseg.models.unet3d,
+# attention_unet3d): the same layers and layer names, convolutions and dropout of that dimension.
+CONV = {2: layers.Conv2D, 3: layers.Conv3D}
+SPATIAL_DROPOUT = {2: layers.SpatialDropout2D, 3: layers.SpatialDropout3D}
+
+
+def instance_norm(name: str):
     return layers.GroupNormalization(groups=-1, epsilon=EPSILON, name=name)
 
 
-def conv_block(x, filters: int, dropout: float, name: str):
+def conv_block(x, filters: int, dropout: float, name: str, dims: int = 2):
+    """[Conv 3 per axis (no bias: the norm's offset replaces it) → IN → ReLU → SpatialDropout] × 2."""
     for i in (1, 2):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        x = _instance_norm(f"{name}_in{i}")(x)
+        x = CONV[dims](filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
+        x = instance_norm(f"{name}_in{i}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
         if dropout:
-            x = layers.SpatialDropout2D(dropout, name=f"{name}_dropout{i}")(x)
+            x = SPATIAL_DROPOUT[dims](dropout, name=f"{name}_dropout{i}")(x)
     return x
 
 
-def attention_gate(skip, gate, inter_filters: int, name: str):
-    """Additive attention: weight each skip pixel by a [0, 1] coefficient from both maps."""
-    g = layers.Conv2D(inter_filters, 1, use_bias=False, name=f"{name}_wg")(gate)
-    g = _instance_norm(f"{name}_wg_in")(g)
-    s = layers.Conv2D(inter_filters, 1, use_bias=False, name=f"{name}_wx")(skip)
-    s = _instance_norm(f"{name}_wx_in")(s)
+def attention_gate(skip, gate, inter_filters: int, name: str, dims: int = 2):
+    """Additive attention: weight each skip pixel (voxel) by a [0, 1] coefficient from both maps."""
+    conv = CONV[dims]
+    g = conv(inter_filters, 1, use_bias=False, name=f"{name}_wg")(gate)
+    g = instance_norm(f"{name}_wg_in")(g)
+    s = conv(inter_filters, 1, use_bias=False, name=f"{name}_wx")(skip)
+    s = instance_norm(f"{name}_wx_in")(s)
     a = layers.Activation("relu", name=f"{name}_relu")(layers.Add(name=f"{name}_add")([g, s]))
-    a = layers.Conv2D(1, 1, use_bias=False, name=f"{name}_psi")(a)
-    a = _instance_norm(f"{name}_psi_in")(a)
+    a = conv(1, 1, use_bias=False, name=f"{name}_psi")(a)
+    a = instance_norm(f"{name}_psi_in")(a)
     psi = layers.Activation("sigmoid", name=f"{name}_coefficients")(a)
     return layers.Multiply(name=f"{name}_gated")([skip, psi])
 

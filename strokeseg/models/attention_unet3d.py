@@ -36,27 +36,16 @@ Options: ``width`` (default 1.0), ``deep_supervision`` (default False), ``dropou
 """
 from __future__ import annotations
 
-import keras
-from keras import layers
+import functools
 
-from strokeseg.models.unet3d import DROPOUT, assemble, instance_norm
+import keras
+
+from strokeseg.models.attention_unet import attention_gate
+from strokeseg.models.unet3d import DROPOUT, assemble
 
 CANONICAL_INPUT = (112, 112, 80, 2)
 CANONICAL_PARAMS = 90_650_857
 SIZE_MULTIPLE = 16  # four 2×2×2 poolings
-
-
-def attention_gate(skip, gate, inter_filters: int, name: str):
-    """Additive attention: weight each skip voxel by a [0, 1] coefficient from both maps."""
-    g = layers.Conv3D(inter_filters, 1, use_bias=False, name=f"{name}_wg")(gate)
-    g = instance_norm(f"{name}_wg_in")(g)
-    s = layers.Conv3D(inter_filters, 1, use_bias=False, name=f"{name}_wx")(skip)
-    s = instance_norm(f"{name}_wx_in")(s)
-    a = layers.Activation("relu", name=f"{name}_relu")(layers.Add(name=f"{name}_add")([g, s]))
-    a = layers.Conv3D(1, 1, use_bias=False, name=f"{name}_psi")(a)
-    a = instance_norm(f"{name}_psi_in")(a)
-    psi = layers.Activation("sigmoid", name=f"{name}_coefficients")(a)
-    return layers.Multiply(name=f"{name}_gated")([skip, psi])
 
 
 def build(input_shape: tuple[int, int, int, int], *, width: float = 1.0, deep_supervision: bool = False,
@@ -66,4 +55,4 @@ def build(input_shape: tuple[int, int, int, int], *, width: float = 1.0, deep_su
     Returns one (D, H, W, 1) probability map, or with ``deep_supervision`` the list [full, 1/2, 1/4,
     1/8] of probability maps (training only; the default build is the inference model)."""
     return assemble("attention_unet3d", input_shape, width=width, deep_supervision=deep_supervision,
-                    dropout=dropout, gate=attention_gate, unknown=unknown)
+                    dropout=dropout, gate=functools.partial(attention_gate, dims=3), unknown=unknown)

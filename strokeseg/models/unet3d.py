@@ -1,5 +1,6 @@
 """Plain 3-D U-Net: the ISLES'22 3-D attention U-Net (docs/upstream-other-projects.md C.3) without
-its attention gates, and the building blocks both 3-D models share.
+its attention gates, and the encoder, decoder and heads both 3-D models share (their conv block and
+attention gate are the 2-D attention U-Net's, ``strokeseg.models.attention_unet``, with ``dims=3``).
 
 There is no plain 3-D U-Net upstream. This one is C.3 with the gates removed and nothing else
 changed, so that training both under the same recipe measures what the gates add:
@@ -44,6 +45,7 @@ import keras
 from keras import layers
 
 from strokeseg.errors import ConfigError
+from strokeseg.models.attention_unet import conv_block
 
 CANONICAL_INPUT = (112, 112, 80, 2)
 CANONICAL_PARAMS = 90_300_289
@@ -51,7 +53,6 @@ SIZE_MULTIPLE = 16  # four 2×2×2 poolings
 
 DEPTH = 4
 BASE_FILTERS = 64  # C.3's INIT_FEATURES as configured (the class default is 48)
-EPSILON = 1e-5  # PyTorch InstanceNorm default
 DROPOUT = 0.15
 OPTIONS = ("width", "deep_supervision", "dropout")
 
@@ -88,31 +89,16 @@ def scaled(filters: float, width: float) -> int:
     return max(1, int(round(filters * width)))
 
 
-def instance_norm(name: str):
-    return layers.GroupNormalization(groups=-1, epsilon=EPSILON, name=name)
-
-
-def conv_block(x, filters: int, dropout: float, name: str):
-    """[Conv 3³ (no bias: the norm's offset replaces it) → IN → ReLU → SpatialDropout3D] × 2."""
-    for i in (1, 2):
-        x = layers.Conv3D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        x = instance_norm(f"{name}_in{i}")(x)
-        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
-        if dropout:
-            x = layers.SpatialDropout3D(dropout, name=f"{name}_dropout{i}")(x)
-    return x
-
-
 def encoder(image, width: float, dropout: float):
     """(bridge feature at 1/16, skips from full resolution down to 1/8)."""
     x, skips = image, []
     for level in range(DEPTH):
-        x = conv_block(x, scaled(BASE_FILTERS * 2 ** level, width), dropout, f"enc{level + 1}")
+        x = conv_block(x, scaled(BASE_FILTERS * 2 ** level, width), dropout, f"enc{level + 1}", dims=3)
         skips.append(x)
         # float32: TensorFlow has no float16 MaxPool3D kernel on CPU, so under mixed precision a
         # float16 pool only runs on a GPU; the next conv casts back to float16 (a cheap cast).
         x = layers.MaxPooling3D(2, dtype="float32", name=f"enc{level + 1}_pool")(x)
-    return conv_block(x, scaled(BASE_FILTERS * 2 ** DEPTH, width), dropout, "bridge"), skips
+    return conv_block(x, scaled(BASE_FILTERS * 2 ** DEPTH, width), dropout, "bridge", dims=3), skips
 
 
 def decoder(x, skips: list, width: float, dropout: float, gate: Gate | None) -> list:
@@ -126,7 +112,7 @@ def decoder(x, skips: list, width: float, dropout: float, gate: Gate | None) -> 
             # F_int = out / 2 (C.3), scaled like every other filter count
             skip = gate(skip, x, scaled(BASE_FILTERS * 2 ** level / 2, width), f"dec{level + 1}_gate")
         x = layers.Concatenate(name=f"dec{level + 1}_concat")([x, skip])
-        x = conv_block(x, filters, dropout, f"dec{level + 1}")
+        x = conv_block(x, filters, dropout, f"dec{level + 1}", dims=3)
         features.append(x)
     return features[::-1]
 
