@@ -94,6 +94,14 @@
     el.error.hidden = false;
   }
 
+  // The page's one way to report a fault: the error status, the message, and (unless the form must stay
+  // locked, as when the server cannot be used at all) the form usable again for the next upload.
+  function reportError(message, releaseForm = true) {
+    setStatus("error", "See the message below.");
+    showError(message);
+    if (releaseForm) setBusy(false);
+  }
+
   function clearError() {
     el.error.textContent = "";
     el.error.hidden = true;
@@ -151,13 +159,11 @@
     try {
       reply = await api("/api/info");
     } catch (err) {
-      setStatus("error", "See the message below.");
-      showError("Cannot reach the strokeseg server: " + err.message);
+      reportError("Cannot reach the strokeseg server: " + err.message, false);
       return;
     }
     if (!reply.ok) {
-      setStatus("error", "See the message below.");
-      showError(httpMessage("Cannot read what this server expects", reply));
+      reportError(httpMessage("Cannot read what this server expects", reply), false);
       el.input.textContent = "Unknown until the server answers.";
       return;
     }
@@ -167,9 +173,8 @@
     buildForm();
     if (info.token_required && !token) {
       // Said before any upload, instead of after a refused one.
-      setStatus("error", "See the message below.");
-      showError("This server needs its access token. Open the address the server printed when it " +
-        "started (it ends in ?token=...).");
+      reportError("This server needs its access token. Open the address the server printed when it " +
+        "started (it ends in ?token=...).", false);
       return;
     }
     setBusy(false);
@@ -212,16 +217,12 @@
       reply = await api("/api/cases", { method: "POST", body: data });
     } catch (err) {
       if (mine !== generation) return;
-      setStatus("error", "See the message below.");
-      showError("The upload did not reach the server: " + err.message);
-      setBusy(false);
+      reportError("The upload did not reach the server: " + err.message);
       return;
     }
     if (mine !== generation) return;
     if (!reply.ok) {
-      setStatus("error", "See the message below.");
-      showError(httpMessage("The upload was refused", reply));
-      setBusy(false);
+      reportError(httpMessage("The upload was refused", reply));
       return;
     }
     const id = reply.body.id;
@@ -248,9 +249,7 @@
     } catch (err) {
       if (mine !== generation) return;
       if (failures + 1 >= POLL_RETRIES) {
-        setStatus("error", "See the message below.");
-        showError("Lost contact with the server while following this case: " + err.message);
-        setBusy(false);
+        reportError("Lost contact with the server while following this case: " + err.message);
         return;
       }
       window.setTimeout(() => poll(id, mine, failures + 1), POLL_MS * 2);
@@ -258,9 +257,7 @@
     }
     if (mine !== generation) return;
     if (!reply.ok) {
-      setStatus("error", "See the message below.");
-      showError(httpMessage("Cannot follow this case", reply));
-      setBusy(false);
+      reportError(httpMessage("Cannot follow this case", reply));
       return;
     }
     const state = reply.body;
@@ -278,9 +275,7 @@
       return;
     }
     if (RUNNING.indexOf(state.status) === -1) {
-      setStatus("error", "See the message below.");
-      showError("The server reported an unknown case status: " + state.status);
-      setBusy(false);
+      reportError("The server reported an unknown case status: " + state.status);
       return;
     }
     showProgress(state);
