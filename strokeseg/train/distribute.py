@@ -50,6 +50,7 @@ models. Layers read the global policy when they are created.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 
@@ -180,6 +181,28 @@ def choose_strategy():
     return tf.distribute.get_strategy()
 
 
+@functools.cache
+def process_strategy():
+    """The process's one distribution strategy (`choose_strategy`): created once, before any run builds
+    a model, because MultiWorkerMirroredStrategy must be created before the first TensorFlow op and
+    cannot be created twice."""
+    return choose_strategy()
+
+
+def describe_strategy(strategy) -> str:
+    """A strategy in words, with its replica count."""
+    if strategy is None:
+        return f"none ({keras.backend.backend()} backend: tf.distribute does not apply)"
+    import tensorflow as tf
+
+    replicas = strategy.num_replicas_in_sync
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return f"MultiWorkerMirroredStrategy (TF_CONFIG), {replicas} replicas"
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return f"MirroredStrategy over {replicas} local replica(s)"
+    return "the default strategy (one replica)"
+
+
 def strategy_scope(strategy):
     """``strategy.scope()``, or a null context when `choose_strategy` returned None."""
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
@@ -277,14 +300,7 @@ def training_environment(precision: str, require_gpu: bool) -> str:
     if require_gpu and not gpu:
         raise ConfigError(f"training.require_gpu is set but no GPU is visible (devices: {', '.join(devices)}); "
                           "install the GPU build (make venv GPU=1) or set training.require_gpu=false")
-    if not _is_tensorflow():
-        strategy = f"none ({keras.backend.backend()} backend: tf.distribute does not apply)"
-    elif tf_config() is not None:
-        strategy = "MultiWorkerMirroredStrategy (TF_CONFIG)"
-    elif gpu:
-        strategy = "MirroredStrategy over the local GPUs"
-    else:
-        strategy = "the default strategy (one replica)"
+    strategy = describe_strategy(process_strategy())      # the one the runs will use
     resolved = precision_policy(precision)
     where = "GPU" if gpu else "CPU"
     return (f"devices {', '.join(devices)}; strategy: {strategy}; precision: {resolved} on {where}"

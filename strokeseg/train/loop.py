@@ -31,7 +31,6 @@ the run folder; the other workers keep their own copy in ``.worker-<index>/`` be
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
@@ -50,7 +49,7 @@ from strokeseg.models import build_model, is_volumetric, load_model, slice_chann
 from strokeseg.train import volume_data
 from strokeseg.train.augmentation import Augmentation
 from strokeseg.train.deep_supervision import DeepSupervisionLoss
-from strokeseg.train.distribute import choose_strategy, global_batches, set_precision, strategy_scope, worker_info
+from strokeseg.train.distribute import global_batches, process_strategy, set_precision, strategy_scope, worker_info
 from strokeseg.train.input_pipeline import batch_dataset
 from strokeseg.train.losses import LCNNLoss, get_loss
 from strokeseg.train.metrics import training_metrics
@@ -381,14 +380,6 @@ def _main_output_logs(logs: dict, model: keras.Model) -> dict:
         if plain.startswith(f"{main}_") and plain != f"{main}_loss":
             named[prefix + plain[len(main) + 1:]] = value
     return {**logs, **named}
-
-
-@functools.cache
-def process_strategy():
-    """The process's one distribution strategy (strokeseg.train.distribute.choose_strategy): created once,
-    before any run builds a model, because MultiWorkerMirroredStrategy must be created before the
-    first TensorFlow op and cannot be created twice."""
-    return choose_strategy()
 
 
 def _synchronize_batch_norm(model: keras.Model) -> None:
