@@ -456,6 +456,7 @@ class PlacedCase:
     native: NativeGrid          # the input's own grid, where the mask goes back
     image: nib.Nifti1Image      # the first channel: header and affine of the outputs
     resampled: bool
+    first_channel: np.ndarray   # the first channel's voxels on its own grid, as read (no second read)
 
 
 def place_case(case: Case, plan: GridPlan = MNI_T1_PLAN) -> PlacedCase:
@@ -477,13 +478,12 @@ def place_case(case: Case, plan: GridPlan = MNI_T1_PLAN) -> PlacedCase:
     else:
         log.info("%s: on %s (%s): used as is", case.name, grid, _describe_grid(native.shape, affine))
     channels = [plan.to_plan(volume, native) for volume in loaded.images]
-    del loaded
     if resampled and all(c.min() == c.max() for c in channels):
         raise InputError(case.channels[0][1], f"no overlap with {grid} after resampling"
                                               + (" (is the image registered to MNI space?)" if plan == MNI_T1_PLAN
                                                  else ""))
     volume = channels[0] if len(channels) == 1 else np.stack(channels)
-    return PlacedCase(volume, native, image, resampled)
+    return PlacedCase(volume, native, image, resampled, loaded.images[0])
 
 
 def predict_case(case: Case, predictor: TriPlanarPredictor, options: Options, output: Path,

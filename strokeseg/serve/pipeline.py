@@ -61,7 +61,7 @@ def run_case(name: str, scans: dict[str, Path], folder: Path, predictor: TriPlan
     table = lesion_table(mask, affine, predictor.settings.connectivity)
     write_nifti(folder / MASK, mask, reference=placed.image, dtype=np.uint8)
     write_csv(table, folder / TABLE)
-    _overlay(np.asarray(placed.image.dataobj, dtype=np.float32), mask, affine, folder / OVERLAY)
+    _overlay(placed.first_channel, mask, affine, folder / OVERLAY)
     return {"resampled": bool(placed.resampled), "lesion_count": int(len(table)),
             "total_volume_ml": float(table["volume_ml"].sum()), "lesions": table.to_dict("records"),
             "agreement": agreements, "seconds": round(time.perf_counter() - start, 3)}
@@ -70,7 +70,5 @@ def run_case(name: str, scans: dict[str, Path], folder: Path, predictor: TriPlan
 def _overlay(scan: np.ndarray, mask: np.ndarray, affine: np.ndarray, path: Path) -> None:
     from strokeseg.report.fusion_figures import overlay_figure
 
-    if scan.ndim != 3:      # a 4-D first channel never gets here (load_channels refuses it)
-        scan = scan.reshape(mask.shape)
     overlay_figure(scan, None, mask, path, synthetic=False, spacing=np.linalg.norm(affine[:3, :3], axis=0),
                    title="Scan and predicted lesion mask (research software, not for clinical use)")
