@@ -140,14 +140,16 @@ def canvas_inputs(stack: np.ndarray, canvas: planes.Canvas, channels: int) -> Ca
 
 
 def predict_plane(predict: Predict, stack: np.ndarray, canvas: planes.Canvas, channels: int,
-                  batch_size: int, skip_empty: bool = False) -> np.ndarray:
+                  batch_size: int, skip_empty: bool = True) -> np.ndarray:
     """float32 probabilities (n, h, w) of every slice of a normalised plane stack (n, [M,] h, w).
 
     Chunks of at most ``batch_size`` slices are padded onto ``canvas`` with ``channels`` adjacent
-    slices as channels, predicted, and cropped back exactly. ``skip_empty``: slices whose input
-    (all channels) is entirely 0 get probability 0 without being predicted (no head, no lesion:
-    saves the empty ends of a skull-stripped volume; off by default because it is not what
-    training-time evaluation does).
+    slices as channels, predicted, and cropped back exactly. ``skip_empty`` (on by default): the
+    slices whose whole input (every adjacent slice, every image channel) is 0 — outside the head's
+    bounding box along this plane's axis — are not predicted one by one. Their inputs are all the
+    same all-zero canvas, so the model is called once on that canvas and its probabilities are
+    copied to each of them: the result is what predicting every slice gives, at the cost of the
+    slices that hold the head. ``skip_empty=False`` predicts every slice (for comparison).
     """
     stack = np.asarray(stack)
     if stack.ndim not in (3, 4) or tuple(stack.shape[-2:]) != tuple(canvas.slice_shape):
@@ -157,14 +159,18 @@ def predict_plane(predict: Predict, stack: np.ndarray, canvas: planes.Canvas, ch
     indices = np.arange(len(stack))
     if skip_empty:
         filled = np.any(stack.reshape(len(stack), -1), axis=1)
-        near = planes.neighbour_indices(indices, len(stack), channels)
-        indices = indices[filled[near].any(axis=1)]
+        wanted = filled[planes.neighbour_indices(indices, len(stack), channels)].any(axis=1)
+        if not wanted.all():
+            image_channels = stack.shape[1] if stack.ndim == 4 else 1
+            zeros = np.zeros((1, *canvas.shape, channels * image_channels), dtype=np.float32)
+            out[~wanted] = canvas.crop(predict_chunk(predict, zeros)[0, ..., 0])
+            indices = indices[wanted]
     return predict_slices(predict, indices, canvas_inputs(stack, canvas, channels), canvas, batch_size, out)
 
 
 def plane_probability(predict: Predict, t1: np.ndarray, plane: str, convert: ConvertConfig, channels: int,
                       batch_size: int, flip_tta: bool = False, normalized: np.ndarray | None = None,
-                      skip_empty: bool = False, kinds: tuple[str, ...] = T1) -> np.ndarray:
+                      skip_empty: bool = True, kinds: tuple[str, ...] = T1) -> np.ndarray:
     """float32 probability volume ``[x, y, z]`` from one plane's model; ``t1`` is the input volume
     (one channel, or ``[m, x, y, z]`` with ``kinds`` one per channel), ``channels`` the adjacent slices.
 

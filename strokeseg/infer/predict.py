@@ -99,7 +99,7 @@ class Options:
     settings: FusionSettings = field(default_factory=FusionSettings)
     save_probabilities: bool = False
     batch_size: int = DEFAULT_BATCH_SIZE
-    skip_empty: bool = False
+    skip_empty: bool = True         # one model call for all slices outside the head (same result, faster)
     window_step: float = 0.5        # 3-D models: the training run's sliding-window step and windows per call
     window_batch: int = 2
 
@@ -143,9 +143,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="also write <case>_probability.nii.gz (float32 fused probability)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help="slices per model call (default: %(default)s)")
-    parser.add_argument("--skip-empty-slices", action="store_true",
-                        help="give probability 0 to slices with no head voxel instead of predicting them "
-                             "(faster on skull-stripped volumes)")
+    parser.add_argument("--all-slices", action="store_true",
+                        help="run the models on every slice; by default the slices outside the head (an "
+                             "all-zero input) share one model call, which gives the same masks faster")
+    # Before the all-zero slices shared one call, skipping them was this opt-in flag; still accepted.
+    parser.add_argument("--skip-empty-slices", action="store_true", help=argparse.SUPPRESS)
     defaults = ConvertConfig()
     parser.add_argument("--normalization", choices=("volume_robust", "slice_max"), default=None,
                         help=f"intensity normalisation the models were trained with (default: the models "
@@ -263,7 +265,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
     step, windows = window_settings(args.models)
     return Options(convert=convert_config(args.models, args), settings=fusion_settings(args.models, args),
                    save_probabilities=args.save_probabilities, batch_size=args.batch_size,
-                   skip_empty=args.skip_empty_slices, window_step=step, window_batch=windows)
+                   skip_empty=not args.all_slices, window_step=step, window_batch=windows)
 
 
 # --------------------------------------------------------------------------------------- inputs

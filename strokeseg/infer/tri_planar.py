@@ -26,7 +26,7 @@ class TriPlanarPredictor:
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     settings: FusionSettings = field(default_factory=FusionSettings)
     batch_size: int = 8
-    skip_empty: bool = False                        # probability 0 for slices without a head voxel
+    skip_empty: bool = True                         # one model call for all slices outside the head
     kinds: tuple[str, ...] = T1                     # one normalisation kind per image channel
     window_step: float = 0.5                        # 3-D models: sliding-window step, a fraction of the patch
     window_batch: int = 2                           # 3-D models: windows per model call (a patch is large)

@@ -86,14 +86,21 @@ def test_channels_are_the_neighbouring_slices_clamped_at_the_ends():
     assert all(s.dtype == np.float32 for s in seen)
 
 
-def test_skip_empty_predicts_only_slices_with_head_within_reach():
-    stack = np.zeros((10, 8, 8), np.uint8)
-    stack[4:6] = 100
+def test_slices_outside_the_head_share_one_call_and_give_what_predicting_each_gives():
+    stack = np.zeros((10, 2, 8, 8), np.uint8)         # two image channels
+    stack[4, 0] = 100
+    stack[5, 1] = 50
     canvas = planes.canvas_for((10, 8, 8), "sagittal")
-    recorder = Recorder(lambda x: np.ones(x.shape[:3] + (1,), np.float32))
-    out = predict_plane(recorder, stack, canvas, channels=3, batch_size=64, skip_empty=True)
-    assert sum(recorder.sizes) == 4                     # slices 3..6 see a filled neighbour
-    assert out[3:7].min() == 1 and out[:3].max() == 0 and out[7:].max() == 0
+
+    def model(x):           # a bias, so an all-zero input does not give probability 0
+        return 0.2 + x.mean(axis=-1, keepdims=True) / np.float32(500)
+
+    recorder = Recorder(model)
+    out = predict_plane(recorder, stack, canvas, channels=3, batch_size=64)
+    assert sorted(recorder.sizes) == [1, 4]              # the all-zero canvas once, then slices 3..6
+    every = predict_plane(model, stack, canvas, channels=3, batch_size=64, skip_empty=False)
+    np.testing.assert_array_equal(out, every)
+    assert out[0].min() == np.float32(0.2) and out[4].max() > 0.2
 
 
 def test_bad_stack_or_prediction_is_an_error():
