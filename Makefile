@@ -8,7 +8,7 @@ WORKDIR ?= .
 GPU ?=
 REQUIREMENTS := $(if $(GPU),requirements-gpu.txt,requirements.txt)
 
-.PHONY: demo test venv models-table clean-outputs
+.PHONY: demo test venv models-table clean-outputs gpu-wheels
 
 venv: $(STAMP)
 
@@ -33,6 +33,14 @@ models-table: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n 2 tests
+
+# Wheels that bench/gpu_check.sh installs offline on a GPU machine with JAX but without Keras or nibabel
+# (Python 3.12, x86-64 Linux; the versions pinned in requirements.txt). Run where PyPI is reachable.
+GPU_PYTHON ?= 3.12
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+		--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --dest bench/wheels \
+		$$(grep -E '^(keras|namex|optree|nibabel)==' requirements.txt)
 
 clean-outputs:
 	git clean -fdX -- 0[1-9]_* 10_* demo_predict demo_results.md demo_timings.csv
