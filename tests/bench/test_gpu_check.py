@@ -23,7 +23,9 @@ FAKE_TENSORFLOW = 'raise ImportError("tensorflow is not installed on the GPU mac
 
 def _run(*args: str, env: dict | None = None, timeout: float = 60, script: Path = SCRIPT):
     command = ["bash", str(script)] if script.suffix == ".sh" else [sys.executable, str(script)]
-    env = {**os.environ, "PYTHON": sys.executable, **(env or {})}
+    # No wheels folder: this machine's Python has Keras, and a test's shadowed package must stay missing.
+    env = {**os.environ, "PYTHON": sys.executable, "STROKESEG_WHEELS": str(ROOT / "bench" / "no-wheels"),
+           **(env or {})}
     return subprocess.run([*command, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
