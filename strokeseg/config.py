@@ -386,9 +386,10 @@ def _check(ok: bool, message: str) -> None:
 # "demo": the same protocol on a small synthetic cohort that runs on a 2-core CPU.
 PROFILES: dict[str, dict[str, object]] = {
     "paper": {},
-    # Tuned to run 01 -> 10 in under 20 minutes on 2 CPU cores at the real 197x233x189 grid (README,
+    # Tuned to run 01 -> 10 within 15 minutes on 2 CPU cores at the real 197x233x189 grid (README,
     # Results): a RAX-Net at 1/8 width (78,733 parameters) trains 240 steps per plane; short runs need
-    # the head's bias at the lesion prior and batch-norm statistics that follow the weights.
+    # the head's bias at the lesion prior and batch-norm statistics that follow the weights. Stage 09
+    # trains its U-Net for 2 epochs (60 steps): it shows the stage at work, it is not a fair comparison.
     "demo": {"dataset.n_subjects": 40, "onednn": False,
              "training.model_options": {"width": 0.125, "output_prior": 0.01},
              "training.learning_rate": 0.003, "training.schedule": "cosine", "training.batchnorm_momentum": 0.9,
@@ -396,7 +397,7 @@ PROFILES: dict[str, dict[str, object]] = {
              "training.folds": [1], "training.augment": True,
              "comparison.models": ["unet"], "comparison.recipe": "raxnet",
              "comparison.model_options": {"unet": {"base_filters": 4}}, "comparison.planes": ["axial"],
-             "comparison.folds": [1], "comparison.max_epochs": 8, "comparison.losses": []},
+             "comparison.folds": [1], "comparison.max_epochs": 2, "comparison.losses": []},
 }
 
 
