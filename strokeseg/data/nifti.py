@@ -9,8 +9,8 @@ T1 affine``, ``mask has values other than 0 and 1 ...``, ``empty mask (no lesion
 The voxel data of a file are read exactly once (``np.asanyarray(img.dataobj)``, no memory map):
 :func:`load_image` returns an image whose data object is that in-memory array, so later
 ``np.asanyarray(img.dataobj)`` calls are free and never touch the file again. ``.nii.gz`` files are
-decompressed by ISA-L (``isal.igzip``, the same gzip format and checks as Python's ``gzip``, about
-twice as fast): reading is what the data stages and predict spend most of their time on.
+decompressed by ISA-L (``isal.igzip``: the same gzip format and checks as Python's ``gzip`` in about
+0.6 × its time), because reading every volume is much of what the data stages 01 and 03 do.
 """
 from __future__ import annotations
 
