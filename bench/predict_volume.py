@@ -202,7 +202,7 @@ def floor_seconds(models: Path, predictor, flip_tta: bool, matmul: float) -> flo
     for plane, members in load_plane_models(models, planes_wanted=tuple(predictor.predictors)).items():
         channels = predictor.predictors[plane].channels
         canvas = planes.canvas_for(resample.MNI_SHAPE, plane, predictor.convert.canvas_multiple)
-        slices = int(np.prod(resample.MNI_SHAPE)) // int(np.prod(canvas.slice_shape))
+        slices = planes.n_slices(resample.MNI_SHAPE, plane)
         per_slice = sum(count_flops(model, (*canvas.shape, channels)).total for model in members)
         mirrored = flip_tta and (planes.left_right_axis(plane) is not None or channels > 1)
         flops += per_slice * slices * (2 if mirrored else 1)
