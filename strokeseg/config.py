@@ -80,6 +80,7 @@ class SplitConfig:
 class ConvertConfig:
     normalization: str = "volume_robust"
     robust_percentiles: tuple[float, float] = (0.5, 99.5)
+    head_region: str = "robust"
     canvas_multiple: int = 16
     store_dtype: str = "uint8"
     ct_window: tuple[float, float] = (0.0, 80.0)
@@ -134,6 +135,21 @@ class TrainingConfig:
     flip_probability: float = 0.5
     max_rotation_degrees: float = 10.0
     max_scaling: float = 0.1
+    # Intensity augmentation (strokeseg.train.intensity_augmentation): nnU-Net's set and defaults.
+    intensity_augment: bool = False
+    noise_probability: float = 0.1
+    noise_variance: tuple[float, float] = (0.0, 0.1)
+    blur_probability: float = 0.2
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    brightness_probability: float = 0.15
+    brightness_range: tuple[float, float] = (0.75, 1.25)
+    contrast_probability: float = 0.15
+    contrast_range: tuple[float, float] = (0.75, 1.25)
+    low_resolution_probability: float = 0.25
+    low_resolution_zoom: tuple[float, float] = (0.5, 1.0)
+    gamma_probability: float = 0.3
+    inverted_gamma_probability: float = 0.1
+    gamma_range: tuple[float, float] = (0.7, 1.5)
     precision: str = "auto"
     require_gpu: bool = False
     batchnorm_momentum: float | None = None
@@ -206,6 +222,7 @@ class Config:
                "convert.store_dtype must be uint8, float16 or float32")
         lo, hi = self.convert.robust_percentiles
         _check(0.0 <= lo < hi <= 100.0, "convert.robust_percentiles must satisfy 0 <= lo < hi <= 100")
+        _check(self.convert.head_region in HEAD_REGIONS, f"convert.head_region must be one of {HEAD_REGIONS}")
         _check(self.convert.canvas_multiple >= 1, "convert.canvas_multiple must be >= 1")
         _check(self.cv.n_folds >= 2, "cv.n_folds must be >= 2")
         _check(self.cv.normal_ratio >= 0, "cv.normal_ratio must be >= 0")
@@ -236,6 +253,18 @@ class Config:
                "training.plateau_factor < 1 needs plateau_patience >= 1 and schedule=constant")
         _check(0.0 <= t.flip_probability <= 1.0, "training.flip_probability must be in [0, 1]")
         _check(0.0 <= t.max_scaling < 1.0, "training.max_scaling must be in [0, 1)")
+        for name in ("noise", "blur", "brightness", "contrast", "low_resolution", "gamma", "inverted_gamma"):
+            p = getattr(t, f"{name}_probability")
+            _check(0.0 <= p <= 1.0, f"training.{name}_probability must be in [0, 1]")
+        for name, lo_min in (("noise_variance", 0.0), ("blur_sigma", 0.0), ("brightness_range", 0.0),
+                             ("contrast_range", 0.0), ("low_resolution_zoom", 0.0), ("gamma_range", 0.0)):
+            pair = getattr(t, f"{name}")
+            _check(len(pair) == 2 and lo_min <= pair[0] <= pair[1] and math.isfinite(pair[1]),
+                   f"training.{name} must be [lo, hi] with {lo_min} <= lo <= hi")
+        _check(t.brightness_range[0] > 0 and t.contrast_range[0] > 0 and t.gamma_range[0] > 0,
+               "training.brightness_range, contrast_range and gamma_range must be > 0")
+        _check(0.0 < t.low_resolution_zoom[0] and t.low_resolution_zoom[1] <= 1.0,
+               "training.low_resolution_zoom must be within (0, 1]")
         _check(t.eval_batch_size >= 1, "training.eval_batch_size must be >= 1")
         _check(t.batchnorm_momentum is None or 0.0 <= t.batchnorm_momentum < 1.0,
                "training.batchnorm_momentum must be null or in [0, 1)")
@@ -262,6 +291,7 @@ class Config:
 
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+HEAD_REGIONS = ("robust", "nonzero")
 SCHEDULES = ("constant", "exponential", "cosine", "cosine_restarts")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
@@ -302,6 +332,8 @@ FIELD_HELP: dict[str, str] = {
     "convert.normalization": '"volume_robust": percentile window per volume, shared by the planes; '
                              '"slice_max": upstream x / max * 255 per slice',
     "convert.robust_percentiles": "[lo, hi] percentiles of the head voxels mapped to 0..255 (volume_robust)",
+    "convert.head_region": '"robust": the voxels whose percentiles set the volume_robust window are found without '
+                           'relying on an exact-zero background (strokeseg.data.head_region); "nonzero": T1 > 0',
     "convert.canvas_multiple": "canvas sides: next multiple of this (16 on the ATLAS grid: upstream's canvases)",
     "convert.store_dtype": "dtype of the stored 0..255 intensities: uint8, float16 or float32",
     "convert.ct_window": "CT channels: Hounsfield window [lo, hi] mapped to 0..255 (clipped)",
@@ -344,6 +376,22 @@ FIELD_HELP: dict[str, str] = {
     "training.flip_probability": "augment: left-right flip probability (sagittal slices are never flipped)",
     "training.max_rotation_degrees": "augment: rotation angle drawn from +- this many degrees",
     "training.max_scaling": "augment: zoom factor drawn from [1 - s, 1 + s]",
+    "training.intensity_augment": "nnU-Net's intensity augmentations of training images (noise, blur, brightness, "
+                                  "contrast, low resolution, gamma); masks untouched; upstream had none",
+    "training.noise_probability": "intensity: probability of additive Gaussian noise",
+    "training.noise_variance": "intensity: noise variance drawn from [lo, hi], in units of the image's "
+                               "foreground variance (nnU-Net's images are z-scored)",
+    "training.blur_probability": "intensity: probability of a Gaussian blur",
+    "training.blur_sigma": "intensity: blur sigma in pixels drawn from [lo, hi]",
+    "training.brightness_probability": "intensity: probability of a multiplicative brightness change",
+    "training.brightness_range": "intensity: brightness multiplier drawn from [lo, hi] (half the draws below 1)",
+    "training.contrast_probability": "intensity: probability of a contrast change about the image mean",
+    "training.contrast_range": "intensity: contrast factor drawn from [lo, hi] (half the draws below 1)",
+    "training.low_resolution_probability": "intensity: probability of simulated low resolution",
+    "training.low_resolution_zoom": "intensity: downsampling factor drawn from [lo, hi] (nearest down, cubic up)",
+    "training.gamma_probability": "intensity: probability of a gamma change (mean and std kept)",
+    "training.inverted_gamma_probability": "intensity: probability of a gamma change of the inverted image",
+    "training.gamma_range": "intensity: gamma drawn from [lo, hi] (half the draws below 1)",
     "training.precision": "auto (mixed_float16 on a visible GPU, else float32), float32, mixed_float16, mixed_bfloat16",
     "training.require_gpu": "stop stages 08/09 with an error when no GPU is visible, instead of training on the CPU",
     "training.planes": "planes to train",
@@ -394,7 +442,7 @@ PROFILES: dict[str, dict[str, object]] = {
              "training.model_options": {"width": 0.125, "output_prior": 0.01},
              "training.learning_rate": 0.003, "training.schedule": "cosine", "training.batchnorm_momentum": 0.9,
              "training.max_epochs": 8, "training.patience": 8, "training.steps_per_epoch": 30,
-             "training.folds": [1], "training.augment": True,
+             "training.folds": [1], "training.augment": True, "training.intensity_augment": True,
              "comparison.models": ["unet"], "comparison.recipe": "raxnet",
              "comparison.model_options": {"unet": {"base_filters": 4}}, "comparison.planes": ["axial"],
              "comparison.folds": [1], "comparison.max_epochs": 2, "comparison.losses": []},
