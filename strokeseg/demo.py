@@ -7,7 +7,15 @@ exactly the documented interface), timed; then the held-out volumes are predicte
 subjects and where the tables and figures are, and writes ``demo_results.md`` (the README's Results
 section is that file's content, pasted by ``--update-readme``, never typed by hand).
 
-    python -m strokeseg.demo --workdir DIR [--update-readme README.md]
+Then the transfer test: a small synthetic cohort made with another seed, so every one of its sites has a
+scanner profile (contrast, noise, bias, background, shell) that no training site has, is built by stage
+01 in its own workdir, predicted with ``strokeseg predict`` and scored with ``strokeseg evaluate`` — the
+commands a user with new scans runs — and its mean Dice is reported next to the hold-out's.
+
+    python -m strokeseg.demo --workdir DIR [--update-readme README.md] [--set KEY=VALUE ...]
+
+``--set`` passes config overrides to stage 01 (recorded there and carried to every stage), e.g.
+``--set training.intensity_augment=false`` for the comparison run without intensity augmentation.
 """
 from __future__ import annotations
 
@@ -47,6 +55,10 @@ from strokeseg.workdir import atomic_write_text, is_synthetic_run, read_csv, sta
 
 ROOT = Path(__file__).resolve().parents[1]
 PREDICT_DIR = "demo_predict"
+TRANSFER_DIR = "demo_transfer"   # its own workdir: 01_dataset/ (the cohort), predict/, evaluation/
+TRANSFER_SUBJECTS = 8            # every ATLAS volume bin with p >= 1/8 is in any 8-subject prefix
+TRANSFER_SEED_OFFSET = 1         # transfer cohort seed = the study's synthetic seed + this
+TRANSFER_TARGET = 0.9            # transfer Dice / hold-out Dice
 RESULTS_FILE = "demo_results.md"
 TIMINGS_FILE = "demo_timings.csv"
 TARGET_MINUTES = 15         # on the project's 2-core, no-GPU machine (README, Quick start)
@@ -75,13 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update-readme", type=Path, default=None, metavar="README",
                         help="also replace the block between the demo-results markers of this file with the "
                              "results (default: leave the README alone)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for stage 01, carried to every stage (repeatable)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rewrite demo_results.md (and the README block with --update-readme) "
                              "from this workdir's finished demo and its demo_timings.csv")
     args = parser.parse_args(argv)
     workdir = args.workdir.resolve()
     try:
-        timing = read_csv(workdir / TIMINGS_FILE) if args.report_only else run_all(workdir)
+        timing = read_csv(workdir / TIMINGS_FILE) if args.report_only else run_all(workdir, args.overrides)
         if timing is None:
             return 1
         agreement = predict_agreement(workdir)
@@ -96,15 +110,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_all(workdir: Path) -> pd.DataFrame | None:
-    """Every stage, then predict; the timing table (None when a step failed, after saying which)."""
+def run_all(workdir: Path, overrides: list[str] = ()) -> pd.DataFrame | None:
+    """Every stage, then predict, then the transfer test; the timing table (None when a step failed,
+    after saying which)."""
     workdir.mkdir(parents=True, exist_ok=True)
     timings = []
     for step in STEPS:
-        if _timed(step.name, step.what, [*step.argv, "--workdir", str(workdir)], timings):
+        extra = [a for item in overrides for a in ("--set", item)] if step.name == DATASET else []
+        if _timed(step.name, step.what, [*step.argv, "--workdir", str(workdir), *extra], timings):
             return None
     if _timed("predict", "strokeseg predict (the Docker entrypoint) on the held-out T1 volumes",
               predict_argv(workdir), timings):   # its inputs are known once stage 03 has run
+        return None
+    seed = transfer_seed(workdir)
+    transfer = workdir / TRANSFER_DIR
+    if _timed("transfer_cohort", f"stage 01 builds {TRANSFER_SUBJECTS} synthetic subjects with seed {seed}: "
+              "other scanner profiles than every training site", transfer_cohort_argv(transfer, seed), timings):
+        return None
+    if _timed("transfer_predict", "strokeseg predict on the transfer cohort's T1 volumes",
+              transfer_predict_argv(workdir), timings):
+        return None
+    if _timed("transfer_evaluate", "strokeseg evaluate: the transfer cohort's masks against its references",
+              transfer_evaluate_argv(workdir), timings):
         return None
     timing = pd.DataFrame(timings, columns=["stage", "seconds", "peak_rss_gib"])
     timing.loc[len(timing)] = ["total", timing["seconds"].sum(), timing["peak_rss_gib"].max()]
@@ -132,6 +159,56 @@ def predict_argv(workdir: Path) -> list[str]:
     holdout = read_csv(workdir / CONVERT / HOLDOUT_CSV)
     return ["-m", "strokeseg.infer.predict", *holdout["t1w"], "--models", str(workdir / FUSION / MODELS_DIR),
             "--output", str(workdir / PREDICT_DIR)]
+
+
+# Transfer test ---------------------------------------------------------------------------------------
+def transfer_seed(workdir: Path) -> int:
+    """The transfer cohort's seed: the study cohort's plus :data:`TRANSFER_SEED_OFFSET`, so its sites'
+    scanner profiles (drawn per seed and site) are none of the training sites'."""
+    return stage_config(workdir, DATASET).dataset.synthetic_seed + TRANSFER_SEED_OFFSET
+
+
+def transfer_cohort_argv(transfer: Path, seed: int) -> list[str]:
+    return [next(s.run_script for s in STAGES if s.folder == DATASET), "--workdir", str(transfer),
+            "--profile", "demo", "--n-subjects", str(TRANSFER_SUBJECTS), "--set", f"dataset.synthetic_seed={seed}"]
+
+
+def transfer_cohort(workdir: Path) -> Path:
+    return workdir / TRANSFER_DIR / DATASET / "synthetic_cohort"
+
+
+def transfer_predict_argv(workdir: Path) -> list[str]:
+    t1w = sorted(str(p) for p in transfer_cohort(workdir).rglob("*_T1w.nii.gz"))
+    return ["-m", "strokeseg.infer.predict", *t1w, "--models", str(workdir / FUSION / MODELS_DIR),
+            "--output", str(workdir / TRANSFER_DIR / "predict")]
+
+
+def transfer_evaluate_argv(workdir: Path) -> list[str]:
+    return ["-m", "strokeseg", "evaluate", str(workdir / TRANSFER_DIR / "predict"),
+            "--reference", str(transfer_cohort(workdir)), "--output", str(workdir / TRANSFER_DIR / "evaluation")]
+
+
+def transfer_summary(workdir: Path) -> pd.Series | None:
+    """The transfer cohort's summary row (``strokeseg evaluate``'s summary.csv), None before it ran."""
+    path = workdir / TRANSFER_DIR / "evaluation" / SUMMARY_CSV
+    if not path.exists():
+        return None
+    return read_csv(path).set_index("mask").loc["predict"]
+
+
+def transfer_lines(workdir: Path, summary: pd.DataFrame) -> list[str]:
+    """The transfer test in two sentences: both Dice figures, their ratio against the target."""
+    row = transfer_summary(workdir)
+    if row is None:
+        return []
+    holdout, transfer = summary.loc["fused", "dice_mean"], row["dice_mean"]
+    ratio = transfer / holdout if holdout > 0 else float("nan")
+    seed = stage_config(workdir / TRANSFER_DIR, DATASET).dataset.synthetic_seed   # as its stage 01 recorded it
+    return [f"Transfer cohort ({int(row['n'])} synthetic subjects made with seed {seed}: "
+            f"every site's scanner profile differs from the training sites'; `strokeseg predict`, then "
+            f"`strokeseg evaluate`, `{TRANSFER_DIR}/evaluation/summary.csv`): mean Dice "
+            f"{_mean_std(row, 'dice')} against {_mean_std(summary.loc['fused'], 'dice')} on the hold-out; "
+            f"ratio {ratio:.2f} (target ≥ {TRANSFER_TARGET} — {_met(ratio >= TRANSFER_TARGET)})."]
 
 
 # Results ---------------------------------------------------------------------------------------------
@@ -171,6 +248,7 @@ def closing_lines(workdir: Path, timing: pd.DataFrame, agreement: tuple[int, int
               f"{_mean_std(summary.loc['fused'], 'dice')} (best single plane: {best}, "
               f"{_mean_std(summary.loc[best], 'dice')})",
               f"strokeseg predict reproduced stage 10's fused mask voxel for voxel on {same} of {n} subjects.",
+              *transfer_lines(workdir, summary),
               "",
               "Tables and figures:",
               f"  {workdir / RESULTS_FILE}  (every table of this summary, as Markdown)",
@@ -180,6 +258,8 @@ def closing_lines(workdir: Path, timing: pd.DataFrame, agreement: tuple[int, int
               f"  {workdir / '10_fusion'}/  subjects.csv, summary.csv, fusion_gain.csv, by_volume_bin.csv, "
               "masks/, overlays/, figures",
               f"  {workdir / PREDICT_DIR}/  predict's masks and predictions.csv",
+              f"  {workdir / TRANSFER_DIR}/  the transfer cohort (01_dataset/), its masks (predict/) and scores "
+              "(evaluation/)",
               "",
               "See the models at work in a browser (this machine only; Ctrl-C stops it):",
               f"  {serve_command(workdir)}"]
@@ -225,7 +305,10 @@ def results_markdown(workdir: Path, timing: pd.DataFrame, agreement: tuple[int, 
         f"{training.max_epochs} epochs × {training.steps_per_epoch or 'all'} steps of "
         f"{config.batches.batch_size} slices, {training.optimizer} lr {training.learning_rate:g} "
         f"({training.schedule}), "
-        f"augmentation {'on' if training.augment else 'off'}; run on {os.cpu_count()} CPU cores.",
+        f"spatial augmentation {'on' if training.augment else 'off'}, intensity augmentation "
+        f"{'on' if training.intensity_augment else 'off'}, normalisation window from the "
+        f"{'robust head region' if config.convert.head_region == 'robust' else 'non-zero voxels'}; "
+        f"run on {os.cpu_count()} CPU cores.",
         "",
         targets,
         "",
@@ -256,6 +339,9 @@ def results_markdown(workdir: Path, timing: pd.DataFrame, agreement: tuple[int, 
                   markdown_table(_loss_rows(read_csv(losses)))]
     parts += ["", f"`strokeseg predict` on the {n_holdout} hold-out T1 files reproduced stage 10's fused masks "
                   f"voxel for voxel on {same} of {n_holdout}."]
+    transfer = transfer_lines(workdir, summary)
+    if transfer:
+        parts += ["", *transfer]
     return "\n".join(parts) + "\n"
 
 

@@ -72,3 +72,46 @@ def test_the_demo_ends_with_the_line_that_serves_its_models(tmp_path):
     assert words[:4] == ["python", "-m", "strokeseg", "serve"]
     args = build_parser().parse_args(words[3:])
     assert args.models == tmp_path / "10_fusion" / "models" and args.host == "127.0.0.1"
+
+
+def test_the_transfer_test_reports_both_dice_figures_and_their_ratio_against_the_target(tmp_path):
+    from strokeseg.config import load_profile, to_json
+    from strokeseg.contracts import DATASET
+
+    seed = load_profile("demo").dataset.synthetic_seed + demo.TRANSFER_SEED_OFFSET
+    transfer_01 = tmp_path / demo.TRANSFER_DIR / DATASET
+    transfer_01.mkdir(parents=True)
+    (transfer_01 / "config.json").write_text(to_json(load_profile("demo", [f"dataset.synthetic_seed={seed}"])))
+    (transfer_01 / "manifest.json").write_text("{}")
+    holdout = pd.DataFrame({"mask": ["axial", "fused"], "n": [9, 9], "dice_mean": [0.40, 0.50],
+                            "dice_std": [0.2, 0.2]}).set_index("mask")
+    assert demo.transfer_lines(tmp_path, holdout) == []           # before the transfer test ran
+    evaluation = tmp_path / demo.TRANSFER_DIR / "evaluation"
+    evaluation.mkdir(parents=True)
+    row = {"mask": "predict", "n": 8, "dice_mean": 0.44, "dice_std": 0.1}
+    pd.DataFrame([row]).to_csv(evaluation / "summary.csv", index=False)
+    [line] = demo.transfer_lines(tmp_path, holdout)
+    assert f"seed {seed}" in line and "0.440 ± 0.100 against 0.500 ± 0.200" in line
+    assert "ratio 0.88 (target ≥ 0.9 — **not met**)" in line
+    pd.DataFrame([{**row, "dice_mean": 0.46}]).to_csv(evaluation / "summary.csv", index=False)
+    assert "ratio 0.92 (target ≥ 0.9 — met)" in demo.transfer_lines(tmp_path, holdout)[0]
+
+
+def test_the_transfer_steps_are_the_commands_a_user_runs(tmp_path):
+    from strokeseg.cli import build_parser
+
+    cohort = demo.transfer_cohort(tmp_path)
+    for name in ("sub-r002s001", "sub-r001s001"):
+        anat = cohort / "Training" / name / "anat"
+        anat.mkdir(parents=True)
+        (anat / f"{name}_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz").write_bytes(b"")
+    predict = demo.transfer_predict_argv(tmp_path)
+    assert predict[:2] == ["-m", "strokeseg.infer.predict"]
+    args = build_parser().parse_args(["predict", *predict[2:]])
+    assert [Path(p).name[:12] for p in args.inputs] == ["sub-r001s001", "sub-r002s001"]
+    assert args.models == tmp_path / "10_fusion" / "models"
+    evaluate = demo.transfer_evaluate_argv(tmp_path)
+    args = build_parser().parse_args(evaluate[2:])
+    assert args.command == "evaluate" and Path(args.reference) == cohort
+    stage_01 = demo.transfer_cohort_argv(tmp_path / demo.TRANSFER_DIR, 7)
+    assert stage_01[0].endswith("01_dataset/run.py") and "dataset.synthetic_seed=7" in stage_01
