@@ -379,8 +379,9 @@ FIELD_HELP: dict[str, str] = {
     "training.intensity_augment": "nnU-Net's intensity augmentations of training images (noise, blur, brightness, "
                                   "contrast, low resolution, gamma); masks untouched; upstream had none",
     "training.noise_probability": "intensity: probability of additive Gaussian noise",
-    "training.noise_variance": "intensity: noise variance drawn from [lo, hi], in units of the image's "
-                               "foreground variance (nnU-Net's images are z-scored)",
+    "training.noise_variance": "intensity: noise level drawn from [lo, hi]: the noise's standard deviation in "
+                               "units of the foreground's (nnU-Net's 'variance' range, used as a std on its "
+                               "z-scored images)",
     "training.blur_probability": "intensity: probability of a Gaussian blur",
     "training.blur_sigma": "intensity: blur sigma in pixels drawn from [lo, hi]",
     "training.brightness_probability": "intensity: probability of a multiplicative brightness change",
@@ -388,7 +389,8 @@ FIELD_HELP: dict[str, str] = {
     "training.contrast_probability": "intensity: probability of a contrast change about the image mean",
     "training.contrast_range": "intensity: contrast factor drawn from [lo, hi] (half the draws below 1)",
     "training.low_resolution_probability": "intensity: probability of simulated low resolution",
-    "training.low_resolution_zoom": "intensity: downsampling factor drawn from [lo, hi] (nearest down, cubic up)",
+    "training.low_resolution_zoom": "intensity: downsampling factor drawn from [lo, hi] (nearest down, linear up, "
+                                    "as nnU-Net v2)",
     "training.gamma_probability": "intensity: probability of a gamma change (mean and std kept)",
     "training.inverted_gamma_probability": "intensity: probability of a gamma change of the inverted image",
     "training.gamma_range": "intensity: gamma drawn from [lo, hi] (half the draws below 1)",

@@ -1,6 +1,9 @@
-"""Training-time 3-D augmentation of patches, applied identically to images and mask (NumPy / SciPy).
+"""Training-time 3-D augmentation of patches (NumPy / SciPy): geometry applied identically to images and
+mask, then (:class:`PatchAugmentation`, when ``training.intensity_augment``) nnU-Net's intensity
+transforms of the images alone (:mod:`strokeseg.train.intensity_augmentation`; every modality
+draws its own, as nnU-Net's channels), in nnU-Net's order: spatial first.
 
-Per patch, in this order:
+Geometry (:class:`Augmentation3D`), per patch, in this order:
 
 1. a flip along each axis of ``flip_axes`` (default all three) with probability ``flip_probability``
    (0.5), done by index reversal, so it is exact and never resamples;
@@ -14,10 +17,11 @@ Per patch, in this order:
 
 Where this differs from its references, and why:
 
-- ISLES'22 upstream (C.2) flips only its H and W axes and neither rotates nor zooms; its intensity
-  transforms (channel scale, blur, noise) are not here (geometry only, as the 2-D path). nnU-Net
-  mirrors every axis and rotates about each axis independently (±30°); one small rotation about a
-  random axis keeps the 2-D path's single rotation per sample and its 15° order of magnitude.
+- ISLES'22 upstream (C.2) flips only its H and W axes and neither rotates nor zooms; for intensity it
+  scales channels, blurs and adds noise, where this project uses nnU-Net's intensity set instead
+  (the same one as the 2-D path, :class:`PatchAugmentation`). nnU-Net mirrors every axis and
+  rotates about each axis independently (±30°); one small rotation about a random axis keeps the
+  2-D path's single rotation per sample and its 15° order of magnitude.
 - The 2-D path (:mod:`strokeseg.train.augmentation`) flips left–right only, because on registered
   anatomy a front–back or top–bottom mirror is not anatomy; ``flip_axes=(0,)`` gives that rule
   on the plan grid, whose axis 0 is x (left–right). All three is the nnU-Net default the 3-D
@@ -25,7 +29,8 @@ Where this differs from its references, and why:
 
 Every draw is stateless: a transform depends only on its seed words (for training (seed, epoch,
 step, slot), :func:`augment_batch`), so a resumed run augments exactly as the uninterrupted one.
-Each patch draws the same five values in the same order whatever the settings.
+Each patch draws the same five values in the same order whatever the settings; the intensity
+transforms draw from the same words through a stream of their own.
 """
 from __future__ import annotations
 
@@ -36,6 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+
+from strokeseg.train.intensity_augmentation import IntensityAugmentation
 
 _TAG = zlib.crc32(b"augmentation3d")   # keeps these streams apart from the patch sampler's
 
@@ -96,6 +103,23 @@ class Augmentation3D:
         return apply(self.draw(seed), images, mask)
 
 
+@dataclass(frozen=True)
+class PatchAugmentation:
+    """A training patch's augmentation: the geometry (if any), then the intensity transforms (if any)
+    from the same seed words; the mask only ever sees the geometry."""
+
+    spatial: Augmentation3D | None = None
+    intensity: IntensityAugmentation | None = None
+
+    def __call__(self, images: np.ndarray, mask: np.ndarray,
+                 seed: int | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        if self.spatial is not None:
+            images, mask = self.spatial(images, mask, seed)
+        if self.intensity is not None:
+            images = self.intensity(images, seed)      # one draw group per modality
+        return images, mask
+
+
 def augmentation_rng(seed: int | Sequence[int]) -> np.random.Generator:
     """The generator of one patch. The word count is mixed in because SeedSequence pads short
     entropy with zeros: (5,) and (5, 0) would otherwise be the same stream."""
@@ -128,8 +152,8 @@ def _warp(volume: np.ndarray, matrix: np.ndarray, offset: np.ndarray, order: int
                                     prefilter=False)
 
 
-def augment_batch(augmentation: Augmentation3D, images: np.ndarray, masks: np.ndarray, seed: int, epoch: int,
-                  step: int) -> tuple[np.ndarray, np.ndarray]:
+def augment_batch(augmentation: Augmentation3D | PatchAugmentation, images: np.ndarray, masks: np.ndarray,
+                  seed: int, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
     """Augment a batch (images (B, d, h, w, M), masks (B, d, h, w, 1)), slot b with seed words
     (seed, epoch, step, b): stateless, so any slot of any batch can be recomputed alone."""
     out_images = np.empty(images.shape, dtype=np.float32)

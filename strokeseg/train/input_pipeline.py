@@ -44,7 +44,9 @@ def batch_dataset(split: PreparedSplit, epoch: int = 0, seed: int = 0, fixed_ord
     """One epoch of (images (B, H, W, C), masks (B, H, W, 1)) float32 batches.
 
     ``augment(images, masks, seed_pair)`` is applied per batch with a stateless seed made of the
-    epoch's seed and the batch's position in the epoch (see strokeseg.train.augmentation)."""
+    epoch's seed and the batch's position in the epoch: geometry, intensity or both, as
+    strokeseg.train.augmentation.batch_augmentation builds it (its intensity step gives slot b of
+    the batch the seed words (epoch seed, position, b))."""
     order = epoch_indices(split.n_batches, epoch, seed, fixed_order, steps, replicas)
     image_shape, mask_shape = split.batch_shape
     epoch_seed = derive_seed(seed, "augment", epoch) % (2 ** 62)

@@ -47,7 +47,7 @@ from strokeseg.data.prepared import PreparedSplit
 from strokeseg.errors import StrokesegError
 from strokeseg.models import build_model, is_volumetric, load_model, slice_channels
 from strokeseg.train import volume_data
-from strokeseg.train.augmentation import Augmentation
+from strokeseg.train.augmentation import batch_augmentation
 from strokeseg.train.deep_supervision import DeepSupervisionLoss
 from strokeseg.train.distribute import global_batches, process_strategy, set_precision, strategy_scope, worker_info
 from strokeseg.train.input_pipeline import batch_dataset
@@ -352,8 +352,10 @@ def _fit_epoch(model: keras.Model, spec: RunSpec, epoch: int, replicas: int, pro
         val_data = spec.volume.dataset("inner_val", 0, spec.data_seed, training.patch_validation_steps, replicas,
                                        None, outputs)
     else:
-        augment = Augmentation.from_training(spec.plane, training) if training.augment else None
-        train_data = batch_dataset(spec.split("train"), epoch, spec.data_seed, spec.fixed_order,
+        split = spec.split("train")
+        # Input channel c·M + m holds image channel m of the c-th adjacent slice: M draw groups.
+        augment = batch_augmentation(spec.plane, training, split.batch_shape[0][-1] // spec.channels)
+        train_data = batch_dataset(split, epoch, spec.data_seed, spec.fixed_order,
                                    training.steps_per_epoch, replicas, augment)
         val_data = batch_dataset(spec.split("inner_val"), 0, spec.data_seed, True, training.validation_steps,
                                  replicas)

@@ -10,8 +10,10 @@ way from the inner-validation subjects with one fixed seed, so every epoch is sc
 patches (nnU-Net validates on 50 such batches per epoch).
 
 Every batch is a function of (seed, epoch, step) only, so a resumed run reads exactly the batches
-the uninterrupted run would have; augmentation (:mod:`strokeseg.train.augmentation3d`, training
-batches only) is seeded by the same words. Images arrive as float32 on the store's 0..255 scale (the
+the uninterrupted run would have; augmentation (training batches only: the geometry of
+:mod:`strokeseg.train.augmentation3d`, then the intensity transforms of
+:mod:`strokeseg.train.intensity_augmentation`) is seeded by the same words, slot b of a batch by
+(seed, epoch, step, b). Images arrive as float32 on the store's 0..255 scale (the
 slice models' input range), masks as float32 {0, 1}, as (B, X, Y, Z, M) and (B, X, Y, Z, 1).
 """
 from __future__ import annotations
@@ -26,7 +28,8 @@ from strokeseg.config import TrainingConfig, derive_seed
 from strokeseg.data.volume_stores import VolumeStore
 from strokeseg.errors import StrokesegError
 from strokeseg.protocol.splits import fold_parts
-from strokeseg.train.augmentation3d import Augmentation3D, augment_batch
+from strokeseg.train.augmentation3d import Augmentation3D, PatchAugmentation, augment_batch
+from strokeseg.train.intensity_augmentation import IntensityAugmentation
 from strokeseg.train.patches import batch_arrays, sample_batch
 
 PATCH_MULTIPLE = 16        # four 2x2x2 poolings in the 3-D models
@@ -83,7 +86,7 @@ class VolumeRunData:
         return [store.position(name) for name in names]
 
     def dataset(self, role: str, epoch: int, seed: int, steps: int, replicas: int = 1,
-                augment: Augmentation3D | None = None, outputs: int = 1):
+                augment: PatchAugmentation | Augmentation3D | None = None, outputs: int = 1):
         """One epoch of ``steps × replicas`` per-replica batches (images, masks), the masks repeated once
         per model output (deep supervision: each output's loss downsamples its own copy)."""
         import tensorflow as tf
@@ -113,9 +116,13 @@ class VolumeRunData:
         return data.prefetch(2).with_options(options)
 
 
-def augmentation(training: TrainingConfig) -> Augmentation3D | None:
-    """The 3-D augmentation of a run's training batches (the slice runs' flip, rotation and zoom settings)."""
-    if not training.augment:
+def augmentation(training: TrainingConfig) -> PatchAugmentation | None:
+    """The 3-D augmentation of a run's training batches: the slice runs' flip, rotation and zoom
+    settings when ``training.augment``, then their intensity transforms when
+    ``training.intensity_augment``; None when neither."""
+    spatial = (Augmentation3D(training.flip_probability, training.max_rotation_degrees, training.max_scaling,
+                              flip_axes=FLIP_AXES) if training.augment else None)
+    intensity = IntensityAugmentation.from_training(training) if training.intensity_augment else None
+    if spatial is None and intensity is None:
         return None
-    return Augmentation3D(training.flip_probability, training.max_rotation_degrees, training.max_scaling,
-                          flip_axes=FLIP_AXES)
+    return PatchAugmentation(spatial, intensity)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from strokeseg.train.augmentation3d import Augmentation3D, Transform3D, apply, augment_batch
+from strokeseg.train.augmentation3d import Augmentation3D, PatchAugmentation, Transform3D, apply, augment_batch
+from strokeseg.train.intensity_augmentation import TRANSFORMS, IntensityAugmentation
 
 PATCH = (16, 16, 16)
 
@@ -88,3 +89,19 @@ def test_settings_out_of_range_are_refused():
         Augmentation3D(max_scaling=1.0)
     with pytest.raises(ValueError, match="flip_axes"):
         Augmentation3D(flip_axes=(3,))
+
+
+def test_intensity_follows_the_geometry_from_the_same_words_and_never_touches_the_mask():
+    images, mask = blob_patch()
+    images = images * 100.0
+    spatial = Augmentation3D()
+    intensity = IntensityAugmentation(**{f"{name}_probability": 1.0 for name in TRANSFORMS})
+    out_images, out_mask = PatchAugmentation(spatial, intensity)(images, mask, (4, 1, 2, 0))
+    spatial_images, spatial_mask = spatial(images, mask, (4, 1, 2, 0))
+    np.testing.assert_array_equal(out_mask, spatial_mask)
+    np.testing.assert_array_equal(out_images, intensity(spatial_images, (4, 1, 2, 0)))
+    assert not np.array_equal(out_images, spatial_images)
+    alone_images, alone_mask = PatchAugmentation(None, intensity)(images, mask, 3)
+    assert alone_mask is mask and not np.array_equal(alone_images, images)
+    # Without intensity settings a patch is augmented exactly as by the geometry alone.
+    np.testing.assert_array_equal(PatchAugmentation(spatial)(images, mask, 3)[0], spatial(images, mask, 3)[0])

@@ -1,7 +1,9 @@
 import numpy as np
 
 from strokeseg.data.prepared import PreparedSplit
+from strokeseg.train.augmentation import SliceIntensity
 from strokeseg.train.input_pipeline import batch_dataset
+from strokeseg.train.intensity_augmentation import IntensityAugmentation
 
 
 def batch_sums(split):
@@ -45,3 +47,21 @@ def test_epoch_indices_cap_steps_and_wrap_to_whole_replica_groups():
     assert len(grouped) == 9 and list(grouped[:7]) == list(full) and list(grouped[7:]) == list(full[:2])
     assert list(epoch_indices(7, 2, 5, steps=2, replicas=2)) == list(full[:4])
     assert list(epoch_indices(7, 0, 5, fixed_order=True)) == list(range(7))
+
+
+def test_intensity_augmented_epochs_repeat_exactly_and_leave_the_masks_alone(prepared):  # noqa: F811
+    _, _, root, _ = prepared
+    split = PreparedSplit(root, "axial", test_fold=1, role="test", n_folds=2, channels=4)
+    augment = SliceIntensity(IntensityAugmentation(brightness_probability=1.0, gamma_probability=1.0))
+
+    def epoch(seed, augment=augment):
+        return list(batch_dataset(split, epoch=2, seed=seed, augment=augment).as_numpy_iterator())
+
+    plain, first, resumed = epoch(5, None), epoch(5), epoch(5)     # a resumed run rebuilds the same epoch
+    assert len(first) == len(plain) == split.n_batches
+    for (x, y), (x2, y2), (px, py) in zip(first, resumed, plain):
+        np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(y, y2)
+        np.testing.assert_array_equal(y, py)                       # masks exactly the un-augmented ones
+        assert x.shape == px.shape and 0 <= x.min() and x.max() <= 255
+        assert not np.array_equal(x, px)

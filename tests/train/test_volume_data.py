@@ -3,15 +3,20 @@ exactly as the slice stores, a run's roles are the slice runs' subjects, and its
 function of (seed, epoch, step) with a third of each batch on a lesion."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from strokeseg.config import TrainingConfig
 from strokeseg.data import planes
 from strokeseg.data.stores import SliceStore
 from strokeseg.data.volume_stores import VolumeStore
 from strokeseg.protocol.splits import fold_parts
-from strokeseg.train.volume_data import VolumeRunData, default_patch, role_subjects
+from strokeseg.train.augmentation3d import Augmentation3D, PatchAugmentation
+from strokeseg.train.intensity_augmentation import IntensityAugmentation
+from strokeseg.train.volume_data import FLIP_AXES, VolumeRunData, augmentation, default_patch, role_subjects
 
 
 @pytest.mark.parametrize("shape, patch", [((197, 233, 189), (128, 128, 128)), ((112, 112, 73), (112, 112, 80)),
@@ -77,3 +82,26 @@ def test_a_third_of_each_batch_holds_lesion_and_deep_supervision_repeats_the_mas
         assert all(masks[slot].any() for slot in range(2))            # round(6 / 3) = 2 forced slots
     x, y = next(iter(data.dataset("train", 0, seed=1, steps=1, outputs=4)))
     assert len(y) == 4 and all(np.array_equal(np.asarray(y[0]), np.asarray(t)) for t in y)
+
+
+def test_a_runs_settings_choose_the_patch_augmentation():
+    training = TrainingConfig()
+    assert augmentation(training) is None
+    spatial = Augmentation3D(training.flip_probability, training.max_rotation_degrees, training.max_scaling,
+                             flip_axes=FLIP_AXES)
+    assert augmentation(replace(training, augment=True)) == PatchAugmentation(spatial, None)
+    assert augmentation(replace(training, intensity_augment=True)) == PatchAugmentation(None, IntensityAugmentation())
+    assert augmentation(replace(training, augment=True, intensity_augment=True)) == PatchAugmentation(
+        spatial, IntensityAugmentation())
+
+
+def test_intensity_augmented_patch_batches_repeat_and_keep_their_masks(data):
+    augment = augmentation(replace(TrainingConfig(), intensity_augment=True, brightness_probability=1.0))
+    plain = _batches(data.dataset("train", 2, seed=7, steps=2))
+    first = _batches(data.dataset("train", 2, seed=7, steps=2, augment=augment))
+    again = _batches(data.dataset("train", 2, seed=7, steps=2, augment=augment))
+    for (x, y), (x2, y2), (px, py) in zip(first, again, plain):
+        np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(y, y2)
+        np.testing.assert_array_equal(y, py)                 # intensity only: the un-augmented masks
+        assert 0 <= x.min() and x.max() <= 255 and not np.array_equal(x, px)
