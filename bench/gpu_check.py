@@ -24,8 +24,9 @@ inference   three untrained RAX-Nets (float32, ``--width``), one per plane on it
             ``PlanePredictor(ensemble_predict([model], batch), channels=1)`` in a
             ``TriPlanarPredictor(batch_size=batch)``: ``probabilities(volume)`` then ``mask(...)``
             on subject 0 of the synthetic cohort (197×233×189, 619 slices). One untimed warm-up
-            volume (compilation of every chunk shape), then ``--volumes`` timed volumes; the median
-            seconds per volume. The speed of an untrained model is the speed of a trained one.
+            volume (compilation of every chunk shape; none with ``--quick``, whose figure then
+            includes compilation), then ``--volumes`` timed volumes; the median seconds per volume.
+            The speed of an untrained model is the speed of a trained one.
 
 If TensorFlow is in ``sys.modules`` at the start or at the end, the check fails (exit 1): it must
 prove that it runs without TensorFlow. Besides jax it needs keras, numpy, scipy, nibabel, pandas and
@@ -145,7 +146,8 @@ def training_throughput(args, training, precision: str, shape: tuple[int, int], 
 
 
 def inference_seconds(args) -> float:
-    """Median seconds per volume of ``TriPlanarPredictor.probabilities`` + ``.mask``, after a warm-up volume."""
+    """Median seconds per volume of ``TriPlanarPredictor.probabilities`` + ``.mask``, after a warm-up volume
+    (except with ``--quick``)."""
     import keras
 
     from strokeseg.config import PLANES
@@ -165,7 +167,8 @@ def inference_seconds(args) -> float:
         predictors[plane] = PlanePredictor(ensemble_predict([model], args.batch), channels=1)
     predictor = TriPlanarPredictor(predictors, batch_size=args.batch)
     volume = synthesize_subject(SEED, 0).t1
-    predictor.mask(predictor.probabilities(volume))     # warm-up: compiles every chunk shape
+    if not args.quick:   # a smoke run times compilation too: its figure only shows the path works
+        predictor.mask(predictor.probabilities(volume))     # warm-up: compiles every chunk shape
     times = []
     for _ in range(args.volumes):
         start = time.perf_counter()
@@ -174,7 +177,7 @@ def inference_seconds(args) -> float:
     median = statistics.median(times)
     print(f"inference: {median:.3f} s per volume (median of {len(times)}: "
           f"{', '.join(f'{t:.3f}' for t in times)}; {'x'.join(map(str, volume.shape))}, "
-          f"{sum(volume.shape)} slices, batch {args.batch})")
+          f"{sum(volume.shape)} slices, batch {args.batch}{', compilation included' if args.quick else ''})")
     return median
 
 
