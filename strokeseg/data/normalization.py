@@ -4,7 +4,12 @@
 own maximum and multiplied by 255, so intensities depend on what else the slice contains; we add
 the missing guard (an all-zero slice stays zero instead of becoming NaN). ``volume_robust`` is the
 correction of §14.8: one linear map per volume, shared by the three planes, from the
-[p_lo, p_hi] percentiles of the non-zero (head) voxels to [0, 255], clipped.
+[p_lo, p_hi] percentiles of the head voxels to [0, 255], clipped. Which voxels are the head is
+``convert.head_region`` (:mod:`strokeseg.data.head_region`): ``robust`` (default) finds the brain
+without relying on an exact-zero background (the MNI template on the MNI grid, the intensities
+elsewhere, hence the affine), and the map is applied to every voxel, so a noisy background below the
+window becomes 0 as an exact-zero one is, and a skull above it saturates at 255; ``nonzero`` (the
+original rule) takes the non-zero voxels and touches only them (exact zeros stay 0).
 
 Other channel kinds (:mod:`strokeseg.data.subjects`), all per volume and shared by the planes:
 
@@ -19,6 +24,8 @@ Other channel kinds (:mod:`strokeseg.data.subjects`), all per volume and shared 
 from __future__ import annotations
 
 import numpy as np
+
+from strokeseg.data.head_region import check_rule, window_values
 
 SCALE = 255.0
 
@@ -44,14 +51,27 @@ def robust_range(values: np.ndarray, percentiles: tuple[float, float]) -> tuple[
 
 
 def volume_robust(volume: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5),
-                  dtype: str = "float32") -> np.ndarray:
-    """Per-volume percentile window of the non-zero (head) voxels mapped to 0..255 and clipped.
+                  dtype: str = "float32", head_region: str = "robust",
+                  affine: np.ndarray | None = None) -> np.ndarray:
+    """Per-volume percentile window of the head voxels mapped to 0..255 and clipped, in ``dtype``.
 
-    Background (exactly 0) stays 0. Only head voxels are touched (about a fifth of an ATLAS
-    volume), and the result comes out directly in the store dtype (see :func:`to_store_dtype`).
+    ``head_region`` (``convert.head_region``) says which voxels set the window
+    (:mod:`strokeseg.data.head_region`; ``affine``, the volume's voxel-to-mm affine, lets the robust
+    rule recognise the MNI grid and its voxel size). ``robust``: every voxel goes through the map.
+    ``nonzero``: the window of the non-zero voxels, and only they are touched (background, exactly
+    0, stays 0; about a fifth of an ATLAS volume is converted). The memory order of the volume is kept.
     """
-    volume = np.asarray(volume)                       # any numeric type: only head voxels are converted
+    check_rule(head_region)
+    volume = np.asarray(volume)                       # any numeric type
     order = "F" if volume.flags.f_contiguous and not volume.flags.c_contiguous else "C"
+    if head_region == "robust":
+        values = window_values(volume, head_region, affine)
+        if values.size == 0:
+            return np.zeros(volume.shape, dtype=dtype, order=order)
+        lo, hi = robust_range(values, percentiles)
+        scaled = np.subtract(volume, np.float32(lo), dtype=np.float32, order=order)
+        scaled *= np.float32(SCALE / (hi - lo))
+        return to_store_dtype(scaled, dtype)
     flat = volume.ravel(order=order)                  # a view for NIfTI's Fortran-ordered arrays
     head = np.flatnonzero(flat)
     out = np.zeros(volume.shape, dtype=dtype, order=order)
@@ -70,7 +90,7 @@ def to_store_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
     clipped = np.clip(values, 0.0, SCALE).astype(np.float32, copy=False)
     if dtype == "uint8":
         clipped += np.float32(0.5)
-    return clipped.astype(dtype)
+    return clipped.astype(dtype, copy=False)
 
 
 ZSCORE_RANGE = 4.0   # standard deviations each side of the mean that span 0..255
@@ -97,13 +117,15 @@ def window(volume: np.ndarray, lo: float, hi: float, dtype: str = "float32") -> 
     return to_store_dtype((volume - np.float32(lo)) * np.float32(SCALE / (hi - lo)), dtype)
 
 
-def channel_volume(volume: np.ndarray, kind: str, convert) -> np.ndarray | None:
+def channel_volume(volume: np.ndarray, kind: str, convert, affine: np.ndarray | None = None) -> np.ndarray | None:
     """One channel normalised once for all planes, in ``convert.store_dtype``; None for a T1 under
-    ``slice_max``, whose normalisation depends on the plane's slicing (see the inference module)."""
+    ``slice_max``, whose normalisation depends on the plane's slicing (see the inference module).
+    ``affine``: the volume's grid (the plan grid's affine), which a T1's ``convert.head_region``
+    (robust) needs to recognise the MNI grid; training and inference pass the same one."""
     dtype = convert.store_dtype
     if kind == "t1":
         if convert.normalization == "volume_robust":
-            return volume_robust(volume, convert.robust_percentiles, dtype)
+            return volume_robust(volume, convert.robust_percentiles, dtype, convert.head_region, affine)
         if convert.normalization == "slice_max":
             return None
         raise ValueError(f"unknown normalization {convert.normalization!r}")

@@ -76,7 +76,8 @@ def write_stores(folder: Path, subjects: pd.DataFrame, plan: GridPlan, convert: 
                     "channels": list(plan.channels),
                     "channel_kinds": list(plan.channel_kinds), "n_subjects": len(subjects),
                     "normalization": convert.normalization,
-                    "robust_percentiles": list(convert.robust_percentiles), "ct_window": list(convert.ct_window),
+                    "robust_percentiles": list(convert.robust_percentiles), "head_region": convert.head_region,
+                    "ct_window": list(convert.ct_window),
                     "store_dtype": convert.store_dtype, "mask_packing": "packbits_last_axis"}
         (plane_dir / GEOMETRY).write_text(json.dumps(geometry, indent=2, sort_keys=True) + "\n")
 
@@ -104,11 +105,13 @@ def _convert_subject(job: _Job) -> dict[str, pd.DataFrame]:
     subject = load_planned([(c, Path(p)) for c, p in job.channels], Path(job.mask), plan, job.binarize,
                            job.allow_empty)
     dtype = job.convert.store_dtype
-    # One normalised volume per channel, shared by the planes (None: T1 slice_max, per slice below).
-    normalised = [normalization.channel_volume(image, kind, job.convert)
+    # One normalised volume per channel, shared by the planes (None: T1 slice_max, per slice below);
+    # the plan grid's affine is what inference passes too (convert.head_region's MNI-grid test).
+    affine = plan.subject_affine(subject.native)
+    normalised = [normalization.channel_volume(image, kind, job.convert, affine)
                   for image, kind in zip(subject.images, plan.channel_kinds)]
     several = len(normalised) > 1
-    brain = brain_pixels_per_slice(subject.images[0], plan.subject_affine(subject.native), plan.planes)
+    brain = brain_pixels_per_slice(subject.images[0], affine, plan.planes)
     out = {}
     for plane in plan.planes:
         plane_dir = Path(job.folder) / plane

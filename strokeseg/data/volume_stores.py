@@ -132,7 +132,8 @@ def _normalised_subject(job: _Read) -> Subject:
     normalise it (worker side)."""
     subject = load_planned([(c, Path(p)) for c, p in job.channels], Path(job.mask), job.plan, job.binarize,
                            job.allow_empty)
-    images = np.stack([normalization.channel_volume(image, kind, job.convert)
+    affine = job.plan.subject_affine(subject.native)      # as the slice stores and inference pass it
+    images = np.stack([normalization.channel_volume(image, kind, job.convert, affine)
                        for image, kind in zip(subject.images, job.plan.channel_kinds)])
     return job.name, images, subject.mask
 
@@ -151,7 +152,8 @@ def write_cohort_store(folder: Path, subjects: pd.DataFrame, plan: GridPlan, con
             for r in subjects.itertuples(index=False)]
     geometry = {"grid_plan": plan.kind, "spacing": list(plan.spacing), "spacing_known": plan.spacing_known,
                 "channel_kinds": list(plan.channel_kinds), "normalization": convert.normalization,
-                "robust_percentiles": list(convert.robust_percentiles), "ct_window": list(convert.ct_window)}
+                "robust_percentiles": list(convert.robust_percentiles), "head_region": convert.head_region,
+                "ct_window": list(convert.ct_window)}
     return write_volume_store(folder, map_ordered(_normalised_subject, jobs, workers, "03 volumes", progress),
                               len(jobs), channels=plan.channels, seed=seed, extra_geometry=geometry)
 

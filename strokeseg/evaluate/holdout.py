@@ -59,7 +59,8 @@ def evaluate_subject(name: str, channels: list[tuple[str, Path]], mask_path: Pat
     connectivity = predictor.settings.connectivity
     units = {"units": "mm" if plan.spacing_known else "voxels"}
 
-    probabilities = predictor.probabilities(subject.volume)
+    grid = plan.subject_affine(native)     # the plan grid's affine: normalised as stage 03 normalised
+    probabilities = predictor.probabilities(subject.volume, grid)
     rows = [{"subject_name": name, "mask": plane,
              **subject_metrics(plan.mask_to_native((probability > SINGLE_PLANE_THRESHOLD).astype(np.uint8), native),
                                truth, spacing, connectivity=connectivity), **units}
@@ -69,7 +70,7 @@ def evaluate_subject(name: str, channels: list[tuple[str, Path]], mask_path: Pat
                  **subject_metrics(fused, truth, spacing, connectivity=connectivity), **units})
     extra = {}
     if volume is not None:
-        extra[VOLUME_MASK] = next(iter(volume.probabilities(subject.volume).values()))
+        extra[VOLUME_MASK] = next(iter(volume.probabilities(subject.volume, grid).values()))
         if average:
             extra[AVERAGE] = (predictor.fused_probability(probabilities) + extra[VOLUME_MASK]) * np.float32(0.5)
         for key, probability in extra.items():

@@ -7,7 +7,9 @@ Conventions (shared with training, so a model sees at inference exactly what it 
   come from :mod:`strokeseg.data.planes` only;
 - intensities are those stage 03 stores (:func:`strokeseg.data.stores.write_stores`): the per-volume
   robust window computed once per volume and shared by the planes (:func:`normalized_volume`),
-  or upstream's per-slice maximum, on the 0..255 scale in ``convert.store_dtype``;
+  or upstream's per-slice maximum, on the 0..255 scale in ``convert.store_dtype``; the window's
+  voxels (``convert.head_region``) depend on the grid, so callers pass the plan grid's affine
+  (``GridPlan.subject_affine``), as stage 03 does;
 - a model input is ``channels`` adjacent slices (:func:`strokeseg.data.planes.neighbour_indices`,
   clamped at the volume's ends) of every image channel, zero-padded onto the plane's canvas, float32
   (n, H, W, C x M), input channel c * M + m being image channel m of adjacent slice c (as
@@ -54,32 +56,36 @@ def per_slice(convert: ConvertConfig, kinds: tuple[str, ...] = T1) -> bool:
     return convert.normalization == "slice_max" and tuple(kinds) == T1
 
 
-def normalized_volume(volume: np.ndarray, convert: ConvertConfig, kinds: tuple[str, ...] = T1) -> np.ndarray | None:
+def normalized_volume(volume: np.ndarray, convert: ConvertConfig, kinds: tuple[str, ...] = T1,
+                      affine: np.ndarray | None = None) -> np.ndarray | None:
     """The whole volume normalised once for all planes, per channel as its kind says
     (:func:`strokeseg.data.normalization.channel_volume`), in the store dtype; None for ``slice_max``,
-    whose normalisation depends on the plane's slicing."""
+    whose normalisation depends on the plane's slicing. ``affine``: the volume's (plan) grid, which
+    ``convert.head_region`` needs to treat the volume as stage 03 treated the training volumes."""
     volume = np.asarray(volume) if not isinstance(volume, np.ndarray) else volume
     if volume.ndim == 3:
         if len(kinds) != 1:
             raise ValueError(f"a one-channel volume for {len(kinds)} channel kinds")
-        return normalization.channel_volume(volume, kinds[0], convert)
+        return normalization.channel_volume(volume, kinds[0], convert, affine)
     if volume.ndim != 4 or len(volume) != len(kinds):
         raise ValueError(f"volume of shape {volume.shape} for {len(kinds)} channel(s)")
     if per_slice(convert, kinds[:1]) and len(kinds) > 1:
         raise ValueError("convert.normalization=slice_max is for one-channel T1 volumes")
-    return np.stack([normalization.channel_volume(v, kind, convert) for v, kind in zip(volume, kinds)])
+    return np.stack([normalization.channel_volume(v, kind, convert, affine) for v, kind in zip(volume, kinds)])
 
 
 def plane_stack(volume: np.ndarray, plane: str, convert: ConvertConfig,
-                normalized: np.ndarray | None = None, kinds: tuple[str, ...] = T1) -> np.ndarray:
+                normalized: np.ndarray | None = None, kinds: tuple[str, ...] = T1,
+                affine: np.ndarray | None = None) -> np.ndarray:
     """(n, h, w) slices of ``plane`` (one channel) or (n, M, h, w) (M channels) on the 0..255 scale in
-    ``convert.store_dtype``: exactly the values stage 03 stores for this volume. ``normalized`` (from
-    :func:`normalized_volume`) skips the per-volume work when the caller normalises once for three planes."""
+    ``convert.store_dtype``: exactly the values stage 03 stores for this volume on the grid of
+    ``affine``. ``normalized`` (from :func:`normalized_volume`) skips the per-volume work when the
+    caller normalises once for three planes."""
     if per_slice(convert, kinds):
         return normalization.to_store_dtype(normalization.slice_max(planes.to_stack(volume, plane)),
                                             convert.store_dtype)
     if normalized is None:
-        normalized = normalized_volume(volume, convert, kinds)
+        normalized = normalized_volume(volume, convert, kinds, affine)
     elif normalized.shape != np.shape(volume):
         raise ValueError(f"normalized volume {normalized.shape} differs from the volume {np.shape(volume)}")
     if normalized.ndim == 4:
@@ -170,9 +176,11 @@ def predict_plane(predict: Predict, stack: np.ndarray, canvas: planes.Canvas, ch
 
 def plane_probability(predict: Predict, t1: np.ndarray, plane: str, convert: ConvertConfig, channels: int,
                       batch_size: int, flip_tta: bool = False, normalized: np.ndarray | None = None,
-                      skip_empty: bool = True, kinds: tuple[str, ...] = T1) -> np.ndarray:
+                      skip_empty: bool = True, kinds: tuple[str, ...] = T1,
+                      affine: np.ndarray | None = None) -> np.ndarray:
     """float32 probability volume ``[x, y, z]`` from one plane's model; ``t1`` is the input volume
-    (one channel, or ``[m, x, y, z]`` with ``kinds`` one per channel), ``channels`` the adjacent slices.
+    (one channel, or ``[m, x, y, z]`` with ``kinds`` one per channel) on the grid of ``affine``,
+    ``channels`` the adjacent slices.
 
     ``flip_tta``: the mean of this prediction and the un-mirrored prediction of the left–right
     (x axis) mirrored volume. The normalisation commutes with the mirror (the robust window is a
@@ -187,7 +195,7 @@ def plane_probability(predict: Predict, t1: np.ndarray, plane: str, convert: Con
     if slice_wise:
         volume = t1                      # normalised per slice, inside plane_stack
     else:
-        volume = normalized_volume(t1, convert, kinds) if normalized is None else normalized
+        volume = normalized_volume(t1, convert, kinds, affine) if normalized is None else normalized
         if volume.shape != np.shape(t1):
             raise ValueError(f"normalized volume {volume.shape} differs from the volume {np.shape(t1)}")
 

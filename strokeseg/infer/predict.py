@@ -21,7 +21,9 @@ given channel by channel with ``--channel NAME=FILE``; a case missing a channel 
    to the plan's voxel size, as the training subjects were. Resampling goes through world
    coordinates: for MNI models the image must already be registered to MNI152NLin2009aSym;
 3. normalise once (the models folder's ``config.json`` ``convert`` section, else the package
-   defaults; flags override both), predict every slice of the three planes in batches with the
+   defaults; flags override both; a ``config.json`` from before ``convert.head_region`` existed
+   means models trained under ``nonzero``, which is then kept), on the plan grid's affine as stage 03
+   normalised the training volumes; predict every slice of the three planes in batches with the
    plane's model or the mean of its fold models (:mod:`strokeseg.infer.inference`), optionally with
    left–right flip test-time augmentation;
 4. fuse (:mod:`strokeseg.infer.fusion`; mean probability ≥ 0.5 by default, upstream's rule), optionally
@@ -59,9 +61,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from strokeseg.config import PLANES, VOLUME, ConvertConfig, from_dict
+from strokeseg.config import HEAD_REGIONS, PLANES, VOLUME, ConvertConfig, from_dict
 from strokeseg.data import planes, resample
 from strokeseg.data.grid_plan import GRID_PLAN_JSON, GridPlan, NativeGrid
+from strokeseg.data.head_region import LEGACY_RULE
 from strokeseg.data.lesions import component_sizes
 from strokeseg.data.nifti import load_channels, write_nifti
 from strokeseg.errors import InputError, StrokesegError
@@ -81,7 +84,7 @@ MASK_SUFFIX = "_mask.nii.gz"
 PROBABILITY_SUFFIX = "_probability.nii.gz"
 CONFIG_NAME = models_folder.CONFIG_JSON
 FUSION_NAME = models_folder.FUSION_JSON     # stage 10's fusion settings, exported with its models
-CONVERT_KEYS = ("normalization", "robust_percentiles", "canvas_multiple", "store_dtype", "ct_window")
+CONVERT_KEYS = ("normalization", "robust_percentiles", "head_region", "canvas_multiple", "store_dtype", "ct_window")
 # Models folders from before grid plans: T1 models on ATLAS's MNI grid.
 MNI_T1_PLAN = GridPlan("fixed", resample.MNI_SHAPE, (1.0, 1.0, 1.0), ("t1w",), ("t1",), PLANES, True,
                        tuple(float(a) for a in resample.MNI_AFFINE.ravel()))
@@ -154,6 +157,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              f"folder's config.json, else {defaults.normalization})")
     parser.add_argument("--robust-percentiles", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                         help=f"volume_robust window (default: config.json, else {defaults.robust_percentiles})")
+    parser.add_argument("--head-region", choices=HEAD_REGIONS, default=None,
+                        help=f"voxels that set the volume_robust window (default: config.json, else "
+                             f"{defaults.head_region}; a config.json without it: {LEGACY_RULE})")
     parser.add_argument("--canvas-multiple", type=int, default=None,
                         help=f"canvas size multiple (default: config.json, else {defaults.canvas_multiple})")
     parser.add_argument("--store-dtype", choices=("uint8", "float16", "float32"), default=None,
@@ -191,6 +197,8 @@ def convert_config(models_dir: Path, args: argparse.Namespace | None = None) -> 
         if not isinstance(section, dict):
             raise UsageError(f"{path}: 'convert' is not a JSON object")
         overrides.update({k: v for k, v in section.items() if k in CONVERT_KEYS})
+        if "head_region" not in section:   # trained before the rule existed: on the non-zero voxels
+            overrides["head_region"] = LEGACY_RULE
         log.info("normalisation from %s: %s", path, overrides or "package defaults")
     if args is not None:
         for key in CONVERT_KEYS:
@@ -421,10 +429,11 @@ def _describe_grid(shape, affine) -> str:
             f"{''.join(nib.aff2axcodes(affine))}")
 
 
-def predict_volume(volume: np.ndarray, predictor: TriPlanarPredictor,
-                   save_probability: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Fused uint8 mask (and the fused probability when asked for) of a volume on the model grid."""
-    probabilities = predictor.probabilities(volume)
+def predict_volume(volume: np.ndarray, predictor: TriPlanarPredictor, save_probability: bool = False,
+                   affine: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Fused uint8 mask (and the fused probability when asked for) of a volume on the model grid
+    (``affine``: that grid's, for the normalisation's head region; :attr:`PlacedCase.affine`)."""
+    probabilities = predictor.probabilities(volume, affine)
     probability = predictor.fused_probability(probabilities) if save_probability else None
     return predictor.mask(probabilities), probability
 
@@ -459,6 +468,7 @@ class PlacedCase:
     image: nib.Nifti1Image      # the first channel: header and affine of the outputs
     resampled: bool
     first_channel: np.ndarray   # the first channel's voxels on its own grid, as read (no second read)
+    affine: np.ndarray | None = None   # the plan grid's affine (``plan.subject_affine``): normalisation
 
 
 def place_case(case: Case, plan: GridPlan = MNI_T1_PLAN) -> PlacedCase:
@@ -485,7 +495,7 @@ def place_case(case: Case, plan: GridPlan = MNI_T1_PLAN) -> PlacedCase:
                                               + (" (is the image registered to MNI space?)" if plan == MNI_T1_PLAN
                                                  else ""))
     volume = channels[0] if len(channels) == 1 else np.stack(channels)
-    return PlacedCase(volume, native, image, resampled, loaded.images[0])
+    return PlacedCase(volume, native, image, resampled, loaded.images[0], plan.subject_affine(native))
 
 
 def predict_case(case: Case, predictor: TriPlanarPredictor, options: Options, output: Path,
@@ -499,7 +509,7 @@ def predict_case(case: Case, predictor: TriPlanarPredictor, options: Options, ou
         placed = place_case(case, plan)
         row["resampled"] = placed.resampled
         image, affine, native = placed.image, placed.image.affine, placed.native
-        mask, probability = predict_volume(placed.volume, predictor, options.save_probabilities)
+        mask, probability = predict_volume(placed.volume, predictor, options.save_probabilities, placed.affine)
         del placed
         mask = plan.mask_to_native(mask, native)
         if probability is not None:

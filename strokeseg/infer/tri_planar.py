@@ -48,24 +48,27 @@ class TriPlanarPredictor:
         return TriPlanarPredictor(self.predictors, self.convert, settings, self.batch_size, self.skip_empty,
                                   self.kinds, self.window_step, self.window_batch)
 
-    def plane_probability(self, plane: str, volume: np.ndarray, normalized: np.ndarray | None = None) -> np.ndarray:
+    def plane_probability(self, plane: str, volume: np.ndarray, normalized: np.ndarray | None = None,
+                          affine: np.ndarray | None = None) -> np.ndarray:
         """float32 probability volume of one plane (``normalized``: the volume already normalised);
-        ``volume`` is one channel (x, y, z) or the image channels stacked (m, x, y, z)."""
+        ``volume`` is one channel (x, y, z) or the image channels stacked (m, x, y, z), on the grid of
+        ``affine`` (the plan grid's: the normalisation's head region depends on it)."""
         predictor = self.predictors[plane]
         if plane == VOLUME:
             if normalized is None:
-                normalized = normalized_volume(volume, self.convert, self.kinds)
+                normalized = normalized_volume(volume, self.convert, self.kinds, affine)
             if normalized is None:
                 raise ValueError("3-D models need a per-volume normalisation, not convert.normalization=slice_max")
             return sliding_window_probability(predictor.predict, normalized, predictor.patch, self.window_batch,
                                               self.window_step, mirror_axes=(0,) if self.settings.flip_tta else ())
         return plane_probability(predictor.predict, volume, plane, self.convert, predictor.channels // len(self.kinds),
                                  self.batch_size, flip_tta=self.settings.flip_tta, normalized=normalized,
-                                 skip_empty=self.skip_empty, kinds=self.kinds)
+                                 skip_empty=self.skip_empty, kinds=self.kinds, affine=affine)
 
-    def probabilities(self, volume: np.ndarray) -> dict[str, np.ndarray]:
-        """Per plane, the float32 probability volume of ``volume`` (normalised once for all planes)."""
-        normalized = normalized_volume(volume, self.convert, self.kinds)
+    def probabilities(self, volume: np.ndarray, affine: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Per plane, the float32 probability volume of ``volume`` (normalised once for all planes;
+        ``affine``: the volume's plan grid, as stage 03 normalised the training volumes on it)."""
+        normalized = normalized_volume(volume, self.convert, self.kinds, affine)
         return {plane: self.plane_probability(plane, volume, normalized) for plane in self.predictors}
 
     def mask(self, probabilities: dict[str, np.ndarray]) -> np.ndarray:

@@ -45,12 +45,12 @@ def run_case(name: str, scans: dict[str, Path], folder: Path, predictor: TriPlan
     progress("reading", "reading the scan")
     placed = place_case(Case(name, tuple((c, scans[c]) for c in plan.channels)), plan)
     normalized = None if per_slice(predictor.convert, predictor.kinds) else \
-        normalized_volume(placed.volume, predictor.convert, predictor.kinds)
+        normalized_volume(placed.volume, predictor.convert, predictor.kinds, placed.affine)
     probabilities = {}
     planes = list(predictor.predictors)
     for k, plane in enumerate(planes, start=1):
         progress("predicting", f"predicting plane {k} of {len(planes)} ({plane})")
-        probabilities[plane] = predictor.plane_probability(plane, placed.volume, normalized)
+        probabilities[plane] = predictor.plane_probability(plane, placed.volume, normalized, placed.affine)
     progress("fusing", "fusing the planes" if len(planes) > 1 else "thresholding")
     fused = predictor.mask(probabilities).astype(bool)
     agreements = {plane: agreement(p > SINGLE_PLANE_THRESHOLD, fused) for plane, p in probabilities.items()}

@@ -207,6 +207,7 @@ def run(workdir: Path, config: Config, progress: bool = True,
     model = config.training.model
     batch = options.batch_size or config.training.eval_batch_size
     plan = grid_plan(workdir)
+    config = stores_head_region(config, convert_dir, plan.planes[0])
     volumetric = is_volumetric(model)
     planes = (VOLUME,) if volumetric else plan.planes
     if volumetric and (options.chooses_min_size or options.volume_model):
@@ -269,6 +270,27 @@ def run(workdir: Path, config: Config, progress: bool = True,
             "probability_encoding": PROBABILITY_ENCODING if options.save_probabilities else None,
         })
     return stage_dir(workdir, STAGE)
+
+
+def stores_head_region(config: Config, convert_dir: Path, plane: str) -> Config:
+    """``config`` with the ``convert.head_region`` stage 03's stores were normalised with (their
+    ``geometry.json``; stores from before the rule existed: the non-zero voxels), so that the hold-out
+    volumes, and ``strokeseg predict`` through the exported ``config.json``, are normalised as the
+    models' training slices were."""
+    import json
+
+    from strokeseg.data.head_region import LEGACY_RULE
+    from strokeseg.data.stores import GEOMETRY
+
+    path = convert_dir / plane / GEOMETRY
+    if config.convert.normalization != "volume_robust" or not path.is_file():
+        return config
+    stored = json.loads(path.read_text()).get("head_region", LEGACY_RULE)
+    if stored == config.convert.head_region:
+        return config
+    log.warning("convert.head_region=%s, but stage 03's stores were normalised with %r: the hold-out is "
+                "normalised as they were", config.convert.head_region, stored)
+    return replace(config, convert=replace(config.convert, head_region=stored))
 
 
 def _volume_predictor(workdir: Path, config: Config, options: FusionStageOptions, settings: FusionSettings, plan,

@@ -1,6 +1,10 @@
 import numpy as np
+import pytest
 
+from strokeseg.config import ConvertConfig
 from strokeseg.data import normalization
+
+RULES = ("robust", "nonzero")     # convert.head_region
 
 
 def test_slice_max_is_upstreams_rule_with_a_guard_for_empty_slices():
@@ -13,24 +17,26 @@ def test_slice_max_is_upstreams_rule_with_a_guard_for_empty_slices():
     assert out[2].max() == 255 and np.isfinite(out).all()
 
 
-def test_volume_robust_uses_one_window_for_the_whole_volume():
+@pytest.mark.parametrize("rule", RULES)
+def test_volume_robust_uses_one_window_for_the_whole_volume(rule):
     rng = np.random.default_rng(0)
     volume = np.zeros((10, 10, 10), dtype=np.float32)
     volume[2:8, 2:8, 2:8] = rng.uniform(100, 200, (6, 6, 6))
     volume[5, 5, 5] = 1e6                                 # an outlier must not squash the rest
-    out = normalization.volume_robust(volume, (0.5, 99.5))
+    out = normalization.volume_robust(volume, (0.5, 99.5), head_region=rule)
     assert out.min() == 0 and out.max() == 255
     assert out[volume == 0].max() == 0                    # background stays 0
     inside = out[2:8, 2:8, 2:8]
     assert np.percentile(inside, 50) > 100                # not crushed towards 0 by the outlier
 
 
-def test_volume_robust_maps_equal_intensities_equally_in_every_slice_unlike_slice_max():
+@pytest.mark.parametrize("rule", RULES)
+def test_volume_robust_maps_equal_intensities_equally_in_every_slice_unlike_slice_max(rule):
     volume = np.full((4, 6, 6), 100.0, dtype=np.float32)
     volume[0, 0, 0] = 150.0                               # same value in two slices ...
     volume[1, 0, 0] = 150.0
     volume[1, 5, 5] = 300.0                               # ... whose maxima differ
-    robust = normalization.volume_robust(volume, (0.0, 100.0))
+    robust = normalization.volume_robust(volume, (0.0, 100.0), head_region=rule)
     assert robust[0, 0, 0] == robust[1, 0, 0]
     per_slice = normalization.slice_max(volume)
     assert per_slice[0, 0, 0] != per_slice[1, 0, 0]
@@ -43,13 +49,38 @@ def test_store_dtype_rounds_and_clips_to_uint8():
     assert normalization.to_store_dtype(values, "float16").dtype == np.float16
 
 
-def test_volume_robust_gives_the_same_result_for_integer_and_float_volumes():
+@pytest.mark.parametrize("rule", RULES)
+def test_volume_robust_gives_the_same_result_for_integer_and_float_volumes(rule):
     rng = np.random.default_rng(1)
     ints = np.zeros((12, 10, 8), dtype=np.int16)
     ints[2:10, 2:8, 1:7] = rng.integers(50, 900, (8, 6, 6))
     for dtype in ("uint8", "float32"):
-        np.testing.assert_array_equal(normalization.volume_robust(ints, (1, 99), dtype),
-                                      normalization.volume_robust(ints.astype(np.float32), (1, 99), dtype))
+        np.testing.assert_array_equal(normalization.volume_robust(ints, (1, 99), dtype, rule),
+                                      normalization.volume_robust(ints.astype(np.float32), (1, 99), dtype, rule))
     assert np.asfortranarray(ints).flags.f_contiguous
-    np.testing.assert_array_equal(normalization.volume_robust(np.asfortranarray(ints)),
-                                  normalization.volume_robust(ints))
+    fortran = normalization.volume_robust(np.asfortranarray(ints), head_region=rule)
+    assert fortran.flags.f_contiguous                     # NIfTI's order is kept
+    np.testing.assert_array_equal(fortran, normalization.volume_robust(ints, head_region=rule))
+
+
+def test_robust_maps_every_voxel_so_a_noisy_background_becomes_zero():
+    rng = np.random.default_rng(2)
+    clean = np.zeros((16, 16, 16), dtype=np.float32)
+    clean[3:13, 3:13, 3:13] = rng.uniform(300, 900, (10, 10, 10))
+    noisy = np.where(clean > 0, clean, rng.rayleigh(20.0, clean.shape)).astype(np.float32)
+    robust = normalization.volume_robust(noisy, (0.5, 99.5), head_region="robust")
+    reference = normalization.volume_robust(clean, (0.5, 99.5), head_region="robust")
+    assert np.abs(robust - reference).max() <= 2.0        # of 255: the window hardly moves
+    assert not robust[clean == 0].any()                   # below the window: 0, as an exact-zero background
+    nonzero = normalization.volume_robust(noisy, (0.5, 99.5), head_region="nonzero")
+    assert nonzero[clean == 0].any()                      # the old rule's window starts in the noise
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_channel_volume_passes_the_head_region_and_the_affine_on(rule):
+    rng = np.random.default_rng(3)
+    volume = np.where(rng.random((14, 12, 10)) < 0.5, rng.uniform(100, 900, (14, 12, 10)), 0).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    convert = ConvertConfig(head_region=rule, robust_percentiles=(2.0, 98.0))
+    np.testing.assert_array_equal(normalization.channel_volume(volume, "t1", convert, affine),
+                                  normalization.volume_robust(volume, (2.0, 98.0), "uint8", rule, affine))

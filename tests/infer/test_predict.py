@@ -129,9 +129,10 @@ def test_bad_cases_fail_alone_and_leave_no_file(models, tmp_path):
         assert pd.isna(table.loc[case, "voxels"])
     good = table.loc["good"]
     assert good["status"] == "ok" and not bool(good["resampled"])
-    # On the MNI grid nothing is resampled: the mask is exactly where the normalised T1 >= 200.
+    # On the MNI grid nothing is resampled: the mask is exactly where the normalised T1 >= 200, normalised
+    # with the MNI grid's affine (convert.head_region's template outline), as stage 03 normalises.
     mask = np.asarray(nib.load(out / "good_mask.nii.gz").dataobj)
-    expected = normalized_volume(mni_volume(), ConvertConfig()) >= 200
+    expected = normalized_volume(mni_volume(), ConvertConfig(), affine=resample.MNI_AFFINE) >= 200
     assert expected.any() and not expected.all()
     np.testing.assert_array_equal(mask, expected)
     assert good["voxels"] == expected.sum() and good["lesion_volume_ml"] == pytest.approx(expected.sum() / 1000)
@@ -199,10 +200,18 @@ def test_config_json_in_the_models_folder_sets_the_normalisation(tmp_path, capsy
         "convert": {"normalization": "slice_max", "robust_percentiles": [1, 99], "canvas_multiple": 16,
                     "store_dtype": "float16"}}))
     config = predict.convert_config(folder)
-    assert config == ConvertConfig(normalization="slice_max", robust_percentiles=(1.0, 99.0), store_dtype="float16")
+    # A config.json without convert.head_region predates it: its models were trained on the non-zero voxels.
+    assert config == ConvertConfig(normalization="slice_max", robust_percentiles=(1.0, 99.0), store_dtype="float16",
+                                   head_region="nonzero")
     flags = argparse.Namespace(normalization="volume_robust", robust_percentiles=None, canvas_multiple=None,
-                               store_dtype=None)
+                               store_dtype=None, head_region="robust")
     assert predict.convert_config(folder, flags).normalization == "volume_robust"   # flags win
+    assert predict.convert_config(folder, flags).head_region == "robust"
+    (folder / "config.json").write_text(json.dumps({"convert": {"head_region": "robust"}}))
+    assert predict.convert_config(folder) == ConvertConfig()
+    args = predict.add_arguments(argparse.ArgumentParser()).parse_args(
+        ["x.nii.gz", "--models", str(folder), "--output", "o", "--head-region", "nonzero"])
+    assert predict.convert_config(folder, args).head_region == "nonzero"
     (folder / "config.json").write_text(json.dumps({"convert": {"normalization": "zscore"}}))
     with pytest.raises(predict.UsageError, match=r"config\.json: convert\.normalization must be"):
         predict.convert_config(folder)
