@@ -15,6 +15,15 @@ Subject ``i`` (0-based) lives at site ``R{i % 30 + 1:03d}`` with number ``i // 3
 Every subject is a function of ``(seed, i, downsample)`` only, never of ``n_subjects``: a cohort of
 40 is the first 40 subjects of the cohort of 655 with the same seed.
 
+Sites differ as scanners do: each site has a profile (:func:`strokeseg.data.scanner_sites.site_profile`,
+a function of ``(seed, site)`` drawn from its own random streams; the description records them
+under ``"SiteProfiles"``): contrast, intensity scale, noise, bias-field strength, and the look of the
+background: a third of the sites are skull-stripped (exact-zero background), the others have Rician
+noise over the whole field of view, half of them also a bright shell standing in for the scalp and
+skull. A cohort generated with another seed has other site profiles (and other subjects with the
+same lesion statistics): ``generate_cohort(out, n, seed=other)`` makes a transfer cohort "from other
+scanners".
+
 Per subject (see :func:`synthesize_subject`):
 
 - anatomy: the template, its GM+WM map, resampled through a smooth random deformation (cubic
@@ -26,9 +35,15 @@ Per subject (see :func:`synthesize_subject`):
   shapes are the upper level set of a multi-octave smooth random field plus a randomly oriented
   ellipsoidal envelope, grown from its maximum (irregular, never spheres or boxes);
 - intensity: lesions darkened toward CSF intensity with a partial-volume border and some internal
-  heterogeneity, then a per-subject gamma and scale (WM about 800-1000), a smooth multiplicative
-  bias field (about ±10-20 %) and Rician noise inside the head; the background is exactly 0 and
-  every head voxel is >= 1, so ``T1 > 0`` is the head.
+  heterogeneity, then imaged with the site's profile (:mod:`strokeseg.data.scanner_sites`): its
+  gamma and scale, each jittered per subject (WM about 500-1700 over the sites), a smooth
+  multiplicative bias field (64 mm lattice; about ±4 % to ±35 % over the sites), the shell at shell
+  sites, and Rician noise (sigma 1-6 % of the scale over the sites). At skull-stripped sites the
+  background is exactly 0 and every brain voxel is >= 1, so ``T1 > 0`` is the head there; at the
+  other two thirds of the sites the background is Rayleigh noise (a few voxels round to 0) and the
+  head is not ``T1 > 0``. :attr:`SyntheticSubject.brain` is the brain (the deformed template's
+  support) of every subject. The anatomy and the lesions, hence every mask, do not depend on the
+  profile: the imaging draws come after them (generator version 2 has the masks of version 1).
 
 Lesion statistics (:func:`sample_lesion_targets`) follow ATLAS v2.0 (655 subjects,
 docs/upstream-raxnet.md §1.3, §2.1):
@@ -70,6 +85,7 @@ from scipy.special import ndtr, ndtri
 
 from strokeseg.config import VOLUME_BIN_EDGES
 from strokeseg.data.cohort import MASK_SUFFIX, T1W_SUFFIX
+from strokeseg.data.scanner_sites import N_SITES, SiteProfile, cohort_profiles, site_profile
 from strokeseg.errors import InputError
 from strokeseg.parallel import map_ordered
 from strokeseg.workdir import atomic_path, atomic_write_text
@@ -77,10 +93,9 @@ from strokeseg.workdir import atomic_path, atomic_write_text
 log = logging.getLogger(__name__)
 
 SYNTHETIC_COHORT_NAME = "strokeseg synthetic ATLAS-like cohort"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2       # 2: site scanner profiles (strokeseg.data.scanner_sites)
 
 DESCRIPTION_FILE = "dataset_description.json"
-N_SITES = 30
 MAX_SUBJECTS = N_SITES * 999          # subject numbers have three digits, as in ATLAS
 
 MIN_LESION_VOXELS = 8                 # per lesion, at 1 mm
@@ -528,6 +543,9 @@ class SyntheticSubject:
     affine: np.ndarray
     plan: LesionPlan
     territories: tuple[str, ...]
+    profile: SiteProfile     # the scanner profile of the subject's site
+    brain: np.ndarray        # bool: the deformed (skull-stripped) template's support, lesions inside
+    shell: np.ndarray        # bool: voxels carrying the skull/scalp stand-in (none unless profile.shell)
 
 
 def synthesize_subject(seed: int, index: int, downsample: int = 1) -> SyntheticSubject:
@@ -535,6 +553,7 @@ def synthesize_subject(seed: int, index: int, downsample: int = 1) -> SyntheticS
     d = int(downsample)
     anat = _anatomy(d)
     plan = lesion_plan(seed, index, d)
+    profile = site_profile(int(seed), index % N_SITES + 1)
     _, anatomy_seq, lesion_seq = _subject_streams(seed, index)
     rng_a = np.random.default_rng(anatomy_seq)
     rng_l = np.random.default_rng(lesion_seq)
@@ -548,25 +567,105 @@ def synthesize_subject(seed: int, index: int, downsample: int = 1) -> SyntheticS
 
     mask, territories = _draw_lesions(rng_l, t1, tissue, plan, anat.affine, d)
 
-    # Contrast: gamma and scale per subject, smooth bias field, Rician noise inside the head.
-    local = t1[anat.bbox]
     head |= mask[anat.bbox] > 0     # (a no-op: lesions lie in GM+WM, inside the head)
-    gamma = float(np.exp(rng_a.normal(0.0, 0.08)))
-    scale = rng_a.uniform(900.0, 1130.0)
-    spacing_vox = 64.0 / d
-    bias = _smooth_noise(rng_a, local.shape, spacing_vox)
-    bias = np.exp(np.float32(rng_a.uniform(0.05, 0.09)) * bias)
-    signal = (np.clip(local[head], 0, 1) ** gamma) * np.float32(scale) * bias[head]
-    sigma = np.float32(scale * rng_a.uniform(0.015, 0.035))
-    n_head = signal.size
-    real = signal + sigma * rng_a.standard_normal(n_head, dtype=np.float32)
-    imag = sigma * rng_a.standard_normal(n_head, dtype=np.float32)
+    brain = np.zeros(anat.shape, bool)
+    brain[anat.bbox] = head
+    del tissue, head
+    # The scanner: the site's profile, jittered per subject, drawn after the anatomy (which it cannot change).
+    out, shell = _acquire(rng_a, profile, t1, brain, d)
+    return SyntheticSubject(subject_name(index), out, mask, anat.affine, plan, tuple(territories), profile,
+                            brain, shell)
+
+
+# ----------------------------------------------------------------------------------------------
+# Imaging at the subject's site (profiles: strokeseg.data.scanner_sites)
+# ----------------------------------------------------------------------------------------------
+_SHELL_CLOSING_MM = 20.0     # the shell follows the brain closed by a 20 mm ball: it skips sulci, fissures, notches
+_SHELL_VARIATION = 0.2       # local shell thickness: x (1 + 0.2 z), z a smooth unit field clipped to +-2
+_SHELL_TEXTURE = 0.08        # local shell brightness: x (1 + 0.08 z), the same z
+_SHELL_FIELD_MM = 16.0       # lattice spacing of z
+
+
+def _shell(rng: np.random.Generator, profile: SiteProfile, brain: np.ndarray, d: int):
+    """(flat indices, fractions, z) of the voxels the shell reaches, in increasing index order.
+
+    Distances (mm) from the brain closed by a ball of ``_SHELL_CLOSING_MM`` are computed on a grid of
+    about 2 mm (every other voxel at d = 1) and interpolated at the candidate voxels only. A voxel's
+    fraction is the part of a d mm wide voxel, along the distance gradient, that lies in the band
+    ``gap <= distance <= gap + thickness (1 + 0.2 z)`` (a 1 mm partial-volume ramp at d = 1). Brain
+    voxels (lesions included) never belong to the shell; the grid clips it.
+    """
+    step = 2 if d == 1 else 1
+    voxel = float(d * step)
+    coarse = brain[::step, ::step, ::step]
+    outside = ndi.distance_transform_edt(~coarse, sampling=voxel)
+    r = _SHELL_CLOSING_MM
+    # Distance to the closing C of the brain B by a ball of radius r: C dilated by r is B dilated by r,
+    # so beyond r it equals the distance to B; within, it is r minus the depth inside B dilated by r.
+    depth = ndi.distance_transform_edt(outside <= r, sampling=voxel)
+    distance = np.where(outside > r, outside, np.maximum(r - depth, 0.0)).astype(np.float32)
+    del outside, depth
+    z = np.clip(_smooth_noise(rng, coarse.shape, max(_SHELL_FIELD_MM / voxel, 2.0)), -2.0, 2.0).astype(np.float32)
+    gap, thickness = np.float32(profile.shell_gap_mm), np.float32(profile.shell_thickness_mm)
+    half, margin = np.float32(d / 2), np.float32(1.5 * voxel)   # > the distance from a voxel to its coarse one
+    reach = gap + thickness * np.float32(1 + 2 * _SHELL_VARIATION) + half
+    near = (distance >= gap - half - margin) & (distance <= reach + margin)
+    if step > 1:
+        for axis, n in enumerate(brain.shape):
+            near = np.repeat(near, step, axis=axis).take(np.arange(n), axis=axis)
+    idx = np.flatnonzero(near & ~brain)
+    if step > 1:
+        fine = np.unravel_index(idx, brain.shape)
+        coords = np.array(fine, dtype=np.float32) / np.float32(step)
+        dist = ndi.map_coordinates(distance, coords, order=1, mode="nearest")
+        z_at = z[tuple(c // step for c in fine)]     # z is smooth on a 16 mm lattice: nearest is enough
+    else:
+        dist, z_at = distance.ravel()[idx], z.ravel()[idx]
+    outer = gap + thickness * (1 + np.float32(_SHELL_VARIATION) * z_at)
+    width = np.float32(d)
+    fraction = np.clip((dist - gap + half) / width, 0, 1) - np.clip((dist - outer + half) / width, 0, 1)
+    keep = fraction > 0
+    return idx[keep], fraction[keep], z_at[keep]
+
+
+def _acquire(rng: np.random.Generator, profile: SiteProfile, t1: np.ndarray, brain: np.ndarray, d: int):
+    """(int16 T1w, shell mask): the lesioned template ``t1`` (0..1) imaged at the subject's site.
+
+    Contrast (site gamma and scale, each jittered per subject), a smooth multiplicative bias field
+    (64 mm lattice), the shell at shell sites (same bias and noise), Rician noise on the signal; the
+    background is 0 at skull-stripped sites (brain voxels >= 1 there) and Rayleigh noise elsewhere.
+    """
+    gamma = np.float32(profile.gamma * math.exp(rng.normal(0.0, 0.03)))
+    scale = np.float32(profile.scale * math.exp(rng.normal(0.0, 0.04)))
+    bias_std = np.float32(profile.bias * rng.uniform(0.85, 1.15))
+    sigma = np.float32(profile.noise * scale * rng.uniform(0.9, 1.1))
+    region = brain
+    if profile.shell:
+        shell_level = np.float32(profile.shell_contrast * rng.uniform(0.95, 1.05) * _WM_LEVEL ** gamma * scale)
+        shell_idx, fraction, z = _shell(rng, profile, brain, d)
+        region = brain.copy()
+        region.ravel()[shell_idx] = True
+    bias = np.exp(bias_std * _smooth_noise(rng, brain.shape, 64.0 / d))
+    n = int(region.sum())
+    signal = np.empty(n, np.float32)
+    in_brain = brain[region]
+    signal[in_brain] = (np.clip(t1[brain], 0, 1) ** gamma) * scale
+    if profile.shell:    # shell_idx is increasing: the order of the region's non-brain voxels
+        signal[~in_brain] = fraction * shell_level * (1 + np.float32(_SHELL_TEXTURE) * z)
+    signal *= bias[region]
+    del bias
+    real = signal + sigma * rng.standard_normal(n, dtype=np.float32)
+    imag = sigma * rng.standard_normal(n, dtype=np.float32)
     values = np.sqrt(real * real + imag * imag)
-    out = np.zeros(anat.shape, np.int16)
-    out_local = np.zeros(local.shape, np.int16)
-    out_local[head] = np.clip(np.rint(values), 1, 32767).astype(np.int16)
-    out[anat.bbox] = out_local
-    return SyntheticSubject(subject_name(index), out, mask, anat.affine, plan, tuple(territories))
+    if profile.skull_stripped:
+        out = np.zeros(brain.shape, np.int16)
+    else:   # magnitude of complex Gaussian noise without signal: Rayleigh(sigma) = sigma sqrt(2 Exp(1))
+        background = sigma * np.sqrt(2 * rng.standard_exponential(brain.shape, dtype=np.float32))
+        out = np.clip(np.rint(background), 0, 32767).astype(np.int16)
+        del background
+    out[region] = np.clip(np.rint(values), 1 if profile.skull_stripped else 0, 32767).astype(np.int16)
+    shell = region & ~brain if profile.shell else np.zeros(brain.shape, bool)
+    return out, shell
 
 
 # ----------------------------------------------------------------------------------------------
@@ -633,8 +732,10 @@ def _describe(n_subjects: int, seed: int, downsample: int) -> dict:
         "downsample": downsample,
         "Description": ("Synthetic ATLAS-like stroke cohort (T1w with T1-hypointense lesion masks, "
                         "not real patients), built by strokeseg on the MNI152 2009 "
-                        "(MNI152NLin2009aSym) template shipped in nilearn."),
+                        "(MNI152NLin2009aSym) template shipped in nilearn; each site images its "
+                        "subjects with its own scanner profile (SiteProfiles)."),
         "GeneratedBy": [{"Name": "strokeseg.data.synthetic", "Version": str(GENERATOR_VERSION)}],
+        "SiteProfiles": cohort_profiles(seed, n_subjects),
     }
 
 

@@ -1,6 +1,7 @@
-"""The synthetic ATLAS-like cohort: layout, geometry, determinism, lesions and statistics."""
+"""The synthetic ATLAS-like cohort: layout, geometry, determinism, lesions, site profiles and statistics."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -10,6 +11,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from strokeseg.config import VOLUME_BIN_EDGES
+from strokeseg.data.scanner_sites import N_SITES, NOISY, NOISY_SHELL, SKULL_STRIPPED, site_profile
 from strokeseg.data.synthetic import (
     GENERATOR_VERSION,
     MIN_LESION_VOXELS,
@@ -21,6 +23,7 @@ from strokeseg.data.synthetic import (
     sample_lesion_targets,
     subject_name,
     subject_paths,
+    synthesize_subject,
     template_grid,
 )
 from strokeseg.errors import InputError
@@ -31,6 +34,30 @@ N = 3
 ATLAS_BINS = np.array([319, 154, 64, 49, 44, 25]) / 655
 ATLAS_COUNTS = {1: 307, 2: 136, 3: 81, 4: 53, 5: 20, 6: 15, 7: 11, 8: 13, 9: 7}
 STRUCT26 = np.ones((3, 3, 3), dtype=bool)
+WM_LEVEL = 0.87                 # template white-matter intensity
+
+# sha256 of the C-ordered uint8 masks that generator version 1 (before the site profiles) made for
+# (seed, index, downsample): the scanner profiles must leave every mask bit-identical.
+MASK_SHA256 = {
+    (7, 0, 4): "a75666173519396443428d027e771b4bf335dc8141fe6655abbd23d7cc724d54",
+    (7, 1, 4): "3fc6550fd7f37a5e1cc98d41f6299a3b7d4e8d4f3f027338c01e44964e893320",
+    (7, 2, 4): "b77304800100ac0041b93a4344f6ec09c0742dea036764de27dda2ef9ac710d2",
+    (8, 0, 4): "ec356a8a0b1f3dd3d42dd6e07ae82b18ab01b0c83a22203a72546552880dcb84",
+    (7, 0, 1): "83494ff169dfcdeee7255f29008786b7df4b71a8f56ce9335e585a10e338456e",
+}
+
+
+def _sha256(mask: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(mask, dtype=np.uint8).tobytes()).hexdigest()
+
+
+def _first_site(seed: int, kind: str) -> int:
+    return next(s for s in range(1, N_SITES + 1) if site_profile(seed, s).kind == kind)
+
+
+def _wm_level(profile) -> float:
+    """White matter of a subject at this site, before its jitter (gamma +-3 %, scale +-4 %) and bias."""
+    return WM_LEVEL ** profile.gamma * profile.scale
 
 
 def _load(path):
@@ -99,6 +126,19 @@ def test_description_marks_the_cohort_synthetic(cohorts):
     assert is_synthetic(ref)
     assert cohort_parameters(ref) == {"GeneratorVersion": GENERATOR_VERSION, "n_subjects": N,
                                       "seed": SEED, "downsample": D}
+    assert GENERATOR_VERSION == 2       # 2: site scanner profiles
+
+
+def test_description_records_the_site_profiles(cohorts):
+    for key, seed, n in (("ref", SEED, N), ("short", SEED, 2), ("other", OTHER_SEED, 1)):
+        desc = json.loads((cohorts[key] / "dataset_description.json").read_text())
+        profiles = desc["SiteProfiles"]
+        assert list(profiles) == [f"R{s:03d}" for s in range(1, n + 1)]      # the sites holding subjects
+        for s in range(1, n + 1):
+            assert profiles[f"R{s:03d}"] == site_profile(seed, s).to_dict()
+    ref = json.loads((cohorts["ref"] / "dataset_description.json").read_text())["SiteProfiles"]
+    other = json.loads((cohorts["other"] / "dataset_description.json").read_text())["SiteProfiles"]
+    assert ref["R001"] != other["R001"]          # another seed: other scanners
 
 
 def test_is_synthetic_false_without_or_with_a_real_description(tmp_path):
@@ -146,10 +186,12 @@ def test_full_resolution_subject_is_on_atlas_grid(tmp_path):
     labels, n = ndi.label(mask, STRUCT26)
     plan = lesion_plan(SEED, 0, 1)
     assert n == len(plan.sizes) and int(mask.sum()) == sum(plan.sizes) == plan.total_1mm
+    assert _sha256(mask) == MASK_SHA256[(SEED, 0, 1)]                   # the masks of generator version 1
+    profile = site_profile(SEED, 1)
     far = ndi.distance_transform_edt(template.get_fdata() == 0) > 16      # mm from the template brain
-    assert not t1[far].any() and (t1[~far] >= 0).all()
+    assert (t1 >= 0).all() and (not t1[far].any()) is profile.skull_stripped
     wm = datasets.load_mni152_wm_template(resolution=1).get_fdata() > 0.95
-    assert 700 <= np.median(t1[wm & (mask == 0)]) <= 1100
+    assert 0.8 <= np.median(t1[wm & (mask == 0)]) / _wm_level(profile) <= 1.2
 
 
 # Determinism -----------------------------------------------------------------------------------
@@ -180,15 +222,31 @@ def test_mask_has_the_planned_lesions_exactly(subjects):
         assert min(plan.sizes) >= 4
 
 
-def test_lesions_lie_in_the_brain_and_background_is_zero(subjects):
+def test_masks_are_those_of_generator_version_1(cohorts, subjects):
+    """The site profiles draw from their own streams: anatomy and lesions, hence masks, are unchanged."""
+    for s in subjects:
+        assert _sha256(s["mask"]) == MASK_SHA256[(SEED, s["i"], D)]
+    _, other = _load(subject_paths(cohorts["other"], 0)[1])
+    assert _sha256(other) == MASK_SHA256[(OTHER_SEED, 0, D)]
+
+
+def test_lesions_lie_in_the_brain_and_the_background_follows_the_site(subjects):
     from nilearn import datasets
     brain = datasets.load_mni152_brain_mask(resolution=1).get_fdata()[::D, ::D, ::D] > 0.5
     far = ndi.distance_transform_edt(~brain, sampling=D) > 16                 # mm
+    kinds = set()
     for s in subjects:
         t1, mask = s["t1"], s["mask"].astype(bool)
-        assert (t1[mask] > 0).all()
-        assert not t1[far].any() and (t1 >= 0).all()      # exactly 0 outside the head
-        assert 0.8 < (t1 > 0).sum() / brain.sum() < 1.25
+        profile = site_profile(SEED, s["i"] % N_SITES + 1)
+        kinds.add(profile.kind)
+        assert (t1[mask] > 0).all() and (t1 >= 0).all()
+        if profile.skull_stripped:
+            assert not t1[far].any()                                          # exactly 0 outside the head
+            assert 0.8 < (t1 > 0).sum() / brain.sum() < 1.25
+        else:
+            assert (t1[far] == 0).mean() < 0.01                               # Rayleigh noise everywhere
+            assert np.median(t1[far]) > 0.5 * profile.noise * profile.scale   # median 1.18 sigma
+    assert {SKULL_STRIPPED, NOISY} <= kinds       # seed 7's sites R001-R003: both looks are tested here
 
 
 def test_lesions_are_darker_than_white_matter(subjects, fine_wm):
@@ -197,8 +255,57 @@ def test_lesions_are_darker_than_white_matter(subjects, fine_wm):
         t1, mask = s["t1"].astype(float), s["mask"].astype(bool)
         near = ndi.binary_dilation(mask, iterations=2)
         wm_level = np.median(t1[wm & ~near])
-        assert 600 <= wm_level <= 1150
+        assert 0.75 <= wm_level / _wm_level(site_profile(SEED, s["i"] % N_SITES + 1)) <= 1.25
         assert t1[mask].mean() < 0.8 * wm_level
+
+
+@pytest.fixture(scope="module")
+def looks():
+    """One downsampled subject of each kind of site (synthesized in memory, not written)."""
+    return {kind: synthesize_subject(SEED, _first_site(SEED, kind) - 1, D)
+            for kind in (SKULL_STRIPPED, NOISY, NOISY_SHELL)}
+
+
+def test_subjects_carry_their_site_profile(looks):
+    for kind, subject in looks.items():
+        assert subject.profile.kind == kind
+        assert subject.profile == site_profile(SEED, int(subject.name[5:8]))
+        assert subject.brain.dtype == bool and subject.brain.shape == subject.t1.shape
+        assert not (subject.mask.astype(bool) & ~subject.brain).any()          # lesions lie in the brain
+        assert _sha256(subject.mask) == _sha256(synthesize_subject(SEED, int(subject.name[5:8]) - 1, D).mask)
+
+
+def test_background_is_zero_exactly_at_skull_stripped_sites(looks):
+    for kind, subject in looks.items():
+        outside = subject.t1[~subject.brain & ~subject.shell]
+        if kind == SKULL_STRIPPED:
+            assert not outside.any() and (subject.t1[subject.brain] >= 1).all()   # T1 > 0 is the head
+        else:
+            assert (outside == 0).mean() < 0.01 and (subject.t1 >= 0).all()
+
+
+def test_the_shell_lies_outside_the_brain_and_only_where_the_profile_says(looks):
+    for kind, subject in looks.items():
+        profile, t1, brain, shell = subject.profile, subject.t1.astype(float), subject.brain, subject.shell
+        assert shell.dtype == bool and shell.shape == t1.shape
+        wm = _wm_level(profile)
+        bright_outside = (t1 > 0.5 * wm) & ~brain          # beyond any noise of these sites (>= 6 sigma)
+        if kind != NOISY_SHELL:
+            assert not shell.any() and not bright_outside.any()
+            continue
+        assert shell.any() and not (shell & brain).any() and not (shell & (subject.mask > 0)).any()
+        assert not (bright_outside & ~shell).any()         # bright voxels outside the brain are the shell
+        assert np.percentile(t1[shell], 90) > 0.8 * profile.shell_contrast * wm
+        # a few mm outside the brain: its voxels' distance from the brain (the band, blurred by 4 mm voxels)
+        distance = ndi.distance_transform_edt(~brain, sampling=D)[shell]
+        assert distance.min() >= D - 1e-6                   # no shell voxel in the brain
+        assert profile.shell_gap_mm <= np.median(distance) <= profile.shell_gap_mm + profile.shell_thickness_mm + 2 * D
+
+
+def test_the_shell_never_overlaps_the_brain_on_coarse_grids():
+    """At 8 mm a voxel is wider than the gap: the brain's own voxels must still be kept out of the shell."""
+    subject = synthesize_subject(SEED, _first_site(SEED, NOISY_SHELL) - 1, 8)
+    assert subject.shell.any() and not (subject.shell & subject.brain).any()
 
 
 # Statistics ------------------------------------------------------------------------------------
