@@ -166,13 +166,14 @@ def inference_seconds(args) -> float:
         model = build_model("raxnet", canvas_for(MNI_SHAPE, plane).shape + (1,), width=args.width)
         predictors[plane] = PlanePredictor(ensemble_predict([model], args.batch), channels=1)
     predictor = TriPlanarPredictor(predictors, batch_size=args.batch)
-    volume = synthesize_subject(SEED, 0).t1
+    subject = synthesize_subject(SEED, 0)
+    volume, affine = subject.t1, subject.affine     # the affine: normalised as on the MNI grid, as predict does
     if not args.quick:   # a smoke run times compilation too: its figure only shows the path works
-        predictor.mask(predictor.probabilities(volume))     # warm-up: compiles every chunk shape
+        predictor.mask(predictor.probabilities(volume, affine))     # warm-up: compiles every chunk shape
     times = []
     for _ in range(args.volumes):
         start = time.perf_counter()
-        predictor.mask(predictor.probabilities(volume))
+        predictor.mask(predictor.probabilities(volume, affine))
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     print(f"inference: {median:.3f} s per volume (median of {len(times)}: "
