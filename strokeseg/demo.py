@@ -208,7 +208,7 @@ def transfer_lines(workdir: Path, summary: pd.DataFrame) -> list[str]:
             f"every site's scanner profile differs from the training sites'; `strokeseg predict`, then "
             f"`strokeseg evaluate`, `{TRANSFER_DIR}/evaluation/summary.csv`): mean Dice "
             f"{_mean_std(row, 'dice')} against {_mean_std(summary.loc['fused'], 'dice')} on the hold-out; "
-            f"ratio {ratio:.2f} (target ≥ {TRANSFER_TARGET} — {_met(ratio >= TRANSFER_TARGET)})."]
+            f"ratio {ratio:.3f} (target ≥ {TRANSFER_TARGET} — {_met(ratio >= TRANSFER_TARGET)})."]
 
 
 # Results ---------------------------------------------------------------------------------------------

@@ -92,9 +92,9 @@ def test_the_transfer_test_reports_both_dice_figures_and_their_ratio_against_the
     pd.DataFrame([row]).to_csv(evaluation / "summary.csv", index=False)
     [line] = demo.transfer_lines(tmp_path, holdout)
     assert f"seed {seed}" in line and "0.440 ± 0.100 against 0.500 ± 0.200" in line
-    assert "ratio 0.88 (target ≥ 0.9 — **not met**)" in line
+    assert "ratio 0.880 (target ≥ 0.9 — **not met**)" in line
     pd.DataFrame([{**row, "dice_mean": 0.46}]).to_csv(evaluation / "summary.csv", index=False)
-    assert "ratio 0.92 (target ≥ 0.9 — met)" in demo.transfer_lines(tmp_path, holdout)[0]
+    assert "ratio 0.920 (target ≥ 0.9 — met)" in demo.transfer_lines(tmp_path, holdout)[0]
 
 
 def test_the_transfer_steps_are_the_commands_a_user_runs(tmp_path):
