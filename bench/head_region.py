@@ -11,7 +11,9 @@ Both grids are timed: the MNI grid (the template brain mask is the outline) and 
 under a shifted affine (off the grid: the outline comes from the intensities). Figures are the
 median of ``--repeats`` calls after one untimed call (which loads the template mask once per
 process, as conversion and predict do), output in uint8 as the stores hold it. ``region`` is the
-robust rule's region search alone (:func:`strokeseg.data.head_region.window_values`).
+robust rule's region search alone (:func:`strokeseg.data.head_region.window_values`). ``dev`` is what
+the rule is for: the mean absolute difference of the brain's normalised intensities (float32, 0..255)
+from those of the exact-zero background, per rule.
 
     python bench/head_region.py                 # target: robust - nonzero well under 0.1 s
     python bench/head_region.py --template --repeats 9
@@ -100,16 +102,28 @@ def main(argv=None) -> int:
     percentiles = (0.5, 99.5)
     print(f"volume: {what}, {'x'.join(map(str, t1.shape))} {t1.dtype}; median of {args.repeats} calls, "
           f"uint8 output")
+    print("deviation: mean |difference| of the brain's normalised intensities (float32, 0..255) from the "
+          "exact-zero background's, per rule")
     print(f"{'volume':<18} {'grid':<5} {'nonzero s':>10} {'robust s':>10} {'ratio':>6} {'extra s':>8} "
-          f"{'region s':>9}")
-    for name, volume in backgrounds(t1, args.seed).items():
+          f"{'region s':>9} {'dev nonzero':>12} {'dev robust':>11}")
+    volumes = backgrounds(t1, args.seed)
+    brain = t1 > 0
+    for name, volume in volumes.items():
         old = seconds(partial(volume_robust, volume, percentiles, "uint8", "nonzero"), args.repeats)
         for grid, grid_affine in (("MNI", affine), ("off", shifted)):
             new = seconds(partial(volume_robust, volume, percentiles, "uint8", "robust", grid_affine), args.repeats)
             region = seconds(partial(window_values, volume, "robust", grid_affine), args.repeats)
+            deviations = [deviation(volumes["zero background"], volume, brain, rule, grid_affine)
+                          for rule in ("nonzero", "robust")]
             print(f"{name:<18} {grid:<5} {old:>10.4f} {new:>10.4f} {new / old:>6.2f} {new - old:>8.4f} "
-                  f"{region:>9.4f}")
+                  f"{region:>9.4f} {deviations[0]:>12.3f} {deviations[1]:>11.3f}")
     return 0
+
+
+def deviation(reference: np.ndarray, volume: np.ndarray, brain: np.ndarray, rule: str, affine: np.ndarray) -> float:
+    """Mean absolute difference on the brain between ``volume`` and ``reference`` normalised by ``rule``."""
+    a, b = (volume_robust(v, (0.5, 99.5), "float32", rule, affine)[brain] for v in (reference, volume))
+    return float(np.abs(a.astype(np.float64) - b).mean())
 
 
 if __name__ == "__main__":
