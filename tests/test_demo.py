@@ -115,3 +115,25 @@ def test_the_transfer_steps_are_the_commands_a_user_runs(tmp_path):
     assert args.command == "evaluate" and Path(args.reference) == cohort
     stage_01 = demo.transfer_cohort_argv(tmp_path / demo.TRANSFER_DIR, 7)
     assert stage_01[0].endswith("01_dataset/run.py") and "dataset.synthetic_seed=7" in stage_01
+
+
+def test_overrides_go_to_stage_01_only_and_the_transfer_steps_follow_predict(tmp_path, monkeypatch):
+    calls = []
+
+    def record(name, what, argv, timings):
+        calls.append((name, argv))
+        timings.append((name, 1.0, 0.1))
+        return 0
+
+    monkeypatch.setattr(demo, "_timed", record)
+    monkeypatch.setattr(demo, "predict_argv", lambda workdir: ["predict"])
+    monkeypatch.setattr(demo, "transfer_seed", lambda workdir: 2023)
+    monkeypatch.setattr(demo, "transfer_predict_argv", lambda workdir: ["transfer predict"])
+    timing = demo.run_all(tmp_path, ["training.intensity_augment=false"])
+    names = [name for name, _ in calls]
+    assert names[-4:] == ["predict", "transfer_cohort", "transfer_predict", "transfer_evaluate"]
+    with_override = [name for name, argv in calls if "training.intensity_augment=false" in argv]
+    assert with_override == ["01_dataset"]
+    transfer = dict(calls)["transfer_cohort"]
+    assert "dataset.synthetic_seed=2023" in transfer and str(tmp_path / demo.TRANSFER_DIR) in transfer
+    assert list(timing["stage"])[-1] == "total" and timing["seconds"].iloc[-1] == len(calls)
