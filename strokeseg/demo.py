@@ -197,7 +197,7 @@ def transfer_summary(workdir: Path) -> pd.Series | None:
 
 
 def transfer_lines(workdir: Path, summary: pd.DataFrame) -> list[str]:
-    """The transfer test in two sentences: both Dice figures, their ratio against the target."""
+    """The transfer test in one sentence: both Dice figures, their ratio against the target."""
     row = transfer_summary(workdir)
     if row is None:
         return []
