@@ -253,18 +253,8 @@ class Config:
                "training.plateau_factor < 1 needs plateau_patience >= 1 and schedule=constant")
         _check(0.0 <= t.flip_probability <= 1.0, "training.flip_probability must be in [0, 1]")
         _check(0.0 <= t.max_scaling < 1.0, "training.max_scaling must be in [0, 1)")
-        for name in ("noise", "blur", "brightness", "contrast", "low_resolution", "gamma", "inverted_gamma"):
-            p = getattr(t, f"{name}_probability")
-            _check(0.0 <= p <= 1.0, f"training.{name}_probability must be in [0, 1]")
-        for name, lo_min in (("noise_variance", 0.0), ("blur_sigma", 0.0), ("brightness_range", 0.0),
-                             ("contrast_range", 0.0), ("low_resolution_zoom", 0.0), ("gamma_range", 0.0)):
-            pair = getattr(t, f"{name}")
-            _check(len(pair) == 2 and lo_min <= pair[0] <= pair[1] and math.isfinite(pair[1]),
-                   f"training.{name} must be [lo, hi] with {lo_min} <= lo <= hi")
-        _check(t.brightness_range[0] > 0 and t.contrast_range[0] > 0 and t.gamma_range[0] > 0,
-               "training.brightness_range, contrast_range and gamma_range must be > 0")
-        _check(0.0 < t.low_resolution_zoom[0] and t.low_resolution_zoom[1] <= 1.0,
-               "training.low_resolution_zoom must be within (0, 1]")
+        error = intensity_settings_error(t)
+        _check(error is None, f"training.{error}")
         _check(t.eval_batch_size >= 1, "training.eval_batch_size must be >= 1")
         _check(t.batchnorm_momentum is None or 0.0 <= t.batchnorm_momentum < 1.0,
                "training.batchnorm_momentum must be null or in [0, 1)")
@@ -288,6 +278,30 @@ class Config:
     @property
     def synthetic(self) -> bool:
         return self.dataset.source in SYNTHETIC_SOURCES
+
+
+# Intensity augmentation (strokeseg.train.intensity_augmentation, which draws in this order: nnU-Net's)
+# and its ranges, each with whether its lower end must be > 0 (else >= 0).
+INTENSITY_TRANSFORMS = ("noise", "blur", "brightness", "contrast", "low_resolution", "inverted_gamma", "gamma")
+INTENSITY_RANGES = (("noise_variance", False), ("blur_sigma", False), ("brightness_range", True),
+                    ("contrast_range", True), ("low_resolution_zoom", True), ("gamma_range", True))
+
+
+def intensity_settings_error(settings) -> str | None:
+    """The first invalid intensity-augmentation setting of ``settings`` (a :class:`TrainingConfig` or
+    an ``IntensityAugmentation``: the same fields) as a message, None when every one is valid."""
+    for name in INTENSITY_TRANSFORMS:
+        p = getattr(settings, f"{name}_probability")
+        if not 0.0 <= p <= 1.0:
+            return f"{name}_probability must be in [0, 1], not {p}"
+    for name, positive in INTENSITY_RANGES:
+        pair = tuple(getattr(settings, name))
+        if len(pair) != 2 or not (0.0 < pair[0] if positive else 0.0 <= pair[0]) or not pair[0] <= pair[1] \
+                or not math.isfinite(pair[1]):
+            return f"{name} must be [lo, hi] with {'0 <' if positive else '0 <='} lo <= hi, not {list(pair)}"
+    if settings.low_resolution_zoom[1] > 1.0:
+        return f"low_resolution_zoom must be within (0, 1], not {list(settings.low_resolution_zoom)}"
+    return None
 
 
 OPTIMIZERS = ("adamw", "adam", "sgd")

@@ -69,6 +69,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from strokeseg.config import INTENSITY_RANGES, INTENSITY_TRANSFORMS, TrainingConfig, intensity_settings_error
+
 _TAG = zlib.crc32(b"intensity_augmentation")   # keeps these streams apart from the spatial ones'
 
 # nnU-Net's fixed settings (nnUNetTrainer.get_training_transforms), not config values.
@@ -79,7 +81,7 @@ VALUE_RANGE = (0.0, 255.0)          # the inputs' range at inference
 _EPS = 1e-7
 
 # The transforms in nnU-Net's order; the probability field of each is f"{name}_probability".
-TRANSFORMS = ("noise", "blur", "brightness", "contrast", "low_resolution", "inverted_gamma", "gamma")
+TRANSFORMS = INTENSITY_TRANSFORMS
 
 
 @dataclass(frozen=True)
@@ -108,36 +110,29 @@ class IntensityTransform:
 
 @dataclass(frozen=True)
 class IntensityAugmentation:
-    """nnU-Net's intensity transforms with their probabilities and ranges (defaults: nnU-Net's)."""
+    """nnU-Net's intensity transforms with their probabilities and ranges (defaults: nnU-Net's, as
+    :class:`strokeseg.config.TrainingConfig` holds them; the same checks as the config's)."""
 
-    noise_probability: float = 0.1
-    noise_variance: tuple[float, float] = (0.0, 0.1)
-    blur_probability: float = 0.2
-    blur_sigma: tuple[float, float] = (0.5, 1.0)
-    brightness_probability: float = 0.15
-    brightness_range: tuple[float, float] = (0.75, 1.25)
-    contrast_probability: float = 0.15
-    contrast_range: tuple[float, float] = (0.75, 1.25)
-    low_resolution_probability: float = 0.25
-    low_resolution_zoom: tuple[float, float] = (0.5, 1.0)
-    gamma_probability: float = 0.3
-    inverted_gamma_probability: float = 0.1
-    gamma_range: tuple[float, float] = (0.7, 1.5)
+    noise_probability: float = TrainingConfig.noise_probability
+    noise_variance: tuple[float, float] = TrainingConfig.noise_variance
+    blur_probability: float = TrainingConfig.blur_probability
+    blur_sigma: tuple[float, float] = TrainingConfig.blur_sigma
+    brightness_probability: float = TrainingConfig.brightness_probability
+    brightness_range: tuple[float, float] = TrainingConfig.brightness_range
+    contrast_probability: float = TrainingConfig.contrast_probability
+    contrast_range: tuple[float, float] = TrainingConfig.contrast_range
+    low_resolution_probability: float = TrainingConfig.low_resolution_probability
+    low_resolution_zoom: tuple[float, float] = TrainingConfig.low_resolution_zoom
+    gamma_probability: float = TrainingConfig.gamma_probability
+    inverted_gamma_probability: float = TrainingConfig.inverted_gamma_probability
+    gamma_range: tuple[float, float] = TrainingConfig.gamma_range
 
     def __post_init__(self) -> None:
-        for name in TRANSFORMS:
-            p = getattr(self, f"{name}_probability")
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name}_probability must be in [0, 1], not {p}")
-        for name, positive in (("noise_variance", False), ("blur_sigma", False), ("brightness_range", True),
-                               ("contrast_range", True), ("low_resolution_zoom", True), ("gamma_range", True)):
-            pair = tuple(float(v) for v in getattr(self, name))
-            if len(pair) != 2 or not (0.0 < pair[0] if positive else 0.0 <= pair[0]) or not pair[0] <= pair[1] \
-                    or not np.isfinite(pair[1]):
-                raise ValueError(f"{name} must be [lo, hi] with {'0 <' if positive else '0 <='} lo <= hi, not {pair}")
-            object.__setattr__(self, name, pair)
-        if self.low_resolution_zoom[1] > 1.0:
-            raise ValueError(f"low_resolution_zoom must be within (0, 1], not {self.low_resolution_zoom}")
+        for name, _ in INTENSITY_RANGES:
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        error = intensity_settings_error(self)
+        if error is not None:
+            raise ValueError(error)
 
     @classmethod
     def from_training(cls, training) -> "IntensityAugmentation":
