@@ -15,7 +15,7 @@ brain's outline, then drops what inside it is only background:
    of a high percentile was the other candidate; it was not taken because a bright shell *is* the
    high percentile (a shell at 1.3x white matter can move a 99th-percentile threshold by 30 %).
 2. **The outline (envelope).** On the MNI152 2009 1 mm grid (ATLAS's and the synthetic cohort's,
-   recognised from shape and affine as :mod:`strokeseg.data.brain` does) it is the template brain
+   recognised from shape and affine by :func:`strokeseg.data.resample.on_grid`) it is the template brain
    mask (nilearn, offline): it leaves out a skull or scalp however they touch the brain. Elsewhere
    it comes from the foreground: **opened** once (6-neighbour cross), which cuts bridges and removes
    shells 1–2 voxels (2–4 mm) thin; the **largest 6-connected component** (the brain outweighs a
@@ -52,8 +52,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from strokeseg.data.brain import _on_mni_grid, mni_brain_mask
-from strokeseg.data.resample import MNI_SHAPE
+from strokeseg.data.brain import mni_brain_mask
+from strokeseg.data.resample import on_grid
 
 RULES = ("robust", "nonzero")
 LEGACY_RULE = "nonzero"       # the rule of configs recorded before convert.head_region existed
@@ -220,8 +220,7 @@ def coarse_region(volume: np.ndarray, affine: np.ndarray | None = None) -> Coars
     index, lo, width = binned
     split = otsu_bin(np.bincount(index.ravel(), minlength=BINS))
     foreground = index > split
-    # (the shape first: other grids never load the template, nor import nilearn)
-    mni = affine is not None and volume.shape == MNI_SHAPE and _on_mni_grid(volume, affine)
+    mni = affine is not None and on_grid(volume.shape, affine)   # other grids never load the template
     envelope = _coarse_template(steps) if mni else foreground_envelope(foreground)
     floor = noise_floor(coarse[~envelope & ~foreground])
     return CoarseRegion(steps, coarse, envelope, float(floor), lo + (split + 1) * width, mni)
