@@ -3,7 +3,8 @@
 Every stage writes into ``<workdir>/<stage folder>/``. A run stages everything in a hidden
 ``.staging-*`` folder beside the outputs and publishes it by renames only when the stage has
 finished, writing ``config.json`` (the config it ran with) and ``manifest.json`` (what it wrote)
-last. A failed run removes its staging folder and leaves the previous outputs untouched; a later
+last. A failed run removes its staging folder and leaves the previous outputs untouched; a killed
+one cannot, and the next run of the stage removes what it left (:mod:`strokeseg.scratch`); a later
 stage refuses to start from a folder that has no ``manifest.json``.
 """
 from __future__ import annotations
@@ -14,7 +15,6 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -23,6 +23,7 @@ import pandas as pd
 from strokeseg.config import Config, read_config, to_json
 from strokeseg.contracts import CONFIG_JSON, DATASET, FOLDERS, MANIFEST_JSON
 from strokeseg.errors import InputError, StageOrderError
+from strokeseg.scratch import file_path, folder_prefix, remove_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,8 @@ class StageWriter:
     def __enter__(self) -> "StageWriter":
         try:
             self.final.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.final))
+            remove_leftovers(self.final, recursive=True)   # what a killed earlier run could not remove
+            self.path = Path(tempfile.mkdtemp(prefix=folder_prefix("staging"), dir=self.final))
         except OSError as exc:
             raise InputError(self.final, f"workdir is not writable ({exc.strerror or exc})") from exc
         return self
@@ -108,7 +110,7 @@ class StageWriter:
                 old_outputs = []
             # Unpublish first: if we die while swapping, no stale manifest vouches for mixed outputs.
             (self.final / MANIFEST_JSON).unlink()
-        trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=self.final))
+        trash = Path(tempfile.mkdtemp(prefix=folder_prefix("trash"), dir=self.final))
         try:
             for name in sorted(set(old_outputs) - set(outputs)):
                 _move_aside(self.final / name, trash)
@@ -132,11 +134,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """A fresh temporary path beside ``path`` to write to: renamed onto ``path`` when the block
     succeeds, removed when it fails, so ``path`` is either the old file or the complete new one.
     It keeps ``path``'s extension (``.nii.gz`` whole), for writers that pick the format by it."""
-    path = Path(path)
-    suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".gz") else path.suffix
     # A unique name, not a file made by mkstemp: the writer creates it, so it gets the usual
-    # permissions (umask) rather than mkstemp's owner-only ones.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
+    # permissions (umask) rather than mkstemp's owner-only ones. The name says whose it is, so a
+    # later run can remove it if this one is killed (strokeseg.scratch).
+    tmp = file_path(path)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -34,6 +34,7 @@ from strokeseg.errors import InputError
 from strokeseg.parallel import map_ordered
 from strokeseg.protocol import bins
 from strokeseg.report import figures
+from strokeseg.scratch import folder_prefix, remove_leftovers
 from strokeseg.workdir import StageWriter, stage_dir, write_csv
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,8 @@ def ensure_synthetic_cohort(workdir: Path, config: Config, progress: bool = True
         log.info("01: reusing the synthetic cohort in %s", target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".cohort-staging-", dir=target.parent))
+    remove_leftovers(target.parent)   # a cohort whose generation was killed
+    staging = Path(tempfile.mkdtemp(prefix=folder_prefix("cohort-staging"), dir=target.parent))
     try:
         log.info("01: generating a SYNTHETIC cohort of %d subjects in %s", config.dataset.n_subjects, target)
         generate = synthetic_multimodal.generate_multimodal_cohort if multimodal else synthetic.generate_cohort
@@ -199,7 +201,7 @@ def ensure_synthetic_cohort(workdir: Path, config: Config, progress: bool = True
                  downsample=config.dataset.downsample, workers=config.workers or os.cpu_count() or 1, progress=progress)
         old = None
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=".cohort-old-", dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=folder_prefix("cohort-old"), dir=target.parent))
             os.replace(target, old / target.name)
         os.replace(staging, target)
         if old is not None:
