@@ -12,6 +12,7 @@ Corrections to upstream (docs/upstream-raxnet.md §1.4, §2.3, §4.2, §11.6):
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -90,9 +91,10 @@ def lesion_distribution_figure(values: Sequence[float], bins: Sequence[int], edg
     try:
         sns.violinplot(data=frame, y="log_value", color="0.88", linecolor="0.45", cut=0,
                        inner="quart", width=0.8, ax=ax)
-        sns.stripplot(data=frame, y="log_value", hue="bin", hue_order=labels, palette=colours,
-                      legend=False, jitter=0.25, size=3.5, alpha=0.8, linewidth=0.3,
-                      edgecolor="white", zorder=3, ax=ax)
+        with seeded_jitter():
+            sns.stripplot(data=frame, y="log_value", hue="bin", hue_order=labels, palette=colours,
+                          legend=False, jitter=0.25, size=3.5, alpha=0.8, linewidth=0.3,
+                          edgecolor="white", zorder=3, ax=ax)
         ax.set_xticks([0], [f"all (n={v.size})"])
         ax.set_xlabel("")
         ax.set_ylabel(f"{ylabel} (log scale)")
@@ -166,9 +168,10 @@ def raincloud_figure(data: pd.DataFrame, group: str, value: str, title: str, yla
                 y = frame.loc[frame["group"] == g, "value"].iloc[0]
                 ax.plot([pos - offset - width / 2, pos - offset], [y, y], color=colours[g],
                         linewidth=3, solid_capstyle="butt")
-        sns.stripplot(data=frame, x="group", y="value", order=levels, hue="group", hue_order=levels,
-                      palette=colours, legend=False, edgecolor="white", linewidth=0.6, size=3,
-                      jitter=0.1, zorder=0, ax=ax)
+        with seeded_jitter():
+            sns.stripplot(data=frame, x="group", y="value", order=levels, hue="group", hue_order=levels,
+                          palette=colours, legend=False, edgecolor="white", linewidth=0.6, size=3,
+                          jitter=0.1, zorder=0, ax=ax)
         with warnings.catch_warnings():
             # seaborn 0.13.2 calls Axes.bxp(vert=...), deprecated in Matplotlib 3.11; only that one.
             warnings.filterwarnings("ignore", message=r"vert: bool was deprecated",
@@ -266,6 +269,18 @@ def fold_balance_figure(tests: pd.DataFrame, path: Path, synthetic: bool, alpha:
 
 
 # ----------------------------------------------------------------------------------------- helpers
+
+@contextlib.contextmanager
+def seeded_jitter(seed: int = 0):
+    """seaborn's stripplot jitters points with NumPy's global random state: seed it for the call (and
+    put the caller's state back) so that a figure is as reproducible as the table it shows."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
 
 def _title(title: str, synthetic: bool) -> str:
     return f"{title}{SYNTHETIC_SUFFIX}" if synthetic else title

@@ -257,3 +257,15 @@ def test_comparison_raincloud_writes_png(tmp_path):
         figures.comparison_raincloud(scores.assign(plane=["axial", "coronal"] * 12), path, True)
     with pytest.raises(ValueError, match="missing columns"):
         figures.comparison_raincloud(scores, path, True, metric="hd95")
+
+
+@pytest.mark.parametrize("name", ["distribution", "raincloud"])
+def test_jittered_points_are_the_same_in_every_run_and_leave_numpys_random_state_alone(tmp_path, name):
+    np.random.seed(123)
+    expected_next = np.random.random()
+    np.random.seed(123)
+    FIGURES[name][0](tmp_path / "a.png")
+    assert np.random.random() == expected_next                  # the caller's random state is untouched
+    np.random.random(17)                                         # any other state before the second figure
+    FIGURES[name][0](tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
