@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from strokeseg.data.scanner_sites import N_SITES
 from strokeseg.errors import ConfigError
+from strokeseg.models import MODULES
 
 PLANES = ("axial", "sagittal", "coronal")
 # The "plane" of a 3-D model (strokeseg.models.VOLUME_MODELS): its runs, tables and model files are
@@ -30,6 +32,12 @@ VOLUME = "volume"
 VOLUME_BIN_EDGES = (0, 5_000, 30_000, 60_000, 100_000, 200_000, math.inf)
 AXIAL_CORONAL_SLICE_EDGES = (0, 200, 500, 1_000, 2_000, 3_000, math.inf)
 SAGITTAL_SLICE_EDGES = (0, 500, 1_000, 2_000, 3_000, 5_000, math.inf)
+
+
+# The synthetic generators' limits (strokeseg.data.synthetic and synthetic_multimodal read them from here):
+# (most subjects, largest downsampling); subject numbers have three digits per site as in ATLAS, four as
+# in ISLES'22.
+SYNTHETIC_LIMITS = {"synthetic": (N_SITES * 999, 32), "synthetic_multimodal": (9_999, 8)}
 
 
 # Every field is explained in FIELD_HELP below (shown by each stage's --help).
@@ -197,65 +205,97 @@ class Config:
     comparison: ComparisonConfig = field(default_factory=ComparisonConfig)
 
     def validate(self) -> "Config":
+        """This config, once every value has been checked against its range: a
+        :class:`~strokeseg.errors.ConfigError` naming the first value that is not in it."""
+        _check(self.profile in PROFILES, f"profile must be one of {sorted(PROFILES)}, not {self.profile!r}")
+        _whole("seed", self.seed, 0, MAX_SEED)
+        _whole("workers", self.workers, 0, MAX_WORKERS)
+        self._validate_dataset()
+        for name in ("volume_edges", "axial_edges", "sagittal_edges", "coronal_edges"):
+            edges = getattr(self.bins, name)
+            _check(len(edges) >= 2 and edges[0] >= 0 and all(a < b for a, b in zip(edges, edges[1:])),
+                   f"bins.{name} must be >= 0 and strictly increasing, not {list(edges)}")
+        _check(0.0 < self.split.holdout_fraction < 1.0, "split.holdout_fraction must be in (0, 1)")
+        self._validate_convert()
+        _whole("cv.n_folds", self.cv.n_folds, 2, MAX_FOLDS)
+        _number("cv.normal_ratio", self.cv.normal_ratio, 0.0)
+        _number("cv.min_brain_fraction", self.cv.min_brain_fraction, 0.0, 1.0)
+        b = self.batches
+        _whole("batches.batch_size", b.batch_size, 1)
+        _check(0 < b.lesion_per_batch <= b.batch_size, "batches.lesion_per_batch must be in 1..batch_size")
+        _check(0.0 < b.inner_validation_fraction < 1.0, "batches.inner_validation_fraction must be in (0, 1)")
+        _check(len(self.prepare.channels) > 0 and all(1 <= c <= MAX_SLICE_CHANNELS for c in self.prepare.channels),
+               f"prepare.channels must be slice counts in 1..{MAX_SLICE_CHANNELS}, not {list(self.prepare.channels)}")
+        _check(len(self.prepare.planes) > 0 and all(p in PLANES for p in self.prepare.planes),
+               f"prepare.planes must be among {PLANES}")
+        self._validate_training()
+        self._validate_comparison()
+        return self
+
+    def _validate_dataset(self) -> None:
         d = self.dataset
         _check(d.source in SYNTHETIC_SOURCES + READER_SOURCES,
                f"dataset.source must be one of {SYNTHETIC_SOURCES + READER_SOURCES}")
         name = "atlas_dir (or data_dir)" if d.source == "atlas" else "data_dir"
         _check(d.source in SYNTHETIC_SOURCES or bool(d.folder),
                f"dataset.{name} is required when dataset.source is {d.source!r}")
+        most_subjects, most_downsample = SYNTHETIC_LIMITS.get(d.source, (None, None))
+        _whole("dataset.n_subjects", d.n_subjects, 1, most_subjects)
+        _whole("dataset.downsample", d.downsample, 1, most_downsample)
+        _whole("dataset.synthetic_seed", d.synthetic_seed, 0, MAX_SEED)
         _check(d.grid_plan in ("auto", "fixed", "target_spacing"),
                "dataset.grid_plan must be auto, fixed or target_spacing")
         _check(len(d.target_spacing) in (0, 3) and all(s > 0 for s in d.target_spacing),
                "dataset.target_spacing must be [] (the median) or three sizes > 0 in mm")
         _check(len(d.spacing) in (0, 3) and all(s > 0 for s in d.spacing),
                "dataset.spacing must be [] (unknown) or three sizes > 0 in mm")
-        _check(d.label >= 1, "dataset.label must be >= 1")
+        _whole("dataset.label", d.label, 1)
+        _check(all(c.strip() for c in d.channels), "dataset.channels must be non-empty names")
         _check(len(set(d.channels)) == len(d.channels), "dataset.channels must not repeat a channel")
-        lo, hi = self.convert.ct_window
-        _check(lo < hi, "convert.ct_window must be [lo, hi] with lo < hi")
-        _check(self.dataset.n_subjects >= 1, "dataset.n_subjects must be >= 1")
-        _check(self.dataset.downsample >= 1, "dataset.downsample must be >= 1")
-        _check(0.0 < self.split.holdout_fraction < 1.0, "split.holdout_fraction must be in (0, 1)")
-        _check(self.convert.normalization in ("volume_robust", "slice_max"),
+
+    def _validate_convert(self) -> None:
+        c = self.convert
+        _check(c.normalization in ("volume_robust", "slice_max"),
                "convert.normalization must be 'volume_robust' or 'slice_max'")
-        _check(self.convert.store_dtype in ("uint8", "float16", "float32"),
+        _check(c.store_dtype in ("uint8", "float16", "float32"),
                "convert.store_dtype must be uint8, float16 or float32")
-        lo, hi = self.convert.robust_percentiles
-        _check(0.0 <= lo < hi <= 100.0, "convert.robust_percentiles must satisfy 0 <= lo < hi <= 100")
-        _check(self.convert.head_region in HEAD_REGIONS, f"convert.head_region must be one of {HEAD_REGIONS}")
-        _check(self.convert.canvas_multiple >= 1, "convert.canvas_multiple must be >= 1")
-        _check(self.cv.n_folds >= 2, "cv.n_folds must be >= 2")
-        _check(self.cv.normal_ratio >= 0, "cv.normal_ratio must be >= 0")
-        _check(0 < self.batches.lesion_per_batch <= self.batches.batch_size,
-               "batches.lesion_per_batch must be in 1..batch_size")
-        _check(0.0 < self.batches.inner_validation_fraction < 1.0,
-               "batches.inner_validation_fraction must be in (0, 1)")
-        _check(all(c >= 1 for c in self.prepare.channels), "prepare.channels must be >= 1")
-        _check(all(p in PLANES for p in self.prepare.planes), f"prepare.planes must be among {PLANES}")
-        for name in ("volume_edges", "axial_edges", "sagittal_edges", "coronal_edges"):
-            edges = getattr(self.bins, name)
-            _check(len(edges) >= 2 and all(a < b for a, b in zip(edges, edges[1:])),
-                   f"bins.{name} must be strictly increasing")
-        self._validate_training()
-        return self
+        window = list(c.robust_percentiles)
+        _check(len(window) == 2 and 0.0 <= window[0] < window[1] <= 100.0,
+               f"convert.robust_percentiles must be [lo, hi] with 0 <= lo < hi <= 100, not {window}")
+        _check(c.head_region in HEAD_REGIONS, f"convert.head_region must be one of {HEAD_REGIONS}")
+        _whole("convert.canvas_multiple", c.canvas_multiple, 1, 256)
+        _check(len(c.ct_window) == 2 and c.ct_window[0] < c.ct_window[1],
+               f"convert.ct_window must be [lo, hi] with lo < hi, not {list(c.ct_window)}")
 
     def _validate_training(self) -> None:
-        t, c = self.training, self.comparison
+        t = self.training
+        _check(t.model in MODEL_NAMES, f"training.model must be one of {MODEL_NAMES}, not {t.model!r}")
+        _check(t.loss in LOSS_NAMES, f"training.loss must be one of {LOSS_NAMES}, not {t.loss!r}")
         _check(t.optimizer in OPTIMIZERS, f"training.optimizer must be one of {OPTIMIZERS}")
         _check(t.schedule in SCHEDULES, f"training.schedule must be one of {SCHEDULES}")
         _check(t.precision in PRECISIONS, f"training.precision must be one of {PRECISIONS}")
         _check(t.learning_rate > 0, "training.learning_rate must be > 0")
-        _check(t.max_epochs >= 1 and c.max_epochs >= 1 and c.loss_max_epochs >= 1, "max_epochs must be >= 1")
-        _check(t.patience >= 1, "training.patience must be >= 1")
+        _number("training.weight_decay", t.weight_decay, 0.0)
+        _number("training.momentum", t.momentum, 0.0, 1.0, high_open=True)
+        _number("training.clipnorm", t.clipnorm, 0.0)
+        _whole("training.decay_steps", t.decay_steps, 1)
+        _number("training.decay_rate", t.decay_rate, 0.0, 1.0, low_open=True)
+        _whole("training.restart_epochs", t.restart_epochs, 1)
+        _number("training.min_learning_rate", t.min_learning_rate, 0.0, t.learning_rate, high_open=True)
+        _whole("training.max_epochs", t.max_epochs, 1)
+        _whole("training.patience", t.patience, 1)
+        _number("training.min_delta", t.min_delta, 0.0)
         _check(t.steps_per_epoch >= 0 and t.validation_steps >= 0, "steps must be >= 0 (0 = all batches)")
         _check(0.0 < t.plateau_factor <= 1.0, "training.plateau_factor must be in (0, 1]")
+        _whole("training.plateau_patience", t.plateau_patience, 0)
         _check(t.plateau_factor == 1.0 or (t.plateau_patience >= 1 and t.schedule == "constant"),
                "training.plateau_factor < 1 needs plateau_patience >= 1 and schedule=constant")
         _check(0.0 <= t.flip_probability <= 1.0, "training.flip_probability must be in [0, 1]")
+        _number("training.max_rotation_degrees", t.max_rotation_degrees, 0.0, 180.0)
         _check(0.0 <= t.max_scaling < 1.0, "training.max_scaling must be in [0, 1)")
         error = intensity_settings_error(t)
         _check(error is None, f"training.{error}")
-        _check(t.eval_batch_size >= 1, "training.eval_batch_size must be >= 1")
+        _whole("training.eval_batch_size", t.eval_batch_size, 1)
         _check(t.batchnorm_momentum is None or 0.0 <= t.batchnorm_momentum < 1.0,
                "training.batchnorm_momentum must be null or in [0, 1)")
         _check(len(t.patch_size) in (0, 3) and all(int(p) == p and p >= 16 and p % 16 == 0 for p in t.patch_size),
@@ -263,7 +303,15 @@ class Config:
         _check(min(t.patch_batch_size, t.patch_steps, t.patch_validation_steps) >= 1,
                "training.patch_batch_size, patch_steps and patch_validation_steps must be >= 1")
         _check(0.0 < t.window_step <= 0.5, "training.window_step must be in (0, 0.5] (a fraction of the patch)")
+
+    def _validate_comparison(self) -> None:
+        t, c = self.training, self.comparison
+        unknown = [m for m in c.models if m not in MODEL_NAMES]
+        _check(not unknown, f"comparison.models: unknown model(s) {unknown}; choose among {MODEL_NAMES}")
+        unknown = [loss for loss in c.losses if loss not in LOSS_NAMES]
+        _check(not unknown, f"comparison.losses: unknown loss(es) {unknown}; choose among {LOSS_NAMES}")
         _check(c.recipe in ("published", "raxnet"), "comparison.recipe must be 'published' or 'raxnet'")
+        _check(c.max_epochs >= 1 and c.loss_max_epochs >= 1, "comparison.max_epochs and loss_max_epochs must be >= 1")
         for name, planes in (("training.planes", t.planes), ("comparison.planes", c.planes),
                              ("comparison.loss_planes", c.loss_planes)):
             _check(len(planes) > 0 and all(p in PLANES for p in planes), f"{name} must be among {PLANES}")
@@ -305,6 +353,14 @@ def intensity_settings_error(settings) -> str | None:
 
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+MODEL_NAMES = tuple(MODULES)
+# strokeseg.train.losses.LOSSES's names (that module imports Keras; a test keeps the two equal).
+LOSS_NAMES = ("dice", "tversky", "binary_focal", "binary_crossentropy", "tversky_plus_focal", "focal_tversky",
+              "bce_dice", "soft_dice_squared", "dunet_mixing", "lcnn")
+MAX_SEED = 2 ** 32 - 1           # NumPy's legacy seeding and scikit-learn's random_state take 32-bit seeds
+MAX_WORKERS = 1024
+MAX_FOLDS = 100
+MAX_SLICE_CHANNELS = 15          # adjacent slices read as channels by one 2-D input
 HEAD_REGIONS = ("robust", "nonzero")
 SCHEDULES = ("constant", "exponential", "cosine", "cosine_restarts")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -444,6 +500,21 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _whole(key: str, value: int, low: int, high: int | None = None) -> None:
+    """A whole-number value within [low, high] (no upper end when ``high`` is None)."""
+    _check(low <= value and (high is None or value <= high),
+           f"{key} must be a whole number in {low}..{'' if high is None else high}, not {value}")
+
+
+def _number(key: str, value: float, low: float, high: float = math.inf, low_open: bool = False,
+            high_open: bool = False) -> None:
+    """A finite number within the interval from ``low`` to ``high``, each end open or closed."""
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    _check(math.isfinite(value) and above and below, f"{key} must be in {'(' if low_open else '['}{low:g}, "
+                                                      f"{high:g}{')' if high_open else ']'}, not {value}")
+
+
 # Profiles -----------------------------------------------------------------------------------------
 # "paper": the upstream protocol's numbers (655 subjects, 80/20, 5 folds, batches 16+16, canvases),
 # with the corrections of docs/upstream-raxnet.md §14 that the README's protocol section lists.
@@ -532,12 +603,14 @@ def _coerce(value, hint, key):
                 raise ValueError
             return int(value)
         if hint is float:
-            if value in ("inf", "Infinity"):
-                return math.inf
-            return float(value)
+            number = math.inf if value in ("inf", "Infinity") else float(value)
+            # Only bin edges may be infinite ("inf", the open last bin); 1e400 is infinity to JSON.
+            if math.isnan(number) or (math.isinf(number) and not key.startswith("bins.")):
+                raise ValueError
+            return number
         if hint is str:
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     else:
         return value

@@ -83,7 +83,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.special import ndtr, ndtri
 
-from strokeseg.config import VOLUME_BIN_EDGES
+from strokeseg.config import SYNTHETIC_LIMITS, VOLUME_BIN_EDGES
 from strokeseg.data.cohort import MASK_SUFFIX, T1W_SUFFIX
 from strokeseg.data.scanner_sites import N_SITES, SiteProfile, cohort_profiles, site_profile
 from strokeseg.errors import InputError
@@ -96,7 +96,7 @@ SYNTHETIC_COHORT_NAME = "strokeseg synthetic ATLAS-like cohort"
 GENERATOR_VERSION = 2       # 2: site scanner profiles (strokeseg.data.scanner_sites)
 
 DESCRIPTION_FILE = "dataset_description.json"
-MAX_SUBJECTS = N_SITES * 999          # subject numbers have three digits, as in ATLAS
+MAX_SUBJECTS, MAX_DOWNSAMPLE = SYNTHETIC_LIMITS["synthetic"]   # the config checks them too
 
 MIN_LESION_VOXELS = 8                 # per lesion, at 1 mm
 MIN_LESION_VOXELS_DOWNSAMPLED = 4     # per lesion, at downsample > 1
@@ -716,8 +716,8 @@ def generate_cohort(out_dir: Path, n_subjects: int, seed: int, downsample: int =
     process pool (strokeseg.parallel); ``progress`` shows a bar on stderr. The description is
     written last.
     """
-    write_cohort(out_dir, n_subjects, seed, downsample, workers, progress, _write_subject_job, MAX_SUBJECTS, 32,
-                 "synthetic cohort", _describe)
+    write_cohort(out_dir, n_subjects, seed, downsample, workers, progress, _write_subject_job, MAX_SUBJECTS,
+                 MAX_DOWNSAMPLE, "synthetic cohort", _describe)
 
 
 def _describe(n_subjects: int, seed: int, downsample: int) -> dict:

@@ -92,6 +92,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from strokeseg.config import SYNTHETIC_LIMITS
 from strokeseg.data.resample import MASK_LEVEL, to_grid
 from strokeseg.data.synthetic import (
     LesionPlan,
@@ -110,8 +111,7 @@ log = logging.getLogger(__name__)
 MULTIMODAL_COHORT_NAME = "strokeseg synthetic ISLES22-like cohort"
 MULTIMODAL_GENERATOR_VERSION = 1
 FLAVOUR = "multimodal"
-MAX_SUBJECTS = 9999          # four-digit case numbers, as in ISLES'22
-MAX_DOWNSAMPLE = 8
+MAX_SUBJECTS, MAX_DOWNSAMPLE = SYNTHETIC_LIMITS["synthetic_multimodal"]   # the config checks them too
 CHANNELS = ("dwi", "adc")
 
 _FLAVOUR_KEY = 0x15E5        # entropy word separating these streams from the ATLAS-like cohort's
