@@ -2,17 +2,23 @@
 
 Stage 01 builds the configuration from a profile and overrides; every later stage starts from the
 configuration the previous stage recorded in the workdir, so dataset and profile are given once.
-Errors a user can act on are printed as one line (``error: <file>: <fault>``) with exit status 2.
+Errors a user can act on are printed as one line (``error: <file or option>: <fault>``) with exit
+status 2, a bug as a traceback with exit status 3; :data:`EXIT_STATUS` lists every status.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
+import signal
 import sys
+import threading
+import traceback
 from pathlib import Path
 
+from strokeseg import __version__
 from strokeseg.config import PROFILES, READER_SOURCES, SYNTHETIC_SOURCES, apply_overrides, field_table, load_profile
 from strokeseg.contracts import BY_COMMAND
 from strokeseg.errors import ConfigError, StrokesegError
@@ -20,6 +26,24 @@ from strokeseg.runtime import configure_logging, configure_tensorflow
 from strokeseg.workdir import previous_stage, stage_config
 
 log = logging.getLogger("strokeseg")
+
+# Exit status of every command (README, Exit status): scripts can tell a failed case from bad input
+# from a crash.
+DONE = 0            # everything done
+CASES_FAILED = 1    # predict: some cases failed (each has its row and message in predictions.csv)
+BAD_INPUT = 2       # a bad option, configuration or input file, found before any work (one line on stderr)
+INTERNAL_ERROR = 3  # a bug in strokeseg: a traceback and a request to report it
+INTERRUPTED = 130   # Ctrl-C
+TERMINATED = 143    # SIGTERM
+EXIT_STATUS = {DONE: "done", CASES_FAILED: "some cases failed", BAD_INPUT: "bad option, configuration or input",
+               INTERNAL_ERROR: "internal error (a bug)", INTERRUPTED: "interrupted", TERMINATED: "terminated"}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as one line, ``error: <command>: <fault>`` (exit 2), like every other error."""
+
+    def error(self, message: str):
+        self.exit(BAD_INPUT, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 # subcommand -> the stage (folder, module under strokeseg.stages, one-line help), from the one registry
 COMMANDS = BY_COMMAND
@@ -72,7 +96,7 @@ def config_epilog(command: str) -> str:
 
 
 def build_parser(default_workdir: Path | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="strokeseg", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="strokeseg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     for name, stage in COMMANDS.items():
         folder, text = stage.folder, stage.title
@@ -199,8 +223,30 @@ def stage_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None, default_workdir: Path | None = None) -> int:
-    args = build_parser(default_workdir).parse_args(argv)
+    """Run one command; the exit status is :data:`EXIT_STATUS`'s (README, Exit status)."""
+    with _terminate_cleanly():
+        try:
+            return _run(build_parser(default_workdir).parse_args(argv))
+        except StrokesegError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return BAD_INPUT
+        except (KeyboardInterrupt, Terminated) as exc:
+            print(f"error: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; no outputs of the "
+                  "unfinished step were published", file=sys.stderr)
+            return TERMINATED if isinstance(exc, Terminated) else INTERRUPTED
+        except Exception:  # a bug: the traceback helps whoever fixes it
+            traceback.print_exc()
+            print(f"error: internal error in strokeseg {__version__} (a bug, not a fault of your input); please "
+                  "report it with the traceback above", file=sys.stderr)
+            return INTERNAL_ERROR
+
+
+def _run(args: argparse.Namespace) -> int:
     configure_logging(args.quiet)
+    for flag in ("workdir", "atlas_dir", "data_dir", "output", "models"):
+        value = getattr(args, flag, None)
+        if isinstance(value, Path):
+            setattr(args, flag, resolved(value, f"--{flag.replace('_', '-')}"))
     if args.command == "predict":
         from strokeseg.infer import predict
 
@@ -218,26 +264,48 @@ def main(argv: list[str] | None = None, default_workdir: Path | None = None) -> 
 
         return nnunet_export.run_from_args(args)
     folder = COMMANDS[args.command].folder
-    try:
-        workdir = args.workdir.expanduser().resolve()
-        stage = _stage_module(args.command)
-        if args.command == "dataset":
-            config = load_profile(args.profile, stage_overrides(args))
-        elif hasattr(stage, "starting_config"):  # a stage that can run without its predecessor
-            config = stage.starting_config(workdir, stage_overrides(args))
-        else:
-            config = apply_overrides(stage_config(workdir, previous_stage(folder)), stage_overrides(args)).validate()
-        extra = stage.run_options(args) if hasattr(stage, "run_options") else {}
-        configure_tensorflow(config.onednn)
-        out = stage.run(workdir, config, progress=not args.quiet, **extra)
-    except StrokesegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; no outputs were published", file=sys.stderr)
-        return 130
+    workdir = args.workdir
+    stage = _stage_module(args.command)
+    if args.command == "dataset":
+        config = load_profile(args.profile, stage_overrides(args))
+    elif hasattr(stage, "starting_config"):  # a stage that can run without its predecessor
+        config = stage.starting_config(workdir, stage_overrides(args))
+    else:
+        config = apply_overrides(stage_config(workdir, previous_stage(folder)), stage_overrides(args)).validate()
+    extra = stage.run_options(args) if hasattr(stage, "run_options") else {}
+    configure_tensorflow(config.onednn)
+    out = stage.run(workdir, config, progress=not args.quiet, **extra)
     log.info("%s finished: outputs in %s", folder, out)
-    return 0
+    return DONE
+
+
+def resolved(path: Path, flag: str) -> Path:
+    """``path`` made absolute with its symbolic links resolved; a loop of links is the user's fault."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:   # RuntimeError: Python < 3.13's "Symlink loop"
+        raise ConfigError(f"{flag} {path}: cannot resolve the path ({exc.__class__.__name__}: {exc})") from None
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every clean-up (``finally``, staging folders) runs."""
+
+
+@contextlib.contextmanager
+def _terminate_cleanly():
+    """While a command runs, SIGTERM unwinds it like Ctrl-C instead of killing it on the spot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_stage(command: str, argv: list[str], default_workdir: Path) -> int:
