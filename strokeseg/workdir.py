@@ -16,8 +16,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 
 from strokeseg.config import Config, read_config, to_json
@@ -157,13 +158,49 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(tmp, index=False, lineterminator="\n", float_format="%.10g")
 
 
-def read_csv(path: Path, **kwargs) -> pd.DataFrame:
+def read_csv(path: Path, required: Sequence[str] = (), min_rows: int = 0, **kwargs) -> pd.DataFrame:
+    """A CSV a stage wrote, read by the next one. ``required``: the columns the reader needs, each present
+    and filled in every row, and ``min_rows``: the fewest rows it can work with; a file cut short or
+    edited by hand that breaks either is an :class:`InputError` naming it (:func:`require_columns`)."""
     try:
-        return pd.read_csv(path, **kwargs)
+        frame = pd.read_csv(path, **kwargs)
     except FileNotFoundError as exc:
         raise InputError(path, "file not found") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"unreadable CSV ({exc})") from exc
+        raise InputError(path, f"unreadable CSV ({_one_line(exc)}; cut short or edited by hand? "
+                               f"{_rerun(path)})") from exc
+    require_columns(frame, path, required)
+    if len(frame) < min_rows:
+        raise InputError(path, f"{len(frame)} rows, expected at least {min_rows} (cut short or edited by hand? "
+                               f"{_rerun(path)})")
+    return frame
+
+
+def require_columns(frame: pd.DataFrame, path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """``frame`` (read from ``path``), when each of ``columns`` is present and has a value in every row;
+    else an :class:`InputError` naming ``path``, the missing columns, or the first row with empty ones."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InputError(path, f"missing column(s) {', '.join(missing)} (cut short or edited by hand? "
+                               f"{_rerun(path)})")
+    empty = frame[list(columns)].isna() if columns else None
+    if empty is not None and empty.to_numpy().any():
+        row = int(np.flatnonzero(empty.any(axis=1).to_numpy())[0])
+        names = [c for c in columns if empty[c].iloc[row]]
+        # line numbers as an editor shows them: the header is line 1
+        raise InputError(path, f"line {row + 2}: no value in column(s) {', '.join(names)} (a row cut short? "
+                               f"{_rerun(path)})")
+    return frame
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _rerun(path: Path) -> str:
+    """What to do about a damaged stage output: rerun the stage whose folder holds it."""
+    folder = Path(path).parent.name
+    return f"rerun {folder}" if folder in FOLDERS else "rerun the stage that wrote it"
 
 
 def is_synthetic_run(workdir: Path) -> bool:

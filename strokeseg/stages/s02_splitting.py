@@ -22,25 +22,37 @@ from strokeseg.contracts import (
 )
 from strokeseg.protocol.splits import holdout_split
 from strokeseg.report import figures
-from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, study_planes, write_csv
+from strokeseg.workdir import (
+    StageWriter,
+    is_synthetic_run,
+    read_csv,
+    require_columns,
+    require_stage,
+    stage_dir,
+    study_planes,
+    write_csv,
+)
 
 STAGE = SPLITTING
 COLUMNS = ["subject_name", "sum_voxel", "volume_bin"]
+# what stages 04 and 05 read of the lesion-slice tables this stage passes on
+SLICE_COLUMNS = ("subject_name", "slice", "sum_voxel", "slice_bin")
 
 
 def run(workdir: Path, config: Config, progress: bool = True) -> Path:
     dataset = require_stage(workdir, DATASET)
-    subjects = read_csv(dataset / SUBJECTS_3D_CSV)
+    subjects = read_csv(dataset / SUBJECTS_3D_CSV, required=COLUMNS, min_rows=1)
     columns = COLUMNS + (["group"] if "group" in subjects.columns else [])  # sessions of one patient stay together
-    subjects = subjects[columns]
+    subjects = require_columns(subjects, dataset / SUBJECTS_3D_CSV, columns)[columns]
+    planes = study_planes(workdir)
+    slice_tables = {plane: read_csv(dataset / plane_lesions_csv(plane), required=SLICE_COLUMNS) for plane in planes}
     train, holdout = holdout_split(subjects, config.split.holdout_fraction, config.seed)
     synthetic = is_synthetic_run(workdir)
     with StageWriter(workdir, STAGE, config, synthetic=synthetic) as out:
         write_csv(train[columns], out.path / TRAIN_SUBJECTS_CSV)
         write_csv(holdout[columns], out.path / HOLDOUT_SUBJECTS_CSV)
         keep = set(train["subject_name"])
-        for plane in study_planes(workdir):
-            slices = read_csv(dataset / plane_lesions_csv(plane))
+        for plane, slices in slice_tables.items():
             write_csv(slices[slices["subject_name"].isin(keep)], out.path / plane_lesions_80_csv(plane))
         groups = [("all", subjects), ("80 %", train), ("20 %", holdout)]
         long = pd.concat([frame.assign(set=name)[["set", "sum_voxel"]] for name, frame in groups],

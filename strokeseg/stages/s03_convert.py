@@ -37,11 +37,12 @@ STAGE = CONVERT
 
 
 def run(workdir: Path, config: Config, progress: bool = True) -> Path:
-    files = read_csv(require_stage(workdir, DATASET) / COHORT_CSV)
-    split = require_stage(workdir, SPLITTING)
-    train = _with_files(read_csv(split / TRAIN_SUBJECTS_CSV), files)
-    holdout = _with_files(read_csv(split / HOLDOUT_SUBJECTS_CSV), files)
     plan = grid_plan(workdir)
+    files = read_csv(require_stage(workdir, DATASET) / COHORT_CSV, required=("subject_name", *plan.channels, "mask"),
+                     min_rows=1)
+    split = require_stage(workdir, SPLITTING)
+    train = _with_files(read_csv(split / TRAIN_SUBJECTS_CSV, required=("subject_name",), min_rows=1), files)
+    holdout = _with_files(read_csv(split / HOLDOUT_SUBJECTS_CSV, required=("subject_name",)), files)
     allow_empty = manifest(workdir, DATASET).get("allow_empty_masks", False)
     with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir)) as out:
         counts = write_stores(out.path, train.sort_values("subject_name"), plan, config.convert,

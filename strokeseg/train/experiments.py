@@ -74,7 +74,8 @@ class Inputs:
     def of(cls, workdir: Path) -> "Inputs":
         folds = read_csv(require_stage(workdir, CROSS_VALIDATION) / FOLDS_CSV)
         plan = grid_plan(workdir)
-        native = (NativeTruths(read_csv(require_stage(workdir, DATASET) / COHORT_CSV), plan,
+        cohort_csv = require_stage(workdir, DATASET) / COHORT_CSV
+        native = (NativeTruths(read_csv(cohort_csv, required=("subject_name", "mask")), plan,
                                stage_config(workdir, DATASET).dataset.binarize_masks)
                   if plan.kind != "fixed" else None)
         return cls(require_stage(workdir, CONVERT), folds, require_stage(workdir, BATCHES),

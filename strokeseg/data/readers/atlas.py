@@ -16,7 +16,8 @@ CHANNEL = "t1w"
 
 
 def matches(root: Path) -> bool:
-    return any(Path(root).glob(f"**/sub-*/ses-*/anat/*{cohort.T1W_SUFFIX}"))
+    """A ``sub-*/ses-*/anat`` folder below ``root`` holds a T1w (``.nii.gz`` or ``.nii``)."""
+    return cohort.has_t1w(Path(root))
 
 
 def read(root: Path, options) -> Cohort:

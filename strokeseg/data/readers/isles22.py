@@ -25,7 +25,8 @@ Rules:
 - Subject id: ``sub-X`` when that subject has one session, ``sub-X_ses-Y`` when it has several;
   the group is ``sub-X`` (sessions of one patient never straddle folds); the site is unknown ("").
 - Faults are one-line :class:`~strokeseg.errors.InputError` naming the folder or file: a session
-  without a requested channel, two files for one channel, a missing or doubled mask, no sessions.
+  without a requested channel, two files for one channel, a missing or doubled mask, no sessions, a
+  channel file or mask that is not a regular file (a folder, a FIFO: never opened).
 
 Only file names are read here, never voxels: stage 01 validates the volumes.
 """
@@ -35,6 +36,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from strokeseg.data.input_files import require_regular
 from strokeseg.data.readers.resample_onto import write_resampled
 from strokeseg.data.subjects import VOLUME_PLANES, Cohort, Subject
 from strokeseg.errors import InputError
@@ -97,12 +99,15 @@ def _folders(folder: Path, prefix: str) -> list[Path]:
 
 
 def _session_files(folder: Path) -> list[Path]:
-    """Files directly in a session folder and in its direct subfolders (dwi/, anat/, ...)."""
+    """Entries directly in a session folder and in its direct subfolders (dwi/, anat/, ...), of any kind:
+    the one chosen for a channel must be a regular file (checked by :func:`_channel_file`), so that a
+    FIFO or a folder named like a NIfTI file is an error rather than skipped. A folder named like a
+    NIfTI file is such an entry, not a subfolder."""
     files = []
     for entry in _entries(folder):
-        if entry.is_dir():
-            files.extend(p for p in _entries(entry) if p.is_file())
-        elif entry.is_file():
+        if entry.is_dir() and _channel_of(entry.name) is None:
+            files.extend(_entries(entry))
+        else:
             files.append(entry)
     return files
 
@@ -158,7 +163,7 @@ def _channel_file(session: _Session, files: list[Path], channel: str) -> Path:
     if len(found) > 1:
         names = ", ".join(str(p.relative_to(session.folder)) for p in found)
         raise InputError(session.folder, f"{len(found)} files for channel {channel} ({names}); keep one")
-    return found[0]
+    return require_regular(found[0])
 
 
 def _mask_file(base: Path, session: _Session) -> Path:
@@ -166,14 +171,14 @@ def _mask_file(base: Path, session: _Session) -> Path:
     if not folder.is_dir():
         raise InputError(folder, f"lesion mask folder not found (expected a *_msk.nii.gz for "
                                  f"{RAWDATA}/{session.subject}/{session.session})")
-    found = sorted(p for p in folder.rglob("*") if _channel_of(p.name) == MASK and p.is_file())
+    found = sorted(p for p in folder.rglob("*") if _channel_of(p.name) == MASK)
     if not found:
         raise InputError(folder, f"no lesion mask (*_msk.nii.gz or .nii) for {RAWDATA}/{session.subject}/"
                                  f"{session.session}")
     if len(found) > 1:
         names = ", ".join(str(p.relative_to(folder)) for p in found)
         raise InputError(folder, f"{len(found)} lesion masks ({names}); keep one")
-    return found[0]
+    return require_regular(found[0])
 
 
 # ---------------------------------------------------------------------------------------- read

@@ -33,6 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from strokeseg.data.input_files import require_regular
 from strokeseg.data.readers import slice_folders as sf
 from strokeseg.data.subjects import SLICE_PLANES, Cohort, Subject
 from strokeseg.errors import InputError
@@ -81,9 +82,10 @@ def patient_slices(folder: Path) -> tuple[sf.SlicePair, ...]:
     """One patient's slices in numeric order; names, numbers and pairs checked, no pixel read."""
     patient = folder.name
     images, masks = [], []
-    for path in sf.visible_files(folder):
+    for path in sf.visible_entries(folder):
         if not _is_tif(path):
             continue
+        require_regular(path)
         rest = path.name[len(patient) + 1:] if path.name.startswith(f"{patient}_") else ""
         found = _SLICE_NAME.fullmatch(rest)
         if found is None:
@@ -110,7 +112,9 @@ def read_channels(path: Path, names: Sequence[str]) -> Mapping[str, np.ndarray]:
 
 
 def _has_tifs(folder: Path) -> bool:
-    return any(_is_tif(f) and f.is_file() for f in folder.iterdir())
+    """Whether ``folder`` holds entries named ``*.tif``/``*.tiff`` (of any kind: a patient folder of FIFOs or
+    folders named like slices is read, and its entries are errors, rather than skipped)."""
+    return any(_is_tif(f) and not f.name.startswith(".") for f in folder.iterdir())
 
 
 def patients_folder(root: Path) -> Path:

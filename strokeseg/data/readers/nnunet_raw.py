@@ -29,7 +29,8 @@ Rules:
   part of nnU-Net datasets, so the cohort allows empty masks.
 
 Faults are one-line :class:`~strokeseg.errors.InputError` naming the file (dataset.json, the
-missing or stray file). Only file names and dataset.json are read here, never voxels.
+missing or stray file, an image or label entry that is not a regular file: a folder, a FIFO).
+Only file names and dataset.json are read here, never voxels.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from strokeseg.data.input_files import irregularity, require_regular
 from strokeseg.data.nifti import load_image, write_nifti
 from strokeseg.data.subjects import VOLUME_PLANES, Cohort, Subject
 from strokeseg.errors import InputError
@@ -63,8 +65,9 @@ _NOT_NAME = re.compile(r"[^a-z0-9]+")
 
 def _dataset_json(root: Path) -> dict:
     path = root / DATASET_JSON
-    if not path.is_file():
+    if irregularity(path) == "not found":
         raise InputError(path, "dataset.json not found (nnU-Net v2 raw dataset: dataset.json, imagesTr/, labelsTr/)")
+    require_regular(path)
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
@@ -140,14 +143,16 @@ def _num_training(meta: dict, path: Path) -> int | None:
 
 # ---------------------------------------------------------------------------------------- cases
 
-def _files(folder: Path, ending: str) -> list[Path]:
-    """Files of ``folder`` with ``ending`` (other files, e.g. .DS_Store, are not nnU-Net's)."""
+def _files(folder: Path, ending: str, regular: bool = True) -> list[Path]:
+    """Entries of ``folder`` named with ``ending`` (other files, e.g. .DS_Store, are not nnU-Net's); with
+    ``regular``, each must be a regular file (a FIFO or folder named like an image is an error)."""
     if not folder.is_dir():
         raise InputError(folder, "folder not found")
     try:
-        return sorted(p for p in folder.iterdir() if p.name.endswith(ending) and p.is_file())
+        found = sorted(p for p in folder.iterdir() if p.name.endswith(ending))
     except OSError as exc:
         raise InputError(folder, f"cannot read folder ({exc.__class__.__name__}: {exc.strerror or exc})") from None
+    return [require_regular(p) for p in found] if regular else found
 
 
 def _image_cases(images: Path, ending: str, n_channels: int) -> dict[str, dict[int, Path]]:
@@ -220,7 +225,7 @@ def read(root: Path, options) -> Cohort:
     notes = []
     if (root / IMAGES_TS).is_dir():
         # nnU-Net's test images have no labels; the study needs a lesion mask for every subject
-        n_test = len(_files(root / IMAGES_TS, ending))
+        n_test = len(_files(root / IMAGES_TS, ending, regular=False))
         notes.append(f"{IMAGES_TS}/ ignored ({n_test} files): unlabelled test images, the study needs labelled cases")
         log.info("%s: %s", root / IMAGES_TS, notes[-1])
     multi_label = len(labels) > 1 or label != 1

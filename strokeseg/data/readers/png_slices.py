@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from strokeseg.data.input_files import require_regular
 from strokeseg.data.readers import slice_folders as sf
 from strokeseg.data.subjects import SLICE_PLANES, Cohort, Subject
 from strokeseg.errors import InputError
@@ -57,9 +58,10 @@ def matches(root: Path) -> bool:
 def _numbered_pngs(folder: Path) -> dict[int, Path]:
     """``{n: folder/<n>.png}``; a PNG whose stem is not a number is an error."""
     numbered = []
-    for path in sf.visible_files(folder):
+    for path in sf.visible_entries(folder):
         if not _is_png(path):
             continue
+        require_regular(path)
         if not path.stem.isdigit() or not path.stem.isascii():
             raise InputError(path, "slice file name is not a number (expected <n>.png, e.g. 12.png)")
         numbered.append((int(path.stem), path))

@@ -12,7 +12,9 @@ gap, or one number written twice (``01.png`` and ``1.png``), is an
 a lost or doubled slice that would silently shift the volume.
 
 **Pairs.** Every image has exactly one mask with the same number and every mask an image; a
-missing partner is an error naming the file that is missing (the expected path).
+missing partner is an error naming the file that is missing (the expected path). A slice or mask
+name that belongs to a folder, a FIFO or anything else but a regular file is an error naming it
+(never opened), not a slice left out.
 
 **Mask binarisation.** A mask pixel is lesion when its value is greater than half of the file's
 scale, where the scale is 1 when the mask's maximum is <= 1, and otherwise the largest value of its
@@ -53,6 +55,7 @@ import cv2
 import nibabel as nib
 import numpy as np
 
+from strokeseg.data.input_files import require_regular
 from strokeseg.data.nifti import write_nifti
 from strokeseg.data.subjects import Subject
 from strokeseg.errors import ConfigError, InputError
@@ -72,9 +75,12 @@ class SlicePair:
 
 # --- names and order ------------------------------------------------------------------------------
 
-def visible_files(folder: Path) -> list[Path]:
-    """The plain files of ``folder``, hidden ones (``.DS_Store``, editor files) left out, sorted by name."""
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+def visible_entries(folder: Path) -> list[Path]:
+    """Every entry of ``folder`` but the hidden ones (``.DS_Store``, editor files), of any kind (files,
+    folders, FIFOs), sorted by name: a reader picks its slice files by name from these and checks each
+    with :func:`~strokeseg.data.input_files.require_regular`, so that a folder or FIFO named like a
+    slice is an error instead of a slice silently left out."""
+    return sorted(p for p in Path(folder).iterdir() if not p.name.startswith("."))
 
 
 def visible_folders(folder: Path) -> list[Path]:
@@ -135,9 +141,7 @@ def pair_slices(images: Mapping[int, Path], masks: Mapping[int, Path], folder: P
 
 def read_pixels(path: Path) -> np.ndarray:
     """A PNG or TIFF as stored (bit depth and channels kept; colour in OpenCV's BGR order)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
+    path = require_regular(path)          # a FIFO would block cv2.imread
     array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if array is None:
         raise InputError(path, "unreadable image (not a PNG/TIFF that OpenCV can decode)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 from pathlib import Path
 
@@ -206,3 +207,25 @@ def test_matches_survives_unreadable_trees(tree, monkeypatch):
     monkeypatch.setattr(Path, "iterdir", refuse)
     assert isles22.matches(tree) is False
     assert isles22.matches(tree / "does-not-exist") is False
+
+
+@pytest.mark.parametrize("where", ["dwi", "adc_in_session", "mask"])
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_chosen_file_that_is_not_a_regular_file_is_an_error_naming_it(tree, where, kind):
+    """Never skipped (a 'no dwi file' that names the session) and never opened (a FIFO would block)."""
+    session = tree / "rawdata" / "sub-002" / "ses-01"
+    path = {"dwi": session / "dwi" / "sub-002_ses-01_dwi.nii.gz",
+            "adc_in_session": session / "sub-002_ses-01_adc.nii.gz",      # directly in the session folder
+            "mask": tree / "derivatives" / "sub-002" / "ses-01" / "anat" / "sub-002_ses-01_msk.nii.gz"}[where]
+    if where == "adc_in_session":
+        (session / "dwi" / "sub-002_ses-01_adc.nii.gz").unlink()
+    else:
+        path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    with pytest.raises(InputError) as caught:
+        isles22.read(tree, ReaderOptions())
+    assert caught.value.path == str(path)
+    assert caught.value.fault == f"not a regular file ({'a FIFO' if kind == 'fifo' else 'a folder'})"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 from pathlib import Path
 
@@ -187,3 +188,25 @@ def test_nii_ending(tmp_path):
                                                    "numTraining": 1}))
     [subject] = nnunet_raw.read(root, ReaderOptions()).subjects
     assert subject.subject == "a" and subject.mask == root / "labelsTr" / "a.nii"
+
+
+@pytest.mark.parametrize("which", ["imagesTr/case_002_0001.nii.gz", "labelsTr/case_002.nii.gz", "dataset.json"])
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_file_that_is_not_a_regular_file_is_an_error_naming_it(dataset, which, kind):
+    """Not 'not found' (it is there), never skipped and never opened (a FIFO would block)."""
+    path = dataset / which
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    error = _error(dataset)
+    assert error.path == str(path)
+    assert error.fault == f"not a regular file ({'a FIFO' if kind == 'fifo' else 'a folder'})"
+
+
+def test_test_images_are_only_counted_whatever_they_are(dataset):
+    (dataset / "imagesTs").mkdir()
+    os.mkfifo(dataset / "imagesTs" / "case_009_0000.nii.gz")
+    cohort = nnunet_raw.read(dataset, ReaderOptions())
+    assert len(cohort.subjects) == 3 and "imagesTs/ ignored (1 files)" in cohort.notes[0]

@@ -1,6 +1,7 @@
 """Slice-folder readers (png_slices, kaggle_3m) on tiny PNG/TIFF trees written by the tests."""
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -232,3 +233,40 @@ def test_detect_finds_each_layout(tmp_path):
 def test_bad_spacing_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="--spacing"):
         read_cohort(png_tree(tmp_path / "ct"), "png_slices", ReaderOptions(spacing=(1.0, 0.0, 1.0)))
+
+
+# --- slice names that are not regular files -------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["png_slices", "kaggle_3m"])
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+@pytest.mark.parametrize("which", ["image", "mask"])
+def test_a_slice_that_is_not_a_regular_file_is_an_error_not_a_slice_fewer(tmp_path, layout, kind, which):
+    """The last slice as a FIFO or a folder: before, both files of it left out silently (one slice fewer)."""
+    if layout == "png_slices":
+        root = png_tree(tmp_path / "ct", range(1, 4))
+        image, mask = root / "images" / "p01" / "3.png", root / "masks" / "p01" / "3.png"
+    else:
+        root = kaggle_tree(tmp_path / "kaggle_3m", range(1, 4))
+        image = root / PATIENT / f"{PATIENT}_3.tif"
+        mask = root / PATIENT / f"{PATIENT}_3_mask.tif"
+    for path in (image, mask):
+        path.unlink()
+        if kind == "fifo":
+            os.mkfifo(path)
+        else:
+            path.mkdir()
+    path = image if which == "image" else mask
+    if which == "mask":                                  # the image is a regular file again
+        image.rmdir() if kind == "folder" else image.unlink()
+        write(image, slice_image(3) if layout == "png_slices" else kaggle_rgb(3))
+    with pytest.raises(InputError) as caught:
+        read_cohort(root, layout)
+    assert caught.value.path == str(path)
+    assert caught.value.fault == f"not a regular file ({'a FIFO' if kind == 'fifo' else 'a folder'})"
+
+
+def test_read_pixels_refuses_a_fifo_without_opening_it(tmp_path):
+    path = tmp_path / "1.png"
+    os.mkfifo(path)
+    with pytest.raises(InputError, match=r"not a regular file \(a FIFO\)"):
+        sf.read_pixels(path)
