@@ -29,7 +29,21 @@ def configure_tensorflow(onednn: bool) -> None:
     os.environ.setdefault(ONEDNN_VARIABLE, wanted)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is when a record comes, not as it was when logging
+    was configured: a program that swaps ``sys.stderr`` (a test harness, an embedding app) would
+    otherwise get "--- Logging error ---" tracebacks from a closed stream."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def configure_logging(quiet: bool) -> None:
     """One log format for every command: warnings only with ``--quiet``, else progress at INFO."""
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, handlers=[_CurrentStderr()],
                         format="%(levelname)s %(name)s: %(message)s", force=True)

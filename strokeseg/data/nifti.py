@@ -1,10 +1,23 @@
 """NIfTI read/write that keeps affine and header, and validation that names the file and the fault.
 
 Every fault is an :class:`~strokeseg.errors.InputError` whose message is ``"<path>: <fault>"`` on
-one line, with a short lower-case fault (``file not found``, ``not a NIfTI file``, ``corrupt or
-truncated gzip (...)``, ``4-D volume (shape ...), expected 3-D``, ``non-finite intensities (...)``,
-``constant image (...)``, ``mask shape ... differs from T1 shape ...``, ``mask affine differs from
-T1 affine``, ``mask has values other than 0 and 1 ...``, ``empty mask (no lesion voxels)``).
+one line, with a short lower-case fault (``file not found``, ``symbolic link loop``, ``not a regular
+file (FIFO)``, ``empty file``, ``not a NIfTI file``, ``corrupt or truncated gzip (...)``, ``singular
+affine``, ``zero voxel size``, ``4-D volume (shape ...), expected 3-D``, ``non-finite intensities
+(...)``, ``constant image (...)``, ``mask shape ... differs from T1 shape ...``, ``mask affine differs
+from T1 affine``, ``mask has values other than 0 and 1 ...``, ``empty mask (no lesion voxels)``).
+
+A path is checked with ``os.stat`` before it is opened (:func:`check_regular_file`): a FIFO, socket or
+device is refused without being opened (opening a FIFO would wait for a writer forever), as are a
+folder, a symbolic link loop and an empty file.
+
+Geometry (:func:`load_image`): the affine nibabel derives from the header must be finite and
+invertible (a singular sform is a fault). The header's own voxel sizes (``pixdim``) and codes are
+read before nibabel repairs them: a zero voxel size where no sform gives the geometry is a fault
+(nibabel would silently assume 1 mm, making lesion volumes and any resampling meaningless); a
+header without any orientation (qform and sform codes 0, nibabel then assumes its default affine)
+or with zero ``pixdim`` beside a valid sform is accepted with a warning
+(:func:`geometry_warning`), which ``strokeseg predict`` reports in its ``warning`` column.
 
 The voxel data of a file are read exactly once (``np.asanyarray(img.dataobj)``, no memory map):
 :func:`load_image` returns an image whose data object is that in-memory array, so later
@@ -15,8 +28,9 @@ decompressed by ISA-L (``isal.igzip``: the same gzip format and checks as Python
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -26,6 +40,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.fileholders import FileHolder
 from nibabel.spatialimages import HeaderDataError, HeaderTypeError
 
+from strokeseg.data.input_files import irregularity
 from strokeseg.errors import InputError
 from strokeseg.workdir import atomic_path
 
@@ -64,10 +79,7 @@ def load_image(path, kind: str = "image") -> nib.Nifti1Image:
     slope/intercept, as nibabel reads it); header and affine (sform/qform and codes) are the file's.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, f"{kind} file not found")
-    if path.is_dir():
-        raise InputError(path, f"is a folder, expected a {kind} NIfTI file")
+    check_regular_file(path, kind)
     try:
         with open(path, "rb") as raw:
             compressed = raw.read(2) == _GZIP_MAGIC
@@ -78,7 +90,8 @@ def load_image(path, kind: str = "image") -> nib.Nifti1Image:
     stage = "header"
     try:
         with (igzip.open(path, "rb") if compressed else open(path, "rb")) as fileobj:
-            image_class = _image_class(path, fileobj.read(540))
+            head = fileobj.read(540)
+            image_class = _image_class(path, head)
             fileobj.seek(0)
             holder = FileHolder(filename=str(path), fileobj=fileobj)
             img = image_class.from_file_map({"image": holder, "header": holder})
@@ -99,10 +112,78 @@ def load_image(path, kind: str = "image") -> nib.Nifti1Image:
         # nibabel: "Expected N bytes, got M bytes" when the voxel data are cut short
         fault = "not a NIfTI file" if stage == "header" else "truncated data"
         raise InputError(path, f"{fault} ({_one_line(exc)})") from None
+    warning = _check_geometry(path, image_class, head, img)
     # Same affine as the header's best affine, so sform/qform and their codes are kept as they are.
-    loaded = image_class(data, img.affine, img.header)
+    loaded = image_class(data, img.affine, img.header, extra={GEOMETRY_WARNING: warning} if warning else None)
     loaded.set_filename(str(path))
     return loaded
+
+
+GEOMETRY_WARNING = "strokeseg_geometry_warning"     # key of a loaded image's ``extra``
+
+
+def check_regular_file(path, kind: str = "image") -> None:
+    """Refuse, without opening it, what is not a readable regular file
+    (:func:`strokeseg.data.input_files.irregularity`: missing, a broken link, a symbolic link loop, a
+    folder, a FIFO, socket or device) and an empty file; faults raise :class:`InputError` naming the path."""
+    path = Path(path)
+    what = irregularity(path)
+    if what == "not found":
+        raise InputError(path, f"{kind} file not found")
+    if what == "a broken symbolic link":
+        raise InputError(path, f"{kind} file not found (dangling symbolic link to {os.readlink(path)})")
+    if what is not None and what.startswith("cannot"):
+        raise InputError(path, what)
+    if what is not None:
+        raise InputError(path, f"not a regular file ({what}), expected a {kind} NIfTI file (not opened)")
+    if os.stat(path).st_size == 0:
+        raise InputError(path, "empty file (0 bytes), not a NIfTI file")
+
+
+def _raw_header(image_class, head: bytes):
+    """The header as stored (nibabel's checks repair zero ``pixdim`` when it loads a file)."""
+    header_class = image_class.header_class
+    size = header_class.sizeof_hdr
+    endianness = "<" if int.from_bytes(head[:4], "little") == size else ">"
+    return header_class(head[:size], endianness=endianness, check=False)
+
+
+def _check_geometry(path: Path, image_class, head: bytes, img) -> str:
+    """Refuse a singular or non-finite affine and unknown voxel sizes; the warning of a header whose
+    geometry nibabel had to assume ("" when there is none). See the module docstring."""
+    raw = _raw_header(image_class, head)
+    qform_code, sform_code = int(raw["qform_code"]), int(raw["sform_code"])
+    source = "sform" if sform_code > 0 else "qform" if qform_code > 0 else "default affine (no qform or sform)"
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise InputError(path, f"non-finite values in the affine (from the {source})")
+    pixdim = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+    bad_pixdim = bool(np.any(~np.isfinite(pixdim) | (pixdim == 0)))
+    shown = " x ".join(f"{v:g}" for v in pixdim)
+    if bad_pixdim and sform_code <= 0:
+        raise InputError(path, f"zero voxel size in the header (pixdim {shown}) and no sform to take it from: "
+                               "the voxel size is unknown (nibabel would assume 1 mm, which makes lesion volumes "
+                               "and resampling meaningless); fix the header")
+    matrix = affine[:3, :3]
+    zooms = np.linalg.norm(matrix, axis=0)
+    if np.any(zooms == 0) or abs(np.linalg.det(matrix)) <= 1e-6 * float(np.prod(zooms)):
+        raise InputError(path, f"singular affine (the {source} maps the voxel axes onto fewer than 3 dimensions: "
+                               f"voxel sizes {' x '.join(f'{z:g}' for z in zooms)}); the image has no valid "
+                               "position in space; fix the header")
+    if bad_pixdim:
+        return (f"zero voxel size in pixdim ({shown}): the sform's voxel size "
+                f"({' x '.join(f'{z:g}' for z in zooms)} mm) was used")
+    if sform_code <= 0 and qform_code <= 0:
+        return (f"no orientation in the header (qform and sform codes 0): assumed "
+                f"{''.join(nib.aff2axcodes(affine))} axes, voxel size {' x '.join(f'{z:g}' for z in zooms)} mm "
+                "from pixdim, centred on the volume (nibabel's default); a mask on another grid may be misplaced")
+    return ""
+
+
+def geometry_warning(img) -> str:
+    """What :func:`load_image` had to assume about an image's geometry ("" when nothing)."""
+    extra = getattr(img, "extra", None) or {}
+    return str(extra.get(GEOMETRY_WARNING, ""))
 
 
 def _image_class(path: Path, head: bytes):
@@ -228,6 +309,7 @@ class ChannelVolumes:
     header: nib.Nifti1Header             # of the first channel
     image: nib.Nifti1Image               # the first channel's image (header and affine, for outputs)
     zooms: tuple[float, float, float]
+    warnings: tuple[str, ...] = field(default=())   # "<file>: <what was assumed>" (:func:`geometry_warning`)
 
 
 def load_channels(channels, mask_path=None, binarize: bool = False, allow_empty: bool = False) -> ChannelVolumes:
@@ -239,9 +321,11 @@ def load_channels(channels, mask_path=None, binarize: bool = False, allow_empty:
     channels = list(channels)
     if not channels:
         raise ValueError("load_channels needs at least one channel")
-    images, first, first_name = [], None, ""
+    images, first, first_name, warnings = [], None, "", []
     for name, path in channels:
         data, img = load_t1(path, "T1" if name == "t1w" else name)
+        if geometry_warning(img):
+            warnings.append(f"{path}: {geometry_warning(img)}")
         if first is None:
             first, first_name = img, name
         elif tuple(data.shape) != tuple(first.shape[:3]):
@@ -255,7 +339,7 @@ def load_channels(channels, mask_path=None, binarize: bool = False, allow_empty:
     mask = None if mask_path is None else load_mask(mask_path, binarize=binarize, shape=images[0].shape,
                                                     affine=affine, allow_empty=allow_empty)
     zooms = tuple(float(z) for z in first.header.get_zooms()[:3])
-    return ChannelVolumes(tuple(images), mask, affine, first.header, first, zooms)
+    return ChannelVolumes(tuple(images), mask, affine, first.header, first, zooms, tuple(warnings))
 
 
 def same_affine(a, b, atol: float = 1e-4) -> bool:

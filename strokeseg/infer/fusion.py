@@ -120,7 +120,29 @@ class FusionSettings:
         try:
             return cls.from_record(record)
         except ConfigError as exc:
-            raise InputError(path, str(exc)) from None
+            key = cls._faulty_key(record)
+            text = str(exc)
+            raise InputError(path, text if key in text else f"{key}: {text}") from None
+
+    @classmethod
+    def _faulty_key(cls, record: Mapping) -> str:
+        """The ``fusion.json`` key whose value is at fault: the first that fails on its own (weights with
+        the file's rule), else the rule and weights together."""
+        rule_key, weights_key = JSON_KEYS["rule"], JSON_KEYS["weights"]
+        rule = record.get(rule_key)
+        if rule is not None and not (isinstance(rule, str) and rule in FUSION_RULES):
+            return rule_key
+        for key in JSON_KEYS.values():
+            if key == rule_key or record.get(key) is None:
+                continue
+            alone = {key: record[key]}
+            if key == weights_key and rule is not None:
+                alone[rule_key] = rule
+            try:
+                cls.from_record(alone)
+            except ConfigError:
+                return key
+        return f"{JSON_KEYS['rule']}/{JSON_KEYS['weights']}"
 
     def describe(self) -> str:
         """The rule in words, for figure titles and logs."""

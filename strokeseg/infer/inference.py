@@ -266,13 +266,47 @@ def _check_model(path: Path, model, canvas_shape: tuple[int, int] | None, volume
     return channels
 
 
+def check_model_file(path) -> None:
+    """What can be said about a ``.keras`` file without loading it: a regular file (a FIFO is never
+    opened), a complete zip archive (every member's CRC checked) holding Keras' ``config.json``.
+    Faults are an :class:`InputError` naming the file; a truncated or corrupt file is reported as
+    such, not as Keras' "File not found"."""
+    import zipfile
+    import zlib
+
+    from strokeseg.data.nifti import check_regular_file
+
+    path = Path(path)
+    try:
+        check_regular_file(path, "model")
+    except InputError as exc:
+        raise InputError(path, exc.fault.replace("NIfTI file", "Keras model file")) from None
+    try:
+        if not zipfile.is_zipfile(path):
+            raise InputError(path, "not a readable Keras model file (not a zip archive: truncated or corrupt, or "
+                                   "another format)")
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            bad = archive.testzip()
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError,
+            NotImplementedError) as exc:
+        text = " ".join(str(exc).split()) or exc.__class__.__name__
+        raise InputError(path, f"not a readable Keras model file (truncated or corrupt zip: {text})") from None
+    if bad is not None:
+        raise InputError(path, f"not a readable Keras model file (corrupt zip: member {bad} fails its CRC check)")
+    if "config.json" not in names:
+        raise InputError(path, "not a Keras model file (a zip archive without config.json; saved with "
+                               "model.save('<name>.keras')?)")
+
+
 def load_model(path) -> "keras.Model":
     """One ``.keras`` model in safe mode, uncompiled; faults are an :class:`InputError` naming the file."""
     from strokeseg.models import load_model as load_safely
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "model file not found")
+    check_model_file(path)
     try:
         return load_safely(path)
     except Exception as exc:  # Keras raises ValueError, zipfile/OSError, TypeError ... for bad files
@@ -298,6 +332,8 @@ def model_files(folder, ensemble: bool = False, planes_wanted: tuple[str, ...] =
     for plane in planes_wanted:
         single = folder / f"{plane}{MODEL_SUFFIX}"
         members = [p for _, p in sorted(folds[plane])]
+        if not ensemble and (single.exists() or single.is_symlink()) and not single.is_file():
+            check_model_file(single)     # a folder, FIFO or broken link named <plane>.keras: say so
         if single.is_file() and not ensemble:
             found[plane] = [single]
         elif members:

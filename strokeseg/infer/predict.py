@@ -37,21 +37,45 @@ The case name is the file name without ``.nii.gz``/``.nii`` and without a traili
 (``sub-r001s001_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz`` → ``sub-r001s001_ses-1_space-MNI152NLin2009aSym``),
 as upstream named its result folders; for several channels, without the ``_NNNN`` channel index.
 ``predictions.csv`` has one row per case, in input order (:data:`CSV_COLUMNS`; ``input`` lists a
-case's channel files joined by ``;``); lesion volume uses the input grid's voxel size, lesion count
-6-connectivity.
+case's channel files joined by ``;``); ``status`` is ``ok``, ``failed`` (``message``: one line naming
+the file and the fault) or ``pending`` (not processed yet); ``warning`` says what had to be assumed
+about an input's geometry (no orientation in the header: qform and sform codes 0; zero ``pixdim``
+beside a valid sform), empty when nothing was; lesion volume uses the input grid's voxel size, lesion
+count 6-connectivity. A zero voxel size without an sform, a singular or non-finite affine, a FIFO or
+other non-regular file (never opened), a symbolic link loop and an empty file are failed cases
+(:func:`strokeseg.data.nifti.load_image`).
 
-Every file is written atomically (temporary file + rename). A failed case leaves no output file
-(outputs of the same case name from an earlier run are removed, so the folder matches the CSV) and
-the others are still processed. Exit status: 0 every case ok, 1 some case failed, 2 usage error
-(missing or inconsistent models folder, no inputs, bad options), before any case is processed.
+The output folder and its ``predictions.csv`` agree at every moment, even when the run is killed
+(SIGKILL, power cut): every mask or probability map of a case of this run that is present belongs
+to an ``ok`` row of the CSV. In order:
+
+1. every usage check first (options, models folder, the models themselves, inputs, the output
+   folder's writability); a fault there is exit 2 and nothing in the output folder is touched;
+2. the hidden scratch files a killed earlier run left are removed (:func:`strokeseg.scratch.remove_leftovers`);
+3. the outputs of this run's case names from an earlier run are removed, then ``predictions.csv``
+   is written with every case ``pending``;
+4. per case, its files are written under hidden scratch names, the CSV is rewritten with the case's
+   row (``ok``), and only then are the files renamed into place (a failed case: its row ``failed``,
+   its scratch removed). Outputs of other case names (earlier runs on other inputs) are left alone
+   and are not listed.
+
+Every file is written atomically (temporary file + rename); a rerun after a kill removes the
+killed run's scratch and writes the same files. Exit status: 0 every case ok, 1 some case failed
+(or was left pending because the CSV could not be written), 2 usage error (bad options, missing or
+inconsistent models folder or model file, a ``config.json``/``fusion.json`` value out of range, no
+inputs, an output folder that cannot be created or written), before any case is processed: one
+line ``error: <path or option>: <fault>`` on stderr, nothing written, earlier outputs unchanged.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
+import os
 import re
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -73,13 +97,17 @@ from strokeseg.infer import models_folder
 from strokeseg.infer.fusion import FUSION_RULES, FusionSettings
 from strokeseg.infer.tri_planar import TriPlanarPredictor
 from strokeseg.runtime import configure_logging, configure_tensorflow
+from strokeseg.scratch import file_path as scratch_path
+from strokeseg.scratch import remove_leftovers
 from strokeseg.workdir import write_csv
 
 log = logging.getLogger("strokeseg.infer.predict")
 
 CSV_NAME = "predictions.csv"
-CSV_COLUMNS = ("case", "input", "status", "message", "resampled", "lesion_volume_ml", "lesion_count",
+CSV_COLUMNS = ("case", "input", "status", "message", "warning", "resampled", "lesion_volume_ml", "lesion_count",
                "voxels", "seconds")
+OK, FAILED, PENDING = "ok", "failed", "pending"
+PENDING_MESSAGE = "not processed yet: the run is still going, or it was stopped before this case (run predict again)"
 MASK_SUFFIX = "_mask.nii.gz"
 PROBABILITY_SUFFIX = "_probability.nii.gz"
 CONFIG_NAME = models_folder.CONFIG_JSON
@@ -94,6 +122,10 @@ DEFAULT_BATCH_SIZE = 8     # CPU: small batches keep activations in cache; use 3
 
 class UsageError(StrokesegError):
     """A problem with the command as a whole (exit 2): nothing is processed."""
+
+
+class RunError(StrokesegError):
+    """The run stopped after cases were processed (exit 1): ``predictions.csv`` could not be written."""
 
 
 @dataclass(frozen=True)
@@ -170,9 +202,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _models_file(path: Path) -> bool:
+    """Whether the models folder has the file ``path``; one that exists but is not a regular file (a
+    folder, a FIFO, a symbolic link loop) is a :class:`UsageError` rather than silently absent."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise UsageError(f"{path}: dangling symbolic link to {os.readlink(path)}") from None
+        return False
+    except OSError as exc:
+        raise UsageError(f"{path}: {_os_fault(exc)}") from None
+    if not stat.S_ISREG(info.st_mode):
+        what = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else \
+            "a socket or device"
+        raise UsageError(f"{path}: not a regular file ({what}), not opened")
+    return True
+
+
+def _os_fault(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (too many levels of symbolic links)"
+    return f"cannot access ({exc.strerror or exc})"
+
+
 def _json_object(path: Path, what: str) -> dict:
     """A JSON object file of the models folder; {} when there is none."""
-    if not path.is_file():
+    if not _models_file(path):
         return {}
     try:
         record = json.loads(path.read_text())
@@ -192,7 +248,7 @@ def convert_config(models_dir: Path, args: argparse.Namespace | None = None) -> 
     """Package defaults, then the ``convert`` section of ``<models>/config.json`` if present, then flags."""
     overrides: dict = {}
     path = Path(models_dir) / CONFIG_NAME
-    if path.is_file():
+    if _models_file(path):
         section = recorded_config(models_dir).get("convert", {})
         if not isinstance(section, dict):
             raise UsageError(f"{path}: 'convert' is not a JSON object")
@@ -208,12 +264,13 @@ def convert_config(models_dir: Path, args: argparse.Namespace | None = None) -> 
     try:
         return from_dict({"convert": overrides}).convert
     except StrokesegError as exc:
-        raise UsageError(f"{path}: {exc}" if path.is_file() else str(exc)) from None
+        raise UsageError(f"{path}: {exc}" if _models_file(path) else str(exc)) from None
 
 
 def fusion_settings(models_dir: Path, args: argparse.Namespace) -> FusionSettings:
     """The models folder's ``fusion.json`` settings (else the defaults), then the flags given."""
     path = Path(models_dir) / FUSION_NAME
+    _models_file(path)
     try:
         settings = models_folder.fusion_settings(models_dir) or FusionSettings()
     except InputError as exc:
@@ -241,6 +298,15 @@ def fusion_settings(models_dir: Path, args: argparse.Namespace) -> FusionSetting
     return dataclasses.replace(settings, **changes)
 
 
+def onednn_setting(models_dir: Path) -> bool:
+    """The training run's ``onednn`` (``config.json``; True without one): a text such as "no" is a
+    :class:`UsageError`, never read as true."""
+    value = recorded_config(models_dir).get("onednn", True)
+    if not isinstance(value, bool):
+        raise UsageError(f"{Path(models_dir) / CONFIG_NAME}: onednn must be true or false, got {value!r}")
+    return value
+
+
 def window_settings(models_dir: Path) -> tuple[float, int]:
     """(sliding-window step, windows per call) of a 3-D model: the ``training`` section of the models
     folder's ``config.json`` (``window_step``, ``patch_batch_size``), else the package defaults."""
@@ -258,6 +324,7 @@ def window_settings(models_dir: Path) -> tuple[float, int]:
 def folder_options(models_dir: Path, batch_size: int = DEFAULT_BATCH_SIZE) -> Options:
     """The options a models folder asks for by itself (its ``config.json`` and ``fusion.json``, else the
     package defaults), as ``strokeseg predict`` runs without flags; faults are a :class:`UsageError`."""
+    _models_file(Path(models_dir) / FUSION_NAME)
     try:
         settings = models_folder.fusion_settings(models_dir) or FusionSettings()
     except InputError as exc:
@@ -270,6 +337,7 @@ def folder_options(models_dir: Path, batch_size: int = DEFAULT_BATCH_SIZE) -> Op
 def options_from_args(args: argparse.Namespace) -> Options:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_models_folder(args.models)
     step, windows = window_settings(args.models)
     return Options(convert=convert_config(args.models, args), settings=fusion_settings(args.models, args),
                    save_probabilities=args.save_probabilities, batch_size=args.batch_size,
@@ -312,10 +380,15 @@ def find_inputs(paths, output: Path | None = None) -> list[Path]:
     found: list[Path] = []
     for path in map(Path, paths):
         if not path.is_dir():
-            found.append(path)
+            found.append(path)   # a missing file, a FIFO, a link loop ... fails as its own case
             continue
-        own = output is not None and path.resolve() == Path(output).resolve()
-        members = sorted(p for p in path.iterdir()
+        own = output is not None and os.path.realpath(path) == os.path.realpath(output)
+        try:
+            entries = list(path.iterdir())
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read the input folder ({exc.strerror or exc})") from None
+        # Not regular files (FIFOs, link loops) named *.nii(.gz) are kept: each fails as its own case.
+        members = sorted(p for p in entries
                          if is_nifti_name(p.name) and not p.name.startswith(".") and not p.is_dir()
                          and not (own and p.name.endswith((MASK_SUFFIX, PROBABILITY_SUFFIX))))
         if not members:
@@ -392,7 +465,7 @@ def _indexed_cases(files: list[Path], channels: tuple[str, ...]) -> list[Case]:
 def models_plan(models_dir: Path) -> GridPlan:
     """The models folder's grid plan; the MNI T1 plan for folders from before grid plans."""
     path = Path(models_dir) / GRID_PLAN_JSON
-    if not path.is_file():
+    if not _models_file(path):
         return MNI_T1_PLAN
     try:
         return GridPlan.read(models_dir)
@@ -442,18 +515,32 @@ def _outputs(output: Path, case: str) -> tuple[Path, Path]:
     return output / f"{case}{MASK_SUFFIX}", output / f"{case}{PROBABILITY_SUFFIX}"
 
 
-def _remove(*paths: Path) -> None:
+def _remove(*paths: Path) -> list[str]:
+    """Remove what exists of ``paths``; never raises: returns one line per file that could not be removed."""
+    problems = []
     for path in paths:
         try:
             path.unlink()
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            problems.append(f"{path}: cannot remove ({exc.strerror or exc})")
+            log.warning("%s", problems[-1])
+    return problems
+
+
+def _row(case: Case, status: str, message: str = "") -> dict:
+    return {"case": case.name, "input": case.input, "status": status, "message": message, "warning": "",
+            "resampled": None, "lesion_volume_ml": np.nan, "lesion_count": np.nan, "voxels": np.nan,
+            "seconds": np.nan}
 
 
 def _failed_row(case: Case, message: str) -> dict:
-    return {"case": case.name, "input": case.input, "status": "failed", "message": message,
-            "resampled": None, "lesion_volume_ml": np.nan, "lesion_count": np.nan, "voxels": np.nan,
-            "seconds": np.nan}
+    return _row(case, FAILED, message)
+
+
+def _pending_row(case: Case) -> dict:
+    return _row(case, PENDING, PENDING_MESSAGE)
 
 
 def _grid_name(plan: GridPlan) -> str:
@@ -469,6 +556,7 @@ class PlacedCase:
     resampled: bool
     first_channel: np.ndarray   # the first channel's voxels on its own grid, as read (no second read)
     affine: np.ndarray | None = None   # the plan grid's affine (``plan.subject_affine``): normalisation
+    warnings: tuple[str, ...] = ()     # "<file>: <what was assumed about its geometry>"
 
 
 def place_case(case: Case, plan: GridPlan = MNI_T1_PLAN) -> PlacedCase:
@@ -477,6 +565,8 @@ def place_case(case: Case, plan: GridPlan = MNI_T1_PLAN) -> PlacedCase:
     if case.fault:
         raise InputError(case.fault.partition(": ")[0], case.fault.partition(": ")[2])
     loaded = load_channels(case.channels)
+    for warning in loaded.warnings:
+        log.warning("%s", warning)
     image, affine = loaded.image, loaded.affine
     native = NativeGrid(tuple(int(s) for s in loaded.images[0].shape), affine)
     resampled = not plan.on_grid(native)
@@ -495,45 +585,76 @@ def place_case(case: Case, plan: GridPlan = MNI_T1_PLAN) -> PlacedCase:
                                               + (" (is the image registered to MNI space?)" if plan == MNI_T1_PLAN
                                                  else ""))
     volume = channels[0] if len(channels) == 1 else np.stack(channels)
-    return PlacedCase(volume, native, image, resampled, loaded.images[0], plan.subject_affine(native))
+    return PlacedCase(volume, native, image, resampled, loaded.images[0], plan.subject_affine(native),
+                      tuple(loaded.warnings))
+
+
+def _stage_nifti(final: Path, data: np.ndarray, reference: nib.Nifti1Image, dtype) -> Path:
+    """``final``'s content written completely under a hidden scratch name beside it (renamed into
+    place later, :func:`predict_case`); a write fault is an :class:`InputError` naming ``final``."""
+    tmp = scratch_path(final)
+    try:
+        write_nifti(tmp, data, reference=reference, dtype=dtype)
+    except OSError as exc:
+        raise InputError(final, f"cannot write ({exc.strerror or exc})") from None
+    return tmp
 
 
 def predict_case(case: Case, predictor: TriPlanarPredictor, options: Options, output: Path,
-                 plan: GridPlan = MNI_T1_PLAN) -> dict:
-    """One CSV row; the case's files are written only when everything before succeeded."""
+                 plan: GridPlan = MNI_T1_PLAN, publish=None) -> dict:
+    """One CSV row; the case's files appear only when everything before succeeded.
+
+    The files are written completely under hidden scratch names first; ``publish(row)`` (the run's
+    CSV writer) is then called with the ``ok`` row, and only then are the files renamed into place,
+    so that a mask present always has its ``ok`` row (module docstring). Any fault makes the row
+    ``failed`` and leaves none of the case's files."""
     mask_path, probability_path = _outputs(output, case.name)
     row = _failed_row(case, "")
     start = time.perf_counter()
-    written: list[Path] = []
+    staged: list[tuple[Path, Path]] = []      # (scratch, final)
+    published: list[Path] = []
     try:
         placed = place_case(case, plan)
         row["resampled"] = placed.resampled
+        row["warning"] = "; ".join(placed.warnings)
         image, affine, native = placed.image, placed.image.affine, placed.native
         mask, probability = predict_volume(placed.volume, predictor, options.save_probabilities, placed.affine)
         del placed
         mask = plan.mask_to_native(mask, native)
         if probability is not None:
             probability = plan.probability_to_native(probability, native)
-        write_nifti(mask_path, mask, reference=image, dtype=np.uint8)
-        written.append(mask_path)
+        staged.append((_stage_nifti(mask_path, mask, image, np.uint8), mask_path))
         if probability is not None:
-            write_nifti(probability_path, probability, reference=image, dtype=np.float32)
-            written.append(probability_path)
-        else:
-            _remove(probability_path)          # a stale map from an earlier run would not match
+            staged.append((_stage_nifti(probability_path, probability, image, np.float32), probability_path))
         voxels = int(np.count_nonzero(mask))
         spacing = np.linalg.norm(affine[:3, :3], axis=0)
-        row.update(status="ok", voxels=voxels, lesion_volume_ml=voxels * voxel_volume_ml(spacing),
-                   lesion_count=int(len(component_sizes(mask, options.settings.connectivity))))
+        row.update(status=OK, voxels=voxels, lesion_volume_ml=voxels * voxel_volume_ml(spacing),
+                   lesion_count=int(len(component_sizes(mask, options.settings.connectivity))),
+                   seconds=round(time.perf_counter() - start, 3))
+        if publish is not None:
+            publish(row)
+        for tmp, final in staged:
+            try:
+                os.replace(tmp, final)
+            except OSError as exc:
+                raise InputError(final, f"cannot write ({exc.strerror or exc})") from None
+            published.append(final)
+        if probability is None:
+            problems = _remove(probability_path)          # a stale map from an earlier run would not match
+            if problems:
+                raise InputError(probability_path, f"cannot remove the map of an earlier run ({problems[0]})")
     except Exception as exc:  # one bad case never stops the others
-        _remove(*written)
-        _remove(mask_path, probability_path)
+        _remove(*(tmp for tmp, _ in staged), *published, mask_path, probability_path)
+        row.update(status=FAILED, voxels=np.nan, lesion_volume_ml=np.nan, lesion_count=np.nan)
         row["message"] = str(exc) if isinstance(exc, StrokesegError) else \
             f"{case.input}: unexpected error ({exc.__class__.__name__}: {' '.join(str(exc).split())})"
         log.error("%s", row["message"])
         log.debug("traceback of %s", case.name, exc_info=True)
+    except BaseException:     # Ctrl-C, SIGTERM: no scratch left behind, the row stays pending
+        _remove(*(tmp for tmp, _ in staged), *published)
+        raise
     row["seconds"] = round(time.perf_counter() - start, 3)
-    if row["status"] == "ok":
+    if row["status"] == OK:
         log.info("%s: %d lesion voxels (%.2f mL), %d lesion(s), %.1f s -> %s", case.name, row["voxels"],
                  row["lesion_volume_ml"], row["lesion_count"], row["seconds"], mask_path)
     return row
@@ -544,34 +665,135 @@ def write_table(rows: list[dict], path: Path) -> None:
     write_csv(pd.DataFrame(rows, columns=list(CSV_COLUMNS)), path)
 
 
+# ------------------------------------------------------------------------------- usage checks
+def _stat_argument(path: Path, what: str) -> os.stat_result | None:
+    """``os.stat`` of a folder argument, None when nothing is there; a symbolic link loop or a path
+    that cannot be looked up is a :class:`UsageError` naming it."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise UsageError(f"{path}: dangling symbolic link to {os.readlink(path)} (the {what} folder)") from None
+        return None
+    except OSError as exc:
+        raise UsageError(f"{path}: {_os_fault(exc)}; expected the {what} folder") from None
+
+
+def check_models_folder(models: Path) -> None:
+    """The models folder exists, is a folder and can be listed (else a :class:`UsageError` naming it)."""
+    info = _stat_argument(Path(models), "models")
+    if info is None:
+        raise UsageError(f"{models}: models folder not found")
+    if not stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"{models}: not a folder (--models is the folder of the .keras files)")
+    try:
+        os.listdir(models)
+    except OSError as exc:
+        raise UsageError(f"{models}: cannot read the models folder ({exc.strerror or exc})") from None
+
+
+def check_output_path(output: Path) -> None:
+    """What can be said of ``--output`` before anything is written: not a link loop, not a file."""
+    info = _stat_argument(Path(output), "output")
+    if info is not None and not stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"{output}: output exists and is not a folder")
+
+
+def _check_inputs_survive(cases: list[Case], output: Path) -> None:
+    """No input may be one of this run's outputs (it would be removed or overwritten before it is read)."""
+    outputs = {os.path.realpath(output / CSV_NAME): "predictions.csv"}
+    for case in cases:
+        for path in _outputs(output, case.name):
+            outputs[os.path.realpath(path)] = f"an output of case {case.name!r}"
+    for case in cases:
+        for _, path in case.channels:
+            what = outputs.get(os.path.realpath(path))
+            if what is not None:
+                raise UsageError(f"{path}: this input is {what} in the output folder and would be overwritten; "
+                                 "use another --output folder")
+
+
+def _check_writable(output: Path) -> None:
+    """Create and remove a scratch file: the output folder takes new files (a read-only folder is a
+    :class:`UsageError` before anything is touched). The name is a scratch name, so a run killed
+    here leaves nothing the next one does not remove."""
+    probe = scratch_path(output / CSV_NAME)
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except OSError as exc:
+        raise UsageError(f"{output}: output folder is not writable ({exc.strerror or exc})") from None
+    _remove(probe)
+
+
+def prepare_output(output: Path, cases: list[Case]) -> list[dict]:
+    """Steps 1-3 of the module docstring's order: the folder created and checked writable (faults are
+    a :class:`UsageError`), a killed run's scratch removed, this run's case outputs of an earlier run
+    removed, then ``predictions.csv`` written with every case ``pending`` (``failed`` where an earlier
+    output could not be removed). Returns those rows."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot create the output folder ({exc.strerror or exc})") from None
+    table = output / CSV_NAME
+    if os.path.lexists(table) and not table.is_file():
+        raise UsageError(f"{table}: exists and is not a regular file; move it out of the output folder")
+    _check_writable(output)
+    remove_leftovers(output)
+    rows = []
+    for case in cases:
+        problems = _remove(*_outputs(output, case.name))
+        rows.append(_failed_row(case, f"{problems[0]}: an output of an earlier run is in the way")
+                    if problems else _pending_row(case))
+    try:
+        write_table(rows, table)
+    except OSError as exc:
+        raise UsageError(f"{table}: cannot write ({exc.strerror or exc})") from None
+    return rows
+
+
 # ---------------------------------------------------------------------------------------- runs
 def run(inputs, models: Path, output: Path, options: Options, ensemble: bool = False,
         named_channels: list[str] = ()) -> tuple[int, pd.DataFrame]:
-    """Predict every input; returns (exit status 0/1, the CSV table). Usage errors raise UsageError/InputError."""
+    """Predict every input; returns (exit status 0/1, the CSV table). Usage errors raise UsageError/InputError
+    before anything is written (module docstring: the order that keeps the folder and its CSV consistent)."""
     models, output = Path(models), Path(output)
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"{output}: output exists and is not a folder")
+    check_output_path(output)
+    check_models_folder(models)
     plan = models_plan(models)
     if not inputs and not named_channels:
         raise UsageError("no input files (give INPUT files or folders, or --channel NAME=FILE)")
     cases = find_cases(inputs, plan.channels, output, list(named_channels))
+    _check_inputs_survive(cases, output)
+    predictor = load_predictor(models, options, ensemble, plan)   # a model fault: exit 2, nothing written
+    rows = prepare_output(output, cases)
+    table_path = output / CSV_NAME
+
+    def save(current: list[dict]) -> None:
+        try:
+            write_table(current, table_path)
+        except OSError as exc:
+            raise RunError(f"{table_path}: cannot write ({exc.strerror or exc}); the cases after the last "
+                           "row written are not processed") from None
+
     try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{output}: cannot create the output folder ({exc.__class__.__name__}: {exc})") from None
-    try:
-        predictor = load_predictor(models, options, ensemble, plan)
-    except InputError as exc:  # a missing or mismatched model fails every case: say so per case, too
-        write_table([_failed_row(case, f"models: {exc}") for case in cases], output / CSV_NAME)
+        for i, case in enumerate(cases):
+            if rows[i]["status"] != PENDING:
+                continue
+            log.info("case %d/%d: %s", i + 1, len(cases), case.input)
+            rows[i] = predict_case(case, predictor, options, output, plan,
+                                   publish=lambda row, i=i: save([*rows[:i], row, *rows[i + 1:]]))
+            save(rows)
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM) or stopped: the case under way, whose files were removed, is
+        # pending again (best effort: the table was consistent before, too).
+        try:
+            write_table(rows, table_path)
+        except Exception:
+            pass
         raise
-    rows = []
-    for i, case in enumerate(cases, 1):
-        log.info("case %d/%d: %s", i, len(cases), case.input)
-        rows.append(predict_case(case, predictor, options, output, plan))
     table = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
-    write_table(rows, output / CSV_NAME)
-    failed = int((table["status"] != "ok").sum())
-    log.info("%d case(s) ok, %d failed; table %s", len(rows) - failed, failed, output / CSV_NAME)
+    failed = int((table["status"] != OK).sum())
+    log.info("%d case(s) ok, %d failed; table %s", len(rows) - failed, failed, table_path)
     return (1 if failed else 0), table
 
 
@@ -579,9 +801,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Exit status: 0 every case ok, 1 some case failed, 2 usage error (one line on stderr)."""
     try:
         options = options_from_args(args)
-        configure_tensorflow(bool(recorded_config(args.models).get("onednn", True)))
+        configure_tensorflow(onednn_setting(args.models))
         status, _ = run(args.inputs, args.models, args.output, options, ensemble=args.ensemble,
                         named_channels=args.channel)
+    except RunError as exc:       # cases were processed; the CSV says which
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except StrokesegError as exc:  # UsageError, or a models-folder InputError: nothing was processed
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -594,7 +819,11 @@ def main(argv: list[str] | None = None) -> int:
                                                    description=__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
     configure_logging(args.quiet)
-    return run_from_args(args)
+    try:
+        return run_from_args(args)
+    except KeyboardInterrupt:   # (strokeseg predict: the CLI says the same)
+        print("error: interrupted; cases not processed are 'pending' in predictions.csv", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

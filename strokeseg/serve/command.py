@@ -34,14 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Exit status 2 with one line for a bad models folder or option; 0 when the server stops."""
-    from strokeseg.infer.predict import recorded_config
+    from strokeseg.infer.predict import onednn_setting
     from strokeseg.runtime import configure_tensorflow
 
     if not 0 < args.port < 65536:
         print(f"error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
     try:
-        configure_tensorflow(bool(recorded_config(args.models).get("onednn", True)))
+        configure_tensorflow(onednn_setting(args.models))
         from strokeseg.serve.app import serve
 
         serve(args.models, args.host, args.port, token=args.token, max_upload_mb=args.max_upload_mb,

@@ -301,3 +301,83 @@ def test_channels_share_the_first_channels_grid(tmp_path, mask_file):
     with pytest.raises(InputError) as info:
         load_channels([("dwi", dwi), ("adc", tmp_path / "none.nii.gz")], mask_file)
     fault(info, tmp_path / "none.nii.gz", "adc file not found")
+
+
+# ------------------------------------------------------------ what is refused before it is opened
+def test_non_regular_files_are_refused_without_being_opened(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.nii.gz"
+    os.mkfifo(fifo)                       # opening it would wait for a writer forever
+    loop = tmp_path / "loop.nii.gz"
+    loop.symlink_to("loop.nii.gz")
+    dangling = tmp_path / "gone.nii.gz"
+    dangling.symlink_to(tmp_path / "nowhere.nii.gz")
+    empty = tmp_path / "empty.nii.gz"
+    empty.write_bytes(b"")
+    folder = tmp_path / "folder.nii.gz"
+    folder.mkdir()
+    for path, text in ((fifo, "not a regular file (a FIFO)"), (loop, "symbolic link loop"),
+                       (dangling, "file not found (dangling symbolic link"), (empty, "empty file (0 bytes)"),
+                       (folder, "not a regular file (a folder)")):
+        with pytest.raises(InputError) as info:
+            load_t1(path)
+        fault(info, path, text)
+
+
+# ------------------------------------------------------------------------------ geometry
+def raw_header(path: Path, sform=None, qform_code=1, pixdim=None) -> Path:
+    """A .nii.gz with the header bytes as given (nibabel repairs a zero pixdim when it writes one)."""
+    img = nib.Nifti1Image(t1_data(), AFFINE)
+    img.set_qform(AFFINE if qform_code else None, code=qform_code)
+    img.set_sform(sform, code=2 if sform is not None else 0)
+    plain = path.parent / "plain.nii"
+    nib.save(img, plain)
+    raw = bytearray(plain.read_bytes())
+    plain.unlink()
+    if pixdim is not None:
+        raw[80:92] = np.asarray(pixdim, "<f4").tobytes()   # pixdim[1:4], little-endian NIfTI-1
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return path
+
+
+def test_a_singular_or_non_finite_affine_is_a_fault(tmp_path):
+    flat = AFFINE.copy()
+    flat[:3, 1] = 0
+    path = raw_header(tmp_path / "flat.nii.gz", sform=flat, qform_code=0)
+    with pytest.raises(InputError) as info:
+        load_t1(path)
+    fault(info, path, "singular affine (the sform")
+    twin = AFFINE.copy()
+    twin[:3, 1] = twin[:3, 0]                             # two voxel axes along one direction
+    path = raw_header(tmp_path / "twin.nii.gz", sform=twin, qform_code=0)
+    with pytest.raises(InputError) as info:
+        load_t1(path)
+    fault(info, path, "singular affine")
+    bad = AFFINE.copy()
+    bad[0, 3] = np.nan
+    path = raw_header(tmp_path / "nan.nii.gz", sform=bad, qform_code=0)
+    with pytest.raises(InputError) as info:
+        load_t1(path)
+    fault(info, path, "non-finite values in the affine")
+
+
+def test_zero_voxel_sizes_are_refused_unless_an_sform_gives_them(tmp_path):
+    from strokeseg.data.nifti import geometry_warning
+
+    path = raw_header(tmp_path / "zero.nii.gz", qform_code=1, pixdim=(1, 0, 1.5))
+    with pytest.raises(InputError) as info:
+        load_t1(path)
+    fault(info, path, "zero voxel size in the header (pixdim 1 x 0 x 1.5) and no sform")
+    path = raw_header(tmp_path / "no_codes_zero.nii.gz", qform_code=0, pixdim=(0, 0, 0))
+    with pytest.raises(InputError):
+        load_t1(path)
+    _, img = load_t1(raw_header(tmp_path / "sform.nii.gz", sform=AFFINE, qform_code=0, pixdim=(0, 0, 0)))
+    assert same_affine(img.affine, AFFINE)
+    assert "the sform's voxel size (1 x 1 x 1.5 mm) was used" in geometry_warning(img)
+    _, img = load_t1(raw_header(tmp_path / "no_codes.nii.gz", qform_code=0))
+    assert "no orientation in the header (qform and sform codes 0)" in geometry_warning(img)
+    _, img = load_t1(save(tmp_path / "fine.nii.gz", t1_data()))
+    assert geometry_warning(img) == ""
+    loaded = load_channels([("t1w", tmp_path / "no_codes.nii.gz")])
+    assert len(loaded.warnings) == 1 and loaded.warnings[0].startswith(f"{tmp_path / 'no_codes.nii.gz'}: ")

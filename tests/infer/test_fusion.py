@@ -100,3 +100,25 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="at least one"):
         fuse({})
     assert FUSION_RULES == ("mean", "majority", "weighted_mean")
+
+
+@pytest.mark.parametrize("record, key", [
+    ({"flip_tta": "no"}, "flip_tta"),                       # text is not a boolean: TTA stays off
+    ({"threshold": "high"}, "threshold"),
+    ({"min_lesion_voxels": "5"}, "min_lesion_voxels"),
+    ({"min_lesion_voxels": float("inf")}, "min_lesion_voxels"),   # JSON's 1e400
+    ({"fusion": "weighted_mean", "weights": {"axial": "x", "sagittal": 1, "coronal": 1}}, "weights"),
+    ({"fusion": "weighted_mean", "weights": {"axial": 1, "sagittal": 1}}, "weights"),
+    ({"fusion": "weighted_mean"}, "weights"),
+    ({"fusion": "median"}, "fusion"),
+    ({"fusion": ["mean"]}, "fusion"),
+    ({"weights": {"axial": 1, "sagittal": 1, "coronal": 1}}, "weights"),
+    ({"connectivity": 4}, "connectivity"),
+])
+def test_every_fusion_json_fault_names_the_file_and_the_key(tmp_path, record, key):
+    path = tmp_path / "fusion.json"
+    path.write_text(json.dumps(record))
+    with pytest.raises(InputError) as info:
+        FusionSettings.from_json(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and key in message.split(": ", 1)[1] and "\n" not in message

@@ -201,20 +201,44 @@ def test_a_registry_model_loads_with_its_canvas(tmp_path):
         load_plane_models(folder, canvas_shapes=canvases)
 
 
-@pytest.mark.parametrize("fault", ["missing", "not_keras", "two_outputs", "channels"])
+@pytest.mark.parametrize("fault", ["missing", "not_keras", "truncated", "corrupt", "zip_without_config", "fifo",
+                                   "two_outputs", "channels"])
 def test_bad_model_folders_name_the_file(tmp_path, fault):
+    import os
+    import zipfile
+
     folder = save_models(tmp_path / "models", {"axial.keras": 1, "sagittal.keras": 1, "coronal.keras": 1})
+    model = folder / "coronal.keras"
     if fault == "missing":
-        (folder / "coronal.keras").unlink()
+        model.unlink()
         expected = "no coronal model"
     elif fault == "not_keras":
-        (folder / "coronal.keras").write_text("not a model")
-        expected = r"coronal\.keras: not a loadable Keras model"
+        model.write_text("not a model")
+        expected = r"coronal\.keras: not a readable Keras model file \(not a zip archive: truncated or corrupt"
+    elif fault == "truncated":        # Keras itself says "File not found" of a file that exists
+        model.write_bytes(model.read_bytes()[:-200])
+        expected = r"coronal\.keras: not a readable Keras model file \(not a zip archive: truncated or corrupt"
+    elif fault == "corrupt":          # a complete archive whose weights fail their CRC
+        with zipfile.ZipFile(model) as archive:
+            info = archive.getinfo("model.weights.h5")
+        data = bytearray(model.read_bytes())
+        data[info.header_offset + 30 + len(info.filename) + 100] ^= 0xFF
+        model.write_bytes(bytes(data))
+        expected = r"coronal\.keras: not a readable Keras model file \(.*corrupt"
+    elif fault == "zip_without_config":
+        model.unlink()
+        with zipfile.ZipFile(model, "w") as archive:
+            archive.writestr("notes.txt", "not a model")
+        expected = r"coronal\.keras: not a Keras model file \(a zip archive without config\.json"
+    elif fault == "fifo":             # never opened (it would wait for a writer forever)
+        model.unlink()
+        os.mkfifo(model)
+        expected = r"coronal\.keras: not a regular file \(a FIFO"
     elif fault == "two_outputs":
-        threshold_model(filters=2).save(folder / "coronal.keras")
+        threshold_model(filters=2).save(model)
         expected = r"coronal\.keras: model output .* is not one \(n, H, W, 1\)"
     else:
-        (folder / "coronal.keras").unlink()
+        model.unlink()
         save_models(folder, {"coronal_fold1.keras": 1, "coronal_fold2.keras": 3})
         expected = r"coronal_fold2\.keras: coronal models read different numbers of input channels"
     with pytest.raises(InputError, match=expected):

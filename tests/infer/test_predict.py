@@ -147,7 +147,7 @@ def small_input(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("fault", ["no_folder", "missing_plane", "mixed_channels", "not_keras"])
-def test_model_problems_fail_every_case_with_a_clear_message(tmp_path, capsys, fault):
+def test_model_problems_are_one_line_usage_errors_and_write_nothing(tmp_path, capsys, fault):
     folder = tmp_path / "models"
     if fault != "no_folder":
         save_models(folder, PLANE_MODELS)
@@ -160,16 +160,14 @@ def test_model_problems_fail_every_case_with_a_clear_message(tmp_path, capsys, f
         expected = "axial_fold2.keras: axial models read different numbers of input channels"
     elif fault == "not_keras":
         (folder / "coronal.keras").write_bytes(gzip.compress(b"nonsense"))
-        expected = "coronal.keras: not a loadable Keras model"
+        expected = "coronal.keras: not a readable Keras model file (not a zip archive"
     else:
         expected = "models folder not found"
     out = tmp_path / "out"
     assert run_cli([small_input(tmp_path / "in"), "--models", folder, "--output", out]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err and err.count("\n") == 1
-    table = pd.read_csv(out / "predictions.csv")               # every case marked failed, no mask
-    assert list(table["status"]) == ["failed"] and expected in table["message"].iloc[0]
-    assert sorted(p.name for p in out.iterdir()) == ["predictions.csv"]
+    assert not out.exists()                  # the models are checked before the output folder is touched
 
 
 def test_usage_errors(tmp_path, models, capsys):
@@ -262,3 +260,68 @@ def test_case_names_and_input_discovery(tmp_path):
     assert [p.name for p in predict.find_inputs([folder], output=folder)] == ["a.nii", "b.nii.gz"]
     missing = tmp_path / "missing.nii.gz"
     assert predict.find_inputs([missing, folder / "a.nii"]) == [missing, folder / "a.nii"]
+
+
+# ------------------------------------------------------------------ a folder consistent at every moment
+def test_the_table_lists_every_case_pending_before_the_first_case_runs(models, tmp_path, monkeypatch):
+    one = small_input(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "case_mask.nii.gz").write_bytes(b"an earlier run's mask")
+    (out / "predictions.csv").write_text("case,status\ncase,ok\n")
+    (out / "other_mask.nii.gz").write_bytes(b"another case name: left alone")
+
+    def interrupted(case, predictor, options, output, plan, publish=None):
+        table = pd.read_csv(output / "predictions.csv")
+        assert list(table.columns) == list(predict.CSV_COLUMNS)
+        assert list(table["status"]) == ["pending"] and "not processed yet" in table["message"].iloc[0]
+        assert not (output / "case_mask.nii.gz").exists()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "predict_case", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict.run([one], models, out, predict.Options())
+    assert sorted(p.name for p in out.iterdir()) == ["other_mask.nii.gz", "predictions.csv"]
+
+
+def test_a_case_row_says_ok_before_its_files_appear(models, tmp_path):
+    from faults.catalogue import scratch_left
+
+    one = small_input(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    options = predict.Options(save_probabilities=True)
+    predictor = predict.load_predictor(models, options)
+    seen = []
+
+    def publish(row):
+        seen.append((row["status"], sorted(p.name for p in out.iterdir() if not p.name.startswith(".")),
+                     len(scratch_left(out))))
+
+    row = predict.predict_case(predict.Case("case", (("t1w", one),)), predictor, options, out, publish=publish)
+    assert row["status"] == "ok" and row["warning"] == ""
+    assert seen == [("ok", [], 2)]                          # mask and map complete, under scratch names
+    assert sorted(p.name for p in out.iterdir()) == ["case_mask.nii.gz", "case_probability.nii.gz"]
+
+
+def test_a_table_that_cannot_be_rewritten_mid_run_is_one_line_and_exit_status_1(models, tmp_path, capsys,
+                                                                                 monkeypatch):
+    import errno
+
+    one = small_input(tmp_path / "in")
+    out = tmp_path / "out"
+    written = predict.write_table
+    calls = []
+
+    def full_disk(rows, path):
+        calls.append(len(rows))
+        if len(calls) > 1:                                   # the pending table is written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written(rows, path)
+
+    monkeypatch.setattr(predict, "write_table", full_disk)
+    assert run_cli([one, "--models", models, "--output", out]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"error: {out / 'predictions.csv'}: cannot write (No space left" in err
+    table = pd.read_csv(out / "predictions.csv")
+    assert list(table["status"]) == ["pending"] and not (out / "case_mask.nii.gz").exists()
