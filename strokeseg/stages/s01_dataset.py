@@ -191,9 +191,12 @@ def ensure_synthetic_cohort(workdir: Path, config: Config, progress: bool = True
     if found is not None and all(found.get(k) == v for k, v in wanted.items()):
         log.info("01: reusing the synthetic cohort in %s", target)
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(target.parent)   # a cohort whose generation was killed
-    staging = Path(tempfile.mkdtemp(prefix=folder_prefix("cohort-staging"), dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(target.parent)   # a cohort whose generation was killed
+        staging = Path(tempfile.mkdtemp(prefix=folder_prefix("cohort-staging"), dir=target.parent))
+    except OSError as exc:   # as StageWriter says it: before anything is generated, nothing created
+        raise InputError(target.parent, f"workdir is not writable ({exc.strerror or exc})") from None
     try:
         log.info("01: generating a SYNTHETIC cohort of %d subjects in %s", config.dataset.n_subjects, target)
         generate = synthetic_multimodal.generate_multimodal_cohort if multimodal else synthetic.generate_cohort
