@@ -126,3 +126,10 @@ MASKS_DIR, MODELS_DIR = "masks", "models"
 def fused_mask_file(subject: str) -> str:
     """10_fusion: ``masks/<subject>_fused_mask.nii.gz``."""
     return f"{subject}_fused_mask.nii.gz"
+
+# CSV columns that measure wall-clock time or throughput (07's model table, 08/09's run tables and training
+# histories, predict's table): they differ from run to run. Every other value of every CSV and every figure is
+# reproducible: two runs of the same config write them byte for byte.
+MEASURED_COLUMNS = ("forward_ms_per_slice", "train_step_ms_per_slice", "forward_ms_per_patch",
+                    "train_step_ms_per_patch", "forward_gflops_per_second", "matmul_gflops_per_second",
+                    "matmul_fraction", "train_hours", "hours_to_best", "train_seconds", "epoch_seconds", "seconds")
