@@ -32,7 +32,7 @@ models-table: $(STAMP)
 # Lint first (ruff, rules in pyproject.toml), then the suite.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # Wheels that bench/gpu_check.sh installs offline on a GPU machine with JAX but without Keras or nibabel
 # (Python 3.12, x86-64 Linux; the versions pinned in requirements.txt). Run where PyPI is reachable.

@@ -136,3 +136,14 @@ def scan_file(tmp_path) -> Path:
     from serve_stub import write_stub_scan
 
     return write_stub_scan(tmp_path / "case_T1w.nii.gz")
+
+
+# make test runs each file on one pytest-xdist worker (--dist loadfile) in collection order: the longest
+# files go first, so that no long file starts last and keeps one worker busy while the other is idle.
+LONGEST_FILES_FIRST = ("test_end_to_end.py", "test_end_to_end_cohorts.py", "test_jax_backend.py", "test_loop.py",
+                       "test_s08_training.py", "test_gpu_check.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: each file keeps its order
