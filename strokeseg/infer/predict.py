@@ -70,12 +70,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import json
 import logging
 import os
 import re
-import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -89,6 +87,7 @@ from strokeseg.config import HEAD_REGIONS, PLANES, VOLUME, ConvertConfig, from_d
 from strokeseg.data import planes, resample
 from strokeseg.data.grid_plan import GRID_PLAN_JSON, GridPlan, NativeGrid
 from strokeseg.data.head_region import LEGACY_RULE
+from strokeseg.data.input_files import irregularity
 from strokeseg.data.lesions import component_sizes
 from strokeseg.data.nifti import load_channels, write_nifti
 from strokeseg.errors import InputError, StrokesegError
@@ -205,25 +204,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def _models_file(path: Path) -> bool:
     """Whether the models folder has the file ``path``; one that exists but is not a regular file (a
     folder, a FIFO, a symbolic link loop) is a :class:`UsageError` rather than silently absent."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise UsageError(f"{path}: dangling symbolic link to {os.readlink(path)}") from None
+    kind = irregularity(path)
+    if kind is None:
+        return True
+    if kind == "not found":
         return False
-    except OSError as exc:
-        raise UsageError(f"{path}: {_os_fault(exc)}") from None
-    if not stat.S_ISREG(info.st_mode):
-        what = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else \
-            "a socket or device"
-        raise UsageError(f"{path}: not a regular file ({what}), not opened")
-    return True
-
-
-def _os_fault(exc: OSError) -> str:
-    if exc.errno == errno.ELOOP:
-        return "symbolic link loop (too many levels of symbolic links)"
-    return f"cannot access ({exc.strerror or exc})"
+    if kind == "a broken symbolic link":
+        raise UsageError(f"{path}: dangling symbolic link to {os.readlink(path)}")
+    if kind.startswith("cannot"):
+        raise UsageError(f"{path}: {kind}")
+    raise UsageError(f"{path}: not a regular file ({kind}), not opened")
 
 
 def _json_object(path: Path, what: str) -> dict:
@@ -666,25 +656,24 @@ def write_table(rows: list[dict], path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- usage checks
-def _stat_argument(path: Path, what: str) -> os.stat_result | None:
-    """``os.stat`` of a folder argument, None when nothing is there; a symbolic link loop or a path
-    that cannot be looked up is a :class:`UsageError` naming it."""
-    try:
-        return os.stat(path)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise UsageError(f"{path}: dangling symbolic link to {os.readlink(path)} (the {what} folder)") from None
-        return None
-    except OSError as exc:
-        raise UsageError(f"{path}: {_os_fault(exc)}; expected the {what} folder") from None
+def _argument_kind(path: Path, what: str) -> str | None:
+    """What a folder argument is (:func:`strokeseg.data.input_files.irregularity`: ``"a folder"``,
+    ``"not found"``, None for a regular file, ...); a broken link, a symbolic link loop or a path that
+    cannot be looked up is a :class:`UsageError` naming it."""
+    kind = irregularity(path)
+    if kind == "a broken symbolic link":
+        raise UsageError(f"{path}: dangling symbolic link to {os.readlink(path)} (the {what} folder)")
+    if kind == "a symbolic link loop" or (kind or "").startswith("cannot"):
+        raise UsageError(f"{path}: {kind}; expected the {what} folder")
+    return kind
 
 
 def check_models_folder(models: Path) -> None:
     """The models folder exists, is a folder and can be listed (else a :class:`UsageError` naming it)."""
-    info = _stat_argument(Path(models), "models")
-    if info is None:
+    kind = _argument_kind(Path(models), "models")
+    if kind == "not found":
         raise UsageError(f"{models}: models folder not found")
-    if not stat.S_ISDIR(info.st_mode):
+    if kind != "a folder":
         raise UsageError(f"{models}: not a folder (--models is the folder of the .keras files)")
     try:
         os.listdir(models)
@@ -694,8 +683,7 @@ def check_models_folder(models: Path) -> None:
 
 def check_output_path(output: Path) -> None:
     """What can be said of ``--output`` before anything is written: not a link loop, not a file."""
-    info = _stat_argument(Path(output), "output")
-    if info is not None and not stat.S_ISDIR(info.st_mode):
+    if _argument_kind(Path(output), "output") not in ("a folder", "not found"):
         raise UsageError(f"{output}: output exists and is not a folder")
 
 

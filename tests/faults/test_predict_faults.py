@@ -112,28 +112,26 @@ def models_copy(setup, tmp_path: Path) -> Path:
     return folder
 
 
-def fusion_json(**record):
+def models_file(name: str, text: str, *names):
+    """A case: a copy of the models folder with ``name`` (fusion.json, config.json) holding ``text``; the
+    one line must name that file and each of ``names``."""
     def build(setup, tmp_path):
         folder = models_copy(setup, tmp_path)
-        (folder / "fusion.json").write_text(json.dumps(record))
-        return [setup[1], "--models", folder], [folder / "fusion.json", *[k for k in record if k != "fusion"]]
+        (folder / name).write_text(text)
+        return [setup[1], "--models", folder], [folder / name, *names]
     return build
+
+
+def fusion_json(**record):
+    return models_file("fusion.json", json.dumps(record), *[k for k in record if k != "fusion"])
 
 
 def fusion_text(text: str, key: str):
-    def build(setup, tmp_path):
-        folder = models_copy(setup, tmp_path)
-        (folder / "fusion.json").write_text(text)
-        return [setup[1], "--models", folder], [folder / "fusion.json", key]
-    return build
+    return models_file("fusion.json", text, key)
 
 
 def config_json(text: str, key: str):
-    def build(setup, tmp_path):
-        folder = models_copy(setup, tmp_path)
-        (folder / "config.json").write_text(text)
-        return [setup[1], "--models", folder], [folder / "config.json", key]
-    return build
+    return models_file("config.json", text, key)
 
 
 def flags(*extra, name):
