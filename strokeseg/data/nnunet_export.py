@@ -78,6 +78,7 @@ from strokeseg.data.grid_plan import GRID_PLAN_JSON
 from strokeseg.data.nifti import load_channels, write_nifti
 from strokeseg.errors import InputError, StrokesegError
 from strokeseg.runtime import configure_logging
+from strokeseg.scratch import folder_prefix, remove_leftovers
 from strokeseg.workdir import grid_plan, manifest, read_csv, require_stage, stage_config
 
 log = logging.getLogger(__name__)
@@ -434,8 +435,10 @@ def export(workdir, output, dataset_id, name: str = DEFAULT_NAME, overwrite: boo
                                        "choose another --dataset-id or remove that folder")
 
     created = _make_output(output)
-    # A unique hidden name made by mkdir, not mkdtemp: the dataset gets the usual permissions (umask).
-    staging = output / f".{folder}.staging-{uuid.uuid4().hex[:12]}"
+    remove_leftovers(output)   # the staging or old folder of an export that was killed
+    # A unique hidden name made by mkdir, not mkdtemp: the dataset gets the usual permissions (umask). It
+    # names its owner (strokeseg.scratch), so a later export removes it if this one is killed.
+    staging = output / f"{folder_prefix('staging')}{uuid.uuid4().hex[:8]}"
     try:
         staging.mkdir()
     except OSError as exc:
@@ -473,7 +476,7 @@ def _publish(staging: Path, target: Path) -> None:
     if not target.exists():
         os.replace(staging, target)
         return
-    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    trash = Path(tempfile.mkdtemp(prefix=folder_prefix("trash"), dir=target.parent))
     try:
         os.replace(target, trash / target.name)
         try:
