@@ -142,15 +142,8 @@ class ExportPlan:
         return [{"train": [s for s in everyone if s not in val], "val": sorted(val)} for val in map(set, self.folds)]
 
 
-def _columns(frame: pd.DataFrame, path: Path, wanted: tuple[str, ...]) -> pd.DataFrame:
-    missing = [c for c in wanted if c not in frame.columns]
-    if missing:
-        raise InputError(path, f"missing column(s) {', '.join(missing)}")
-    return frame
-
-
 def _subject_list(path: Path) -> list[str]:
-    frame = _columns(read_csv(path, dtype={"subject_name": str}), path, ("subject_name",))
+    frame = read_csv(path, required=("subject_name",), dtype={"subject_name": str})
     names = frame["subject_name"].tolist()
     _unique(names, path)
     return names
@@ -200,7 +193,7 @@ def _channels(workdir: Path, dataset: Path) -> tuple[tuple[str, ...], tuple[str,
 
 def _cohort(path: Path, channels: tuple[str, ...]) -> tuple[dict[str, Case], dict[str, str]]:
     """Every subject's case, and its group (the patient) where cohort.csv has a group column."""
-    cohort = _columns(read_csv(path, dtype=str, keep_default_na=False), path, ("subject_name", *channels, "mask"))
+    cohort = read_csv(path, required=("subject_name", *channels, "mask"), dtype=str, keep_default_na=False)
     _unique(cohort["subject_name"].tolist(), path)
     cases, groups = {}, {}
     for row in cohort.to_dict("records"):      # not itertuples: channel names need not be identifiers
@@ -236,7 +229,7 @@ def _split(splitting: Path, cases: dict[str, Case], cohort_csv: Path) -> tuple[l
 
 def _folds(folds_csv: Path, train: list[str], train_csv: Path) -> tuple[tuple[str, ...], ...]:
     """Stage 04's folds 1..k (k >= 2) of exactly the 80 % subjects: folds[k - 1] = fold k's subjects, sorted."""
-    folds = _columns(read_csv(folds_csv, dtype={"subject_name": str}), folds_csv, ("subject_name", "fold"))
+    folds = read_csv(folds_csv, required=("subject_name", "fold"), dtype={"subject_name": str})
     _unique(folds["subject_name"].tolist(), folds_csv)
     if not pd.api.types.is_integer_dtype(folds["fold"]):
         raise InputError(folds_csv, "column fold is not whole numbers")
