@@ -40,10 +40,6 @@ def irregularity(path: Path) -> str | None:
     return "an unknown kind of file"
 
 
-def is_regular(path: Path) -> bool:
-    return irregularity(path) is None
-
-
 def require_regular(path: Path) -> Path:
     """``path``, when it is a regular file; else an :class:`InputError` naming it: ``file not found``
     or ``not a regular file (a FIFO)`` (a folder, a socket, ...)."""
