@@ -33,7 +33,7 @@ def _binary(mask: np.ndarray) -> np.ndarray:
     return mask if mask.dtype == np.bool_ else mask > 0
 
 
-def _crop(binary: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]] | None:
+def crop(binary: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]] | None:
     """The lesion's bounding box and its start index per axis; None for an empty mask."""
     # NIfTI data arrive Fortran-ordered: ravel in memory order, or every call copies the volume.
     order = "F" if binary.flags.f_contiguous and not binary.flags.c_contiguous else "C"
@@ -60,7 +60,7 @@ def component_sizes(mask: np.ndarray, connectivity: int) -> np.ndarray:
     """Sizes (voxels) of the connected components of ``mask > 0``, sorted descending (int64)."""
     binary = _binary(mask)
     footprint = structure(binary.ndim, connectivity)
-    cropped = _crop(binary)
+    cropped = crop(binary)
     if cropped is None:
         return np.zeros(0, dtype=np.int64)
     labels, n = ndimage.label(cropped[0], structure=footprint)
@@ -76,7 +76,7 @@ def lesion_table(mask: np.ndarray, affine: np.ndarray, connectivity: int) -> pd.
     its voxels, its volume in mL (the affine's voxel size) and its centroid in world millimetres
     (the affine applied to the mean voxel index)."""
     binary = _binary(mask)
-    cropped = _crop(binary)
+    cropped = crop(binary)
     if cropped is None:
         return pd.DataFrame(columns=list(LESION_TABLE_COLUMNS))
     labels, n = ndimage.label(cropped[0], structure=structure(binary.ndim, connectivity))
@@ -136,7 +136,7 @@ def slice_statistics(mask: np.ndarray, plane: str) -> pd.DataFrame:
     if binary.ndim != 3:
         raise ValueError(f"expected a 3-D mask, got shape {binary.shape}")
     axis = AXIS[check_plane(plane)]
-    cropped = _crop(binary)
+    cropped = crop(binary)
     if cropped is None:
         return _empty_slice_frame()
     box, starts = cropped
@@ -178,7 +178,7 @@ def lesion_pixels_per_slice(mask: np.ndarray, plane: str) -> np.ndarray:
         raise ValueError(f"expected a 3-D mask, got shape {binary.shape}")
     axis = AXIS[check_plane(plane)]
     counts = np.zeros(binary.shape[axis], dtype=np.int64)
-    cropped = _crop(binary)
+    cropped = crop(binary)
     if cropped is None:
         return counts
     box, starts = cropped

@@ -80,6 +80,32 @@ def to_grid(data: np.ndarray, affine, shape, target_affine, order: int = 1, with
     return out
 
 
+def labels_to_grid(labels: np.ndarray, affine, shape, target_affine) -> np.ndarray:
+    """An integer label volume sampled on the grid (``shape``, ``target_affine``) by nearest neighbour,
+    in its own dtype; 0 outside its field of view. An axis-aligned voxel map (reorders, flips and
+    scales only) is one index look-up per axis; any other goes through ``affine_transform(order=0)``."""
+    labels = np.asarray(labels)
+    shape = tuple(int(s) for s in shape[:3])
+    voxel_map = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ np.asarray(target_affine, dtype=np.float64)
+    axes = _axis_permutation(voxel_map[:3, :3])
+    if axes is None:
+        source = nib.Nifti1Image(labels, np.asarray(affine, dtype=np.float64))
+        return np.asarray(resample_from_to(source, (shape, target_affine), order=0, mode="constant", cval=0).dataobj,
+                          dtype=labels.dtype)
+    index, inside = [], []
+    for axis in range(3):
+        source_axis = axes[axis]
+        exact = voxel_map[source_axis, axis] * np.arange(shape[axis]) + voxel_map[source_axis, 3]
+        # as affine_transform(order=0, mode="constant"): half-way points go up, and a point half a voxel
+        # or more beyond the first or last voxel centre is outside
+        position = np.floor(exact + 0.5)
+        inside.append((exact > -0.5) & (exact < labels.shape[source_axis] - 0.5))
+        index.append(np.clip(position, 0, labels.shape[source_axis] - 1).astype(np.int64))
+    out = labels.transpose(axes)[np.ix_(*index)]
+    out *= (inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]).astype(out.dtype)
+    return out
+
+
 def _axis_permutation(matrix: np.ndarray) -> list[int] | None:
     """For a voxel map that only reorders, flips and scales axes (a grid-plan subject: reoriented and
     resampled, never rotated), the source axis of each target axis; None for any other map."""

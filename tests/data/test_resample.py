@@ -64,6 +64,7 @@ def test_intensities_resample_trilinearly_and_exactly_on_the_same_grid():
 
 def test_axis_aligned_maps_sample_as_the_general_path_and_keep_edge_voxels():
     import nibabel as nib
+    import nibabel as nib
     from nibabel.processing import resample_from_to
 
     rng = np.random.default_rng(4)
@@ -83,3 +84,29 @@ def test_axis_aligned_maps_sample_as_the_general_path_and_keep_edge_voxels():
     flipped[0, 3] = 29.0
     back = resample.to_grid(data, np.eye(4), (30, 24, 20), flipped)
     np.testing.assert_array_equal(back, data[::-1])
+
+
+def test_labels_to_grid_is_nearest_neighbour_on_axis_aligned_and_oblique_maps():
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    from strokeseg.data.resample import labels_to_grid
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, size=(9, 8, 7)).astype(np.uint8)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    assert np.array_equal(labels_to_grid(labels, affine, labels.shape, affine), labels)
+    # a flipped, permuted 1 mm target: every voxel takes the label of the source voxel it lies in
+    target = np.array([[0.0, -1.0, 0.0, 15.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0, 0, 0, 1.0]])
+    out = labels_to_grid(labels, affine, (16, 18, 14), target)
+    expected = np.asarray(resample_from_to(nib.Nifti1Image(labels, affine), ((16, 18, 14), target), order=0,
+                                           mode="constant", cval=0).dataobj)
+    assert out.dtype == np.uint8 and np.array_equal(out, expected)
+    # an oblique target goes through affine_transform and agrees with it
+    angle = np.deg2rad(10)
+    oblique = np.eye(4)
+    oblique[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    out = labels_to_grid(labels, affine, (16, 16, 14), oblique)
+    expected = np.asarray(resample_from_to(nib.Nifti1Image(labels, affine), ((16, 16, 14), oblique), order=0,
+                                           mode="constant", cval=0).dataobj)
+    assert np.array_equal(out, expected)
