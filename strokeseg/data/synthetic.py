@@ -9,6 +9,9 @@ Layout (exactly ATLAS v2.0's BIDS names)::
     out_dir/dataset_description.json          ("Synthetic": true, generator version, seed, ...)
     out_dir/Training/R0SS/sub-r0SSsNNN/ses-1/anat/sub-r0SSsNNN_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz
     out_dir/Training/R0SS/sub-r0SSsNNN/ses-1/anat/sub-r0SSsNNN_ses-1_space-MNI152NLin2009aSym_label-L_desc-T1lesion_mask.nii.gz
+    out_dir/Training/R0SS/sub-r0SSsNNN/ses-1/anat/sub-r0SSsNNN_ses-1_space-MNI152NLin2009aSym_label-L_desc-T1lesion_mask.json
+        ({"LesionTerritories": [{"territory", "side", "voxel"}, ...]}: where each lesion was placed,
+        :func:`placed_lesions`; stage 01 sets it beside the atlas-derived location as a check)
 
 Subject ``i`` (0-based) lives at site ``R{i % 30 + 1:03d}`` with number ``i // 30 + 1``.
 
@@ -93,7 +96,9 @@ from strokeseg.workdir import atomic_path, atomic_write_text
 log = logging.getLogger(__name__)
 
 SYNTHETIC_COHORT_NAME = "strokeseg synthetic ATLAS-like cohort"
-GENERATOR_VERSION = 2       # 2: site scanner profiles (strokeseg.data.scanner_sites)
+# 2: site scanner profiles (strokeseg.data.scanner_sites); 3: each mask's JSON sidecar records the territory
+# of every placed lesion (volumes and masks identical to version 2)
+GENERATOR_VERSION = 3
 
 DESCRIPTION_FILE = "dataset_description.json"
 MAX_SUBJECTS, MAX_DOWNSAMPLE = SYNTHETIC_LIMITS["synthetic"]   # the config checks them too
@@ -493,11 +498,21 @@ def _grow_exact(score: np.ndarray, comp: np.ndarray, seed, size: int, n_comp: in
     return lesion
 
 
+@dataclass(frozen=True)
+class PlacedLesion:
+    """Where the generator put one lesion: its vascular territory (``other`` when it fell back to
+    anywhere in free tissue), the side it aimed at (``left``, ``right``; ``""`` for midline
+    territories and the fallback) and one voxel of the lesion (grid index), which names its component."""
+    territory: str
+    side: str
+    voxel: tuple[int, int, int]
+
+
 def _draw_lesions(rng: np.random.Generator, t1: np.ndarray, tissue: np.ndarray, plan: LesionPlan,
-                  affine: np.ndarray, d: int) -> tuple[np.ndarray, list[str]]:
+                  affine: np.ndarray, d: int) -> tuple[np.ndarray, list[PlacedLesion]]:
     canvas = _LesionCanvas(allowed=tissue > 0.5, forbidden=np.zeros(t1.shape, bool),
                            mask=np.zeros(t1.shape, np.uint8), affine=affine, d=d)
-    territories = []
+    placed_lesions = []
     dominant = None
     for size, size_1mm in zip(plan.sizes, plan.sizes_1mm):
         if dominant is not None and dominant[0].max_voxels >= size_1mm and rng.random() < _P_SAME_TERRITORY:
@@ -516,10 +531,14 @@ def _draw_lesions(rng: np.random.Generator, t1: np.ndarray, tissue: np.ndarray, 
         canvas.mask[box][lesion] = 1
         canvas.forbidden[box] |= ndi.binary_dilation(lesion, _STRUCT26)
         _darken(rng, t1, box, lesion, noise)
-        territories.append(territory.name if attempt < 24 else "other")
+        inside = np.argwhere(lesion)[0] + np.array([b.start for b in box])
+        fallback = attempt >= 24
+        placed_lesions.append(PlacedLesion("other" if fallback else territory.name,
+                                           "" if fallback or not side else ("left" if side < 0 else "right"),
+                                           tuple(int(v) for v in inside)))
         if dominant is None:
             dominant = (territory, side)
-    return canvas.mask, territories
+    return canvas.mask, placed_lesions
 
 
 def _darken(rng: np.random.Generator, t1: np.ndarray, box, lesion: np.ndarray, noise: np.ndarray) -> None:
@@ -542,7 +561,7 @@ class SyntheticSubject:
     mask: np.ndarray         # uint8 in {0, 1}
     affine: np.ndarray
     plan: LesionPlan
-    territories: tuple[str, ...]
+    placed: tuple[PlacedLesion, ...]
     profile: SiteProfile     # the scanner profile of the subject's site
     brain: np.ndarray        # bool: the deformed (skull-stripped) template's support, lesions inside
     shell: np.ndarray        # bool: voxels carrying the skull/scalp stand-in (none unless profile.shell)
@@ -565,7 +584,7 @@ def synthesize_subject(seed: int, index: int, downsample: int = 1) -> SyntheticS
     tissue[anat.bbox] = tissue_box
     del t1_box, tissue_box
 
-    mask, territories = _draw_lesions(rng_l, t1, tissue, plan, anat.affine, d)
+    mask, placed = _draw_lesions(rng_l, t1, tissue, plan, anat.affine, d)
 
     head |= mask[anat.bbox] > 0     # (a no-op: lesions lie in GM+WM, inside the head)
     brain = np.zeros(anat.shape, bool)
@@ -573,7 +592,7 @@ def synthesize_subject(seed: int, index: int, downsample: int = 1) -> SyntheticS
     del tissue, head
     # The scanner: the site's profile, jittered per subject, drawn after the anatomy (which it cannot change).
     out, shell = _acquire(rng_a, profile, t1, brain, d)
-    return SyntheticSubject(subject_name(index), out, mask, anat.affine, plan, tuple(territories), profile,
+    return SyntheticSubject(subject_name(index), out, mask, anat.affine, plan, tuple(placed), profile,
                             brain, shell)
 
 
@@ -697,7 +716,26 @@ def _write_subject(out_dir: str, seed: int, index: int, downsample: int) -> str:
     t1_path, mask_path = subject_paths(Path(out_dir), index)
     _save_nifti(subject.t1, subject.affine, t1_path, "strokeseg synthetic T1w")
     _save_nifti(subject.mask, subject.affine, mask_path, "strokeseg synthetic lesion mask")
+    atomic_write_text(territories_path(mask_path), json.dumps({"LesionTerritories": [
+        {"territory": p.territory, "side": p.side, "voxel": list(p.voxel)} for p in subject.placed]}) + "\n")
     return subject.name
+
+
+def territories_path(mask_path: Path) -> Path:
+    """The mask's JSON sidecar, where the generator records the territory of every lesion it placed."""
+    name = Path(mask_path).name
+    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
+    return Path(mask_path).with_name(stem + ".json")
+
+
+def placed_lesions(mask_path: Path) -> list[PlacedLesion] | None:
+    """The territories recorded beside a synthetic mask; None where there is no readable record (a
+    real cohort, or a cohort of generator version 2 or older)."""
+    try:
+        record = json.loads(territories_path(mask_path).read_text())["LesionTerritories"]
+        return [PlacedLesion(str(r["territory"]), str(r["side"]), tuple(int(v) for v in r["voxel"])) for r in record]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:

@@ -374,7 +374,7 @@ def _synthesize_session(anatomy: _WorkAnatomy, seed: int, index: int, number: in
     rng_lesions = _rng(seed, index, _STREAM_LESIONS, number)
     plan = acute_lesion_plan(rng_lesions, d)
     # _draw_lesions darkens a T1 as it goes (the ATLAS-like contrast): give it a scratch copy.
-    lesion, territories = _draw_lesions(rng_lesions, anatomy.t1.copy(), anatomy.tissue, plan,
+    lesion, placed = _draw_lesions(rng_lesions, anatomy.t1.copy(), anatomy.tissue, plan,
                                         anatomy.affine, d)
 
     rng_signal = _rng(seed, index, _STREAM_SIGNAL, number)
@@ -390,7 +390,7 @@ def _synthesize_session(anatomy: _WorkAnatomy, seed: int, index: int, number: in
     mask = _resample_mask(lesion, anatomy.affine, shape, affine)
     dwi, adc = _acquire(rng_signal, dwi, adc, spacing, contrast.dwi_scale)
     return MultimodalSession(subject_name(index), session, dwi, adc, mask, affine, plan,
-                             tuple(territories), contrast, lesion, anatomy.affine)
+                             tuple(p.territory for p in placed), contrast, lesion, anatomy.affine)
 
 
 def synthesize_multimodal_subject(seed: int, index: int, downsample: int = 1) -> list[MultimodalSession]:

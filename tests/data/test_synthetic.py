@@ -20,11 +20,13 @@ from strokeseg.data.synthetic import (
     generate_cohort,
     is_synthetic,
     lesion_plan,
+    placed_lesions,
     sample_lesion_targets,
     subject_name,
     subject_paths,
     synthesize_subject,
     template_grid,
+    territories_path,
 )
 from strokeseg.errors import InputError
 from strokeseg.protocol.bins import assign_bins
@@ -102,7 +104,8 @@ def test_bids_names_and_paths_are_atlas_v2(cohorts):
     expected = ["dataset_description.json"]
     for site, name in [("R001", "sub-r001s001"), ("R002", "sub-r002s001"), ("R003", "sub-r003s001")]:
         anat = f"Training/{site}/{name}/ses-1/anat/{name}_ses-1_space-MNI152NLin2009aSym"
-        expected += [f"{anat}_T1w.nii.gz", f"{anat}_label-L_desc-T1lesion_mask.nii.gz"]
+        expected += [f"{anat}_T1w.nii.gz", f"{anat}_label-L_desc-T1lesion_mask.nii.gz",
+                     f"{anat}_label-L_desc-T1lesion_mask.json"]
     assert files == sorted(expected)   # and no temporary files left behind
 
 
@@ -126,7 +129,7 @@ def test_description_marks_the_cohort_synthetic(cohorts):
     assert is_synthetic(ref)
     assert cohort_parameters(ref) == {"GeneratorVersion": GENERATOR_VERSION, "n_subjects": N,
                                       "seed": SEED, "downsample": D}
-    assert GENERATOR_VERSION == 2       # 2: site scanner profiles
+    assert GENERATOR_VERSION == 3       # 2: site scanner profiles; 3: territory sidecars
 
 
 def test_description_records_the_site_profiles(cohorts):
@@ -220,6 +223,25 @@ def test_mask_has_the_planned_lesions_exactly(subjects):
         sizes = sorted(np.bincount(labels.ravel())[1:].tolist(), reverse=True)
         assert sizes == sorted(plan.sizes, reverse=True)
         assert min(plan.sizes) >= 4
+
+
+def test_each_lesion_s_territory_is_recorded_beside_its_mask_with_a_voxel_inside_it(cohorts, subjects):
+    for s in subjects:
+        _, mask_path = subject_paths(cohorts["ref"], s["i"])
+        placed = placed_lesions(mask_path)
+        assert territories_path(mask_path).name.endswith("_desc-T1lesion_mask.json")
+        labels, n = ndi.label(s["mask"], STRUCT26)
+        assert len(placed) == n
+        # every component is named by exactly one placed lesion, in a known territory and a side that fits
+        assert sorted(int(labels[p.voxel]) for p in placed) == list(range(1, n + 1))
+        for p in placed:
+            assert p.territory in {"MCA", "deep", "PCA", "ACA", "cerebellum", "brainstem", "other"}
+            assert p.side in ({"", "left", "right"} if p.territory in {"MCA", "deep", "PCA", "ACA", "cerebellum"}
+                              else {""})
+            x_mm = (s["mask_img"].affine @ np.append(p.voxel, 1.0))[0]
+            assert p.side != "left" or x_mm < 0
+            assert p.side != "right" or x_mm > 0
+    assert placed_lesions(cohorts["ref"] / "no_such_mask.nii.gz") is None
 
 
 def test_masks_are_those_of_generator_version_1(cohorts, subjects):
