@@ -11,6 +11,13 @@ RSS under 3 GB.
 
     python bench/data_stages.py                 # 655 subjects, cache in bench/cache/
     python bench/data_stages.py --n-subjects 40 --workdir /tmp/bench40
+    python bench/data_stages.py --locations-ab  # stage 01 without, then with the lesion locations
+
+``--locations-ab`` times stage 01 alone, ``--rounds`` times each way (``dataset.lesion_locations``
+false, then true, alternating), each in a fresh workdir (the atlas cache included, so building the
+atlas is counted), and prints the medians and their ratio (target: locations add at most 20 %). It
+reuses a cached cohort of any generator version: every version has the same masks, and stage 01
+only validates the T1 volumes.
 """
 from __future__ import annotations
 
@@ -90,10 +97,13 @@ def disk_bytes(folder: Path) -> int:
 
 
 def ensure_cohort(folder: Path, n_subjects: int, seed: int, workers: int, generate=synthetic.generate_cohort,
-                  version: int = synthetic.GENERATOR_VERSION) -> float | None:
+                  version: int | None = synthetic.GENERATOR_VERSION) -> float | None:
     """A synthetic cohort at 1 mm in ``folder`` (generated unless one with these parameters is there);
-    the generation seconds, or None when reused. ``generate``/``version``: the generator's flavour."""
-    wanted = {"n_subjects": n_subjects, "seed": seed, "downsample": 1, "GeneratorVersion": version}
+    the generation seconds, or None when reused. ``generate``/``version``: the generator's flavour
+    (``version`` None: any version)."""
+    wanted = {"n_subjects": n_subjects, "seed": seed, "downsample": 1}
+    if version is not None:
+        wanted["GeneratorVersion"] = version
     found = synthetic.cohort_parameters(folder) if folder.exists() else None
     if found is not None and all(found.get(k) == v for k, v in wanted.items()):
         return None
@@ -133,10 +143,17 @@ def main() -> None:
                              "removed at the end and only the cohort stays cached")
     parser.add_argument("--profile", default="paper")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--locations-ab", action="store_true",
+                        help="time stage 01 without and with the lesion locations (see above)")
+    parser.add_argument("--rounds", type=int, default=1, help="--locations-ab: runs of each way")
     args = parser.parse_args()
 
     cohort = args.cache / f"synthetic_{args.n_subjects}"
     workdir = args.workdir or args.cache / f"workdir_{args.n_subjects}"
+    if args.locations_ab:
+        ensure_cohort(cohort, args.n_subjects, args.seed, os.cpu_count() or 1, version=None)
+        locations_ab(cohort, workdir, args)
+        return
     generated = ensure_cohort(cohort, args.n_subjects, args.seed, os.cpu_count() or 1)
     print(f"cohort: {cohort} ({args.n_subjects} SYNTHETIC subjects, {disk_bytes(cohort) / 1e9:.2f} GB)"
           + (f", generated in {generated:.0f} s" if generated is not None else ", reused"))
@@ -175,6 +192,29 @@ def main() -> None:
     print(f"peak RSS over all stages: {peak / 1e9:.2f} GB (target < 3 GB); floor {floor:.1f} s "
           f"(stages' reader {package_floor:.1f} s); "
           f"{os.cpu_count()} CPU cores")
+
+
+def locations_ab(cohort: Path, workdir: Path, args: argparse.Namespace) -> None:
+    """Stage 01 without and with the lesion locations, alternating, each in a fresh workdir."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    peaks: dict[bool, int] = {False: 0, True: 0}
+    for _ in range(args.rounds):
+        for locate in (False, True):
+            shutil.rmtree(workdir, ignore_errors=True)
+            command = [sys.executable, str(ROOT / DATASET / "run.py"), "--workdir", str(workdir), "--quiet",
+                       "--atlas-dir", str(cohort), "--profile", args.profile,
+                       *[a for o in args.overrides for a in ("--set", o)],
+                       "--set", f"dataset.lesion_locations={'true' if locate else 'false'}"]
+            seconds, peak = run_measured(command)
+            times[locate].append(seconds)
+            peaks[locate] = max(peaks[locate], peak)
+            print(f"  stage 01 {'with' if locate else 'without'} locations: {seconds:7.1f} s  "
+                  f"peak RSS {peak / 1e9:5.2f} GB", flush=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+    without, with_ = (float(np.median(times[k])) for k in (False, True))
+    print(f"stage 01, {args.n_subjects} subjects, median of {args.rounds}: without {without:.1f} s, "
+          f"with {with_:.1f} s: {with_ / without:.3f}x (target <= 1.20x); peak RSS {peaks[True] / 1e9:.2f} GB "
+          f"with, {peaks[False] / 1e9:.2f} GB without; {os.cpu_count()} CPU cores")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ class DatasetConfig:
     spacing: tuple[float, ...] = ()
     grid_plan: str = "auto"
     target_spacing: tuple[float, ...] = ()
+    lesion_locations: bool = True
 
     @property
     def folder(self) -> str | None:
@@ -391,6 +392,8 @@ FIELD_HELP: dict[str, str] = {
     "dataset.grid_plan": "auto (fixed when all subjects share one grid), fixed, or target_spacing (nnU-Net's rule: "
                          "each subject resampled to one voxel size)",
     "dataset.target_spacing": "target_spacing plan: voxel size in mm; [] = the median voxel size per axis",
+    "dataset.lesion_locations": "hemisphere, atlas regions and class of every lesion, and the lesion-frequency map "
+                                "(cohorts in MNI space; others skip them with a logged line)",
 
     "bins.volume_edges": "3-D lesion-volume bin edges, voxels, lo < v <= hi; they stratify split, folds, inner val.",
     "bins.axial_edges": "axial lesion-slice size bin edges, pixels, lo < v <= hi; batches draw from every bin",

@@ -59,6 +59,12 @@ CONFIG_JSON = "config.json"         # the config the stage ran with; the next st
 COHORT_CSV = "cohort.csv"                          # subject, group, site, channel and mask files, geometry
 VOLUMES_DIR = "volumes"                            # subjects written as NIfTI by stage 01 (slice folders, ...)
 SUBJECTS_3D_CSV = "lesion_information_3d.csv"      # per-subject lesion statistics and volume bin
+# Lesion locations (cohorts in MNI space only; strokeseg.data.lesion_locations)
+LESION_LOCATIONS_CSV = "lesion_locations.csv"      # per lesion: hemisphere, class, regions, centroid
+SUBJECT_LOCATIONS_CSV = "subject_locations.csv"    # per subject: the whole mask's hemisphere and class
+LESION_LOAD_CSV = "lesion_load_by_region.csv"      # per subject x region: lesion voxels and mL
+LESION_FREQUENCY_NII = "lesion_frequency.nii.gz"   # share of subjects with lesion at each voxel
+ATLAS_CACHE_DIR = "atlas_cache"                    # workdir/atlas_cache: the region atlas per grid
 
 
 def plane_lesions_csv(plane: str) -> str:
@@ -120,6 +126,9 @@ MODEL_COMPARISON_CSV, LOSS_COMPARISON_CSV = "model_comparison.csv", "loss_compar
 # 10_fusion (and `strokeseg evaluate`, which writes the same three tables)
 SUBJECTS_CSV, SUMMARY_CSV, BY_VOLUME_BIN_CSV = "subjects.csv", "summary.csv", "by_volume_bin.csv"
 FUSION_GAIN_CSV = "fusion_gain.csv"
+BY_LOCATION_CSV = "by_location.csv"                # per mask x location class / hemisphere: metrics
+HOLDOUT_LESIONS_CSV = "holdout_lesions.csv"        # stage 01's hold-out lesion rows with `detected`
+DETECTION_BY_LOCATION_CSV = "detection_by_location.csv"   # lesion-wise detection per location group
 MASKS_DIR, MODELS_DIR = "masks", "models"
 
 

@@ -10,6 +10,15 @@ orientation), ``lesion_information_3d.csv`` (26-connected components on the plan
 ``lesion_size_1..10`` the ten largest; ``volume_ml`` on the subject's own grid), one
 ``lesion_information_<plane>.csv`` per plane of the study (lesion slices on the plan grid,
 8-connectivity) and distribution figures.
+
+Where every subject is in MNI space (:func:`strokeseg.data.region_atlas.mni_reason`; ATLAS and the
+synthetic cohort) and ``dataset.lesion_locations`` is on, it also locates every lesion on the
+subject's own grid (:mod:`strokeseg.data.lesion_locations`, the atlas built once per grid and kept in
+``<workdir>/atlas_cache``): ``lesion_locations.csv`` (per lesion; for a synthetic cohort with the
+territory the generator placed it in, and whether the atlas agrees), ``subject_locations.csv`` (per
+subject), ``lesion_load_by_region.csv`` (per subject x region), and, where the subjects share one
+grid, ``lesion_frequency.nii.gz`` (share of subjects with a lesion at each voxel) and the two location
+figures. Other cohorts (native space: ISLES'22, slice folders) skip them with one logged line.
 """
 from __future__ import annotations
 
@@ -25,9 +34,21 @@ import numpy as np
 import pandas as pd
 
 from strokeseg.config import Config, restrict_planes
-from strokeseg.contracts import COHORT_CSV, DATASET, SUBJECTS_3D_CSV, VOLUMES_DIR, plane_lesions_csv
-from strokeseg.data import lesions, readers, synthetic, synthetic_multimodal
+from strokeseg.contracts import (
+    ATLAS_CACHE_DIR,
+    COHORT_CSV,
+    DATASET,
+    LESION_FREQUENCY_NII,
+    LESION_LOAD_CSV,
+    LESION_LOCATIONS_CSV,
+    SUBJECT_LOCATIONS_CSV,
+    SUBJECTS_3D_CSV,
+    VOLUMES_DIR,
+    plane_lesions_csv,
+)
+from strokeseg.data import lesion_locations, lesions, readers, region_atlas, synthetic, synthetic_multimodal
 from strokeseg.data.grid_plan import GridPlan, NativeGrid, make_plan
+from strokeseg.data.nifti import write_nifti
 from strokeseg.data.planned import load_planned
 from strokeseg.data.subjects import Cohort, Subject
 from strokeseg.errors import InputError
@@ -49,6 +70,16 @@ class _Job:
     plan: GridPlan
     binarize: bool
     allow_empty: bool
+    atlas_cache: Path | None = None    # locate the lesions with the region atlas kept here
+    crop_mask: bool = False            # return the mask's bounding box (for the frequency map)
+
+
+@dataclass
+class _Location:
+    lesions: pd.DataFrame
+    subject: dict
+    load: pd.DataFrame
+    crop: tuple[tuple[int, int, int], np.ndarray] | None   # (start, uint8 box) of the mask, None if empty
 
 
 def run(workdir: Path, config: Config, progress: bool = True) -> Path:
@@ -60,20 +91,24 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
         log.info("01: %s", note)
     with StageWriter(workdir, STAGE, config, synthetic=is_synthetic) as out:
         subjects, recorded = _materialised(cohort, out.path, stage_dir(workdir, STAGE), config, progress)
-        plan = make_plan([_native_grid(s) for s in subjects], config.dataset.grid_plan, cohort.channels,
+        natives = [_native_grid(s) for s in subjects]
+        plan = make_plan(natives, config.dataset.grid_plan, cohort.channels,
                          cohort.channel_kinds, cohort.planes, cohort.spacing_known, config.dataset.target_spacing)
         log.info("01: grid plan %s: %s voxels of %s", plan.kind, "x".join(map(str, plan.shape)),
                  " x ".join(f"{s:.3g}" for s in plan.spacing) + (" mm" if plan.spacing_known else " (unknown units)"))
         plan.write(out.path)
         out.config = restrict_planes(config, plan.planes)   # later stages start from this config
-        jobs = [_Job(s, plan, config.dataset.binarize_masks, cohort.allow_empty_masks) for s in subjects]
-        rows, geometry, per_plane = [], [], {p: [] for p in plan.planes}
-        for subject_row, grid_row, slices in map_ordered(_statistics, jobs, config.workers, "01 lesion statistics",
-                                                          progress):
+        atlas_cache, grid = _location_setup(workdir, config, subjects, natives)
+        jobs = [_Job(s, plan, config.dataset.binarize_masks, cohort.allow_empty_masks, atlas_cache, grid is not None)
+                for s in subjects]
+        rows, geometry, per_plane, located = [], [], {p: [] for p in plan.planes}, []
+        for subject_row, grid_row, slices, location in map_ordered(_statistics, jobs, config.workers,
+                                                                    "01 lesion statistics", progress):
             rows.append(subject_row)
             geometry.append(grid_row)
             for plane in plan.planes:
                 per_plane[plane].append(slices[plane])
+            located.append(location)
         subjects_frame = pd.DataFrame(rows)
         subjects_frame["volume_bin"] = bins.assign_bins(subjects_frame["sum_voxel"], config.bins.volume_edges)
         write_csv(cohort_frame(recorded, cohort.channels, geometry), out.path / COHORT_CSV)
@@ -93,6 +128,9 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
                 frame["sum_voxel"], frame["slice_bin"], config.bins.slice_edges(plane),
                 f"{plane.capitalize()} lesion slices (n={len(frame)})", "lesion pixels per slice",
                 out.path / f"lesion_distribution_{plane}.png", is_synthetic)
+        if atlas_cache is not None:
+            out.extra["lesion_locations"] = _write_locations(out.path, [s.subject for s in subjects], located, grid,
+                                                             is_synthetic)
         out.extra.update({"dataset": cohort.kind, "channels": list(cohort.channels), "planes": list(plan.planes),
                           "grid_plan": plan.kind, "allow_empty_masks": cohort.allow_empty_masks,
                           "notes": list(cohort.notes)})
@@ -150,7 +188,34 @@ def _native_grid(subject: Subject) -> NativeGrid:
     return NativeGrid(tuple(int(s) for s in header.shape[:3]), np.asarray(header.affine, dtype=float))
 
 
-def _statistics(job: _Job) -> tuple[dict, dict, dict[str, pd.DataFrame]]:
+def _location_setup(workdir: Path, config: Config, subjects: list[Subject],
+                    natives: list[NativeGrid]) -> tuple[Path | None, tuple[tuple[int, ...], np.ndarray] | None]:
+    """(the atlas cache folder, or None when the lesions are not located; the one grid every subject
+    shares, or None). Builds the atlas of every grid once, here, so that workers only map it."""
+    if not config.dataset.lesion_locations:
+        log.info("01: lesion locations off (dataset.lesion_locations=false)")
+        return None, None
+    grids = {}
+    for subject, native in zip(subjects, natives):
+        path = subject.channels[0][1]
+        reason = region_atlas.mni_reason(path)
+        if reason:
+            log.info("01: lesion locations skipped: %s: %s", path, reason)
+            return None, None
+        affine = np.asarray(native.affine, dtype=float)
+        grids.setdefault((native.shape, np.round(affine, 4).tobytes()), (native.shape, affine))
+    cache = Path(workdir) / ATLAS_CACHE_DIR
+    try:
+        for shape, affine in grids.values():
+            region_atlas.cached(cache, shape, affine)
+    except region_atlas.AtlasUnavailable as exc:
+        log.warning("01: lesion locations skipped: %s", exc)
+        return None, None
+    log.info("01: locating lesions with the Harvard-Oxford atlas (%d grid(s); cached in %s)", len(grids), cache)
+    return cache, (next(iter(grids.values())) if len(grids) == 1 else None)
+
+
+def _statistics(job: _Job) -> tuple[dict, dict, dict[str, pd.DataFrame], _Location | None]:
     subject = job.subject
     # Every channel is read and validated; only the mask is needed on the plan grid here.
     planned = load_planned(list(subject.channels), subject.mask, job.plan, job.binarize, job.allow_empty,
@@ -168,7 +233,61 @@ def _statistics(job: _Job) -> tuple[dict, dict, dict[str, pd.DataFrame]]:
         frame = lesions.slice_statistics(planned.mask, plane)
         frame.insert(0, "subject_name", subject.subject)
         slices[plane] = frame
-    return row, grid, slices
+    location = _locate(job, subject, planned.native_mask, planned.image.affine) if job.atlas_cache else None
+    return row, grid, slices, location
+
+
+def _locate(job: _Job, subject: Subject, mask: np.ndarray, affine: np.ndarray) -> _Location:
+    atlas = region_atlas.cached(job.atlas_cache, mask.shape, affine)
+    placed = synthetic.placed_lesions(subject.mask) or []
+    found = lesion_locations.locate(mask, affine, atlas, [(p.voxel, p) for p in placed])
+    frame = found.lesions
+    frame.insert(0, "subject_name", subject.subject)
+    if placed:
+        ours = [tags[0] if tags else None for tags in found.tags]
+        frame["placed_territory"] = [p.territory if p else "" for p in ours]
+        frame["placed_side"] = [p.side if p else "" for p in ours]
+        frame["territory_agrees"] = [lesion_locations.agrees_with_territory(p.territory, p.side, c, h) if p else None
+                                     for p, c, h in zip(ours, frame["location_class"], frame["hemisphere"])]
+    load = found.load
+    load.insert(0, "subject_name", subject.subject)
+    cropped = lesions.crop(np.asarray(mask) > 0) if job.crop_mask else None
+    crop = (cropped[1], cropped[0].astype(np.uint8)) if cropped is not None else None
+    return _Location(frame, {"subject_name": subject.subject, **found.whole}, load, crop)
+
+
+def _write_locations(folder: Path, names: list[str], located: list[_Location],
+                     grid: tuple[tuple[int, ...], np.ndarray] | None, is_synthetic: bool) -> dict:
+    """The location CSVs, the frequency map and the figures; returns what the manifest records."""
+    from strokeseg.report import location_figures
+
+    per_lesion = pd.concat([loc.lesions for loc in located], ignore_index=True)
+    load = pd.concat([loc.load for loc in located], ignore_index=True)
+    write_csv(per_lesion, folder / LESION_LOCATIONS_CSV)
+    write_csv(pd.DataFrame([loc.subject for loc in located], columns=list(lesion_locations.SUBJECT_COLUMNS)),
+              folder / SUBJECT_LOCATIONS_CSV)
+    write_csv(load, folder / LESION_LOAD_CSV)
+    location_figures.location_figure(per_lesion, load, folder / "lesion_locations.png", is_synthetic)
+    record = {"lesions": int(len(per_lesion)),
+              "classes": {c: int((per_lesion["location_class"] == c).sum()) for c in lesion_locations.LOCATION_CLASSES},
+              "hemispheres": {h: int((per_lesion["hemisphere"] == h).sum()) for h in lesion_locations.HEMISPHERES}}
+    if "territory_agrees" in per_lesion and per_lesion["territory_agrees"].notna().any():
+        checked = per_lesion["territory_agrees"].dropna().astype(bool)
+        record["territory_agreement"] = {"checked": int(len(checked)), "agree": int(checked.sum())}
+        log.info("01: the atlas agrees with the territory the generator placed %d of %d lesions in (%.1f %%)",
+                 int(checked.sum()), len(checked), 100.0 * checked.mean() if len(checked) else float("nan"))
+    if grid is not None:
+        shape, affine = grid
+        frequency = np.zeros(shape, dtype=np.float32)
+        for loc in located:
+            if loc.crop is not None:
+                start, box = loc.crop
+                frequency[tuple(slice(a, a + n) for a, n in zip(start, box.shape))] += box
+        frequency /= max(len(names), 1)
+        write_nifti(folder / LESION_FREQUENCY_NII, frequency, affine=affine, dtype=np.float32)
+        location_figures.frequency_figure(frequency, affine, folder / "lesion_frequency.png", is_synthetic, len(names))
+        record["max_frequency"] = float(frequency.max())
+    return record
 
 
 def cohort_frame(subjects: list[Subject], channels: tuple[str, ...], geometry: list[dict]) -> pd.DataFrame:
