@@ -64,7 +64,6 @@ def test_intensities_resample_trilinearly_and_exactly_on_the_same_grid():
 
 def test_axis_aligned_maps_sample_as_the_general_path_and_keep_edge_voxels():
     import nibabel as nib
-    import nibabel as nib
     from nibabel.processing import resample_from_to
 
     rng = np.random.default_rng(4)
