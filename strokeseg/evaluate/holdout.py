@@ -40,6 +40,7 @@ SINGLE_PLANE_THRESHOLD = 0.5        # a single plane's 3-D mask: probability > 0
 class SubjectResult:
     rows: list[dict]                              # one metrics row per plane and for the fused mask
     fused: np.ndarray                             # uint8 {0, 1} on the subject's own grid
+    truth: np.ndarray                             # the ground-truth mask on the subject's own grid
     probabilities: dict[str, np.ndarray]          # per plane, float32, on the subject's own grid
     image: nib.Nifti1Image                        # the first channel's header and affine, for outputs
 
@@ -82,7 +83,7 @@ def evaluate_subject(name: str, channels: list[tuple[str, Path]], mask_path: Pat
         probabilities = {key: plan.probability_to_native(p, native) for key, p in probabilities.items()}
     else:
         probabilities = {}
-    return SubjectResult(rows, fused, probabilities, subject.image)
+    return SubjectResult(rows, fused, truth, probabilities, subject.image)
 
 
 HOLDOUT_COLUMNS = ("subject_name", "volume_bin", "mask")   # and one file column per image channel

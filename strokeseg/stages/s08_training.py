@@ -6,7 +6,10 @@ Outputs under ``08_training/``:
   ``test_slices.csv`` / ``test_subjects.csv``; kept across invocations so a killed stage resumes;
 - ``<plane>_folds_results.csv``: per evaluation (slice_upstream, lesion_slices, subject_3d) and
   fold, mean ± std of Dice, recall, precision, the Average Score, an All row and the best fold;
-- ``test_slices.csv``, ``test_subjects_3d.csv``: every evaluated slice and subject, all runs;
+- ``test_slices.csv``, ``test_subjects_3d.csv``: every evaluated slice and subject, all runs; where
+  stage 01 located the lesions, each subject's ``location_class`` and ``hemisphere`` (its whole mask),
+  and ``by_location.csv``: per plane, location class and hemisphere, n and mean/std/median of the 3-D
+  Dice, recall and precision (:mod:`strokeseg.evaluate.location_tables`);
 - ``runs.csv``: epochs, best epoch, stopping reason and hours per run;
 - ``best_folds.csv``: per plane, the fold whose model stage 10 uses by default (best 3-D average
   score on its cross-validation test fold) and its model file;
@@ -22,6 +25,7 @@ from typing import Iterable
 from strokeseg.config import Config, apply_overrides
 from strokeseg.contracts import (
     BEST_FOLDS_CSV,
+    BY_LOCATION_CSV,
     PREPARATION,
     RUNS_CSV,
     RUNS_DIR,
@@ -30,6 +34,7 @@ from strokeseg.contracts import (
     TRAINING,
     plane_folds_results_csv,
 )
+from strokeseg.evaluate import location_tables
 from strokeseg.workdir import StageWriter, is_synthetic_run, stage_config, stage_dir, write_csv
 
 log = logging.getLogger(__name__)
@@ -57,10 +62,15 @@ def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = Fals
         return root
     slices, subjects, runs = experiments.collect(specs, root)
     tables = experiments.plane_fold_tables(slices, subjects)
+    located = location_tables.subject_locations(workdir)
     with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir), kept=(RUNS_DIR,)) as out:
         for (_, plane), table in tables.items():
             write_csv(table, out.path / plane_folds_results_csv(plane))
         write_csv(slices, out.path / TEST_SLICES_CSV)
+        if located is not None:
+            subjects = location_tables.with_locations(subjects, located)
+            write_csv(location_tables.by_location(subjects, "plane", list(dict.fromkeys(subjects["plane"])),
+                                                  ("dice", "recall", "precision")), out.path / BY_LOCATION_CSV)
         write_csv(subjects, out.path / TEST_SUBJECTS_3D_CSV)
         write_csv(runs, out.path / RUNS_CSV)
         write_csv(experiments.best_folds(tables, runs), out.path / BEST_FOLDS_CSV)

@@ -48,6 +48,13 @@ Outputs under ``10_fusion/``:
   paired two-sided Wilcoxon signed-rank test (:func:`strokeseg.evaluate.subject_tables.paired_comparison`);
 - ``by_volume_bin.csv``: per mask and each of the configured 3-D lesion-volume bins (all of them,
   empty ones with n = 0): n, mean, std and median of the main metrics;
+- where stage 01 located the lesions (cohorts in MNI space): ``by_location.csv``, per mask, grouping
+  (``location_class``, ``hemisphere``: the subject's whole mask, stage 01's ``subject_locations.csv``)
+  and group (every one, empty ones with n = 0; ``no lesion`` for lesion-free subjects): n and
+  mean/std/median of Dice, precision, recall and lesion-wise F1
+  (:mod:`strokeseg.evaluate.location_tables`); ``holdout_lesions.csv``, stage 01's row of every hold-out
+  lesion (26-connected, largest first) with ``detected`` (the fused mask overlaps it by a voxel); and
+  ``detection_by_location.csv``, per grouping and group: n lesions, detected, their share, median size;
 - ``masks/<subject>_fused_mask.nii.gz``: uint8 {0, 1}, the input T1's affine and header;
 - with ``save_probabilities``: ``probabilities/<subject>_<plane>_probability.nii.gz`` and
   ``<subject>_fused_probability.nii.gz``, **uint8 = round(255 · probability)** (divide by 255;
@@ -98,14 +105,17 @@ import pandas as pd
 
 from strokeseg.config import PLANES, VOLUME, Config, apply_overrides
 from strokeseg.contracts import (
+    BY_LOCATION_CSV,
     BY_VOLUME_BIN_CSV,
     COMPARISON,
     CONVERT,
     CROSS_VALIDATION,
+    DETECTION_BY_LOCATION_CSV,
     FOLDS_CSV,
     FUSION,
     FUSION_GAIN_CSV,
     HOLDOUT_CSV,
+    HOLDOUT_LESIONS_CSV,
     MASKS_DIR,
     MODELS_DIR,
     RUNS_CSV,
@@ -115,6 +125,7 @@ from strokeseg.contracts import (
     fused_mask_file,
 )
 from strokeseg.errors import ConfigError
+from strokeseg.evaluate import location_tables
 from strokeseg.evaluate.holdout import AVERAGE, FUSED, SINGLE_PLANE_THRESHOLD, VOLUME_MASK
 from strokeseg.infer.fusion import FUSION_RULES, FusionSettings
 from strokeseg.infer.postprocessing import DEFAULT_CANDIDATES
@@ -251,8 +262,12 @@ def run(workdir: Path, config: Config, progress: bool = True,
             volume, provenance = _volume_predictor(workdir, config, options, settings, plan, out.path / MODELS_3D_DIR,
                                                    batch)
             out.extra["volume_model"] = {"model": options.volume_model, "models": provenance}
-        rows = _evaluate_holdout(holdout, predictor, plan, config, options, out.path, progress, volume)
+        lesions = location_tables.lesion_locations(workdir)
+        rows, detected = _evaluate_holdout(holdout, predictor, plan, config, options, out.path, progress, volume,
+                                           locate=lesions is not None)
         subjects = _tables(rows, holdout, config, out.path, planes)
+        if lesions is not None:
+            out.extra["by_location"] = _location_tables(workdir, subjects, lesions, detected, out.path)
         rule = settings.describe() + (", fold ensemble" if options.ensemble else "")
         if volumetric:
             rule = f"3-D model ({model}): threshold and component removal only, no fusion"
@@ -345,12 +360,14 @@ def _choose_min_lesion_voxels(training_dir: Path, convert_dir: Path, folds, mode
 
 
 def _evaluate_holdout(holdout, predictor, plan, config: Config, options: FusionStageOptions, root: Path,
-                      progress: bool, volume=None) -> list[dict]:
+                      progress: bool, volume=None, locate: bool = False) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Every hold-out subject scored on its own grid (:func:`strokeseg.evaluate.holdout.evaluate_subject`);
     its fused mask, and with ``save_probabilities`` its probability maps, written with its own geometry
-    (the first channel's header and affine)."""
+    (the first channel's header and affine). Returns the metric rows and, with ``locate``, per subject
+    which of its ground-truth lesions the fused mask detects (stage 01's lesion numbering)."""
     from tqdm import tqdm
 
+    from strokeseg.data.lesion_locations import lesion_detected
     from strokeseg.data.nifti import write_nifti
     from strokeseg.data.planned import channel_paths
     from strokeseg.evaluate.holdout import evaluate_subject
@@ -358,7 +375,7 @@ def _evaluate_holdout(holdout, predictor, plan, config: Config, options: FusionS
     (root / MASKS_DIR).mkdir()
     if options.save_probabilities:
         (root / PROBABILITIES_DIR).mkdir()
-    rows = []
+    rows, detected = [], {}
     for subject in tqdm(holdout.itertuples(index=False), total=len(holdout), desc="10 fusion", unit="subject",
                         disable=not progress, leave=False):
         name = str(subject.subject_name)
@@ -371,7 +388,33 @@ def _evaluate_holdout(holdout, predictor, plan, config: Config, options: FusionS
                 write_nifti(root / PROBABILITIES_DIR / f"{name}_{key}_probability.nii.gz", _as_uint8(probability),
                             reference=result.image, dtype=np.uint8)
         rows += result.rows
-    return rows
+        if locate:
+            detected[name] = lesion_detected(result.truth, result.fused)
+    return rows, detected
+
+
+def _location_tables(workdir: Path, subjects: pd.DataFrame, lesions: pd.DataFrame, detected: dict[str, np.ndarray],
+                     root: Path) -> dict:
+    """by_location.csv (per-subject metrics per location class and hemisphere), holdout_lesions.csv (stage 01's
+    rows of the hold-out lesions, each with whether the fused mask detects it) and detection_by_location.csv."""
+    located = location_tables.subject_locations(workdir)
+    order = list(dict.fromkeys(subjects["mask"]))
+    write_csv(location_tables.by_location(location_tables.with_locations(subjects, located), "mask", order),
+              root / BY_LOCATION_CSV)
+    rows = []
+    for name, hits in detected.items():
+        own = lesions[lesions["subject_name"] == name].sort_values("lesion")
+        if len(own) != len(hits):   # a mask edited since stage 01: its lesions cannot be matched
+            log.warning("10: %s has %d lesions, stage 01 located %d: left out of the detection table",
+                        name, len(hits), len(own))
+            continue
+        rows.append(own.assign(detected=hits))
+    columns = [*lesions.columns, "detected"]
+    holdout_lesions = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns)
+    write_csv(holdout_lesions, root / HOLDOUT_LESIONS_CSV)
+    table = location_tables.detection_by_location(holdout_lesions)
+    write_csv(table, root / DETECTION_BY_LOCATION_CSV)
+    return {"lesions": int(len(holdout_lesions)), "detected": int(holdout_lesions["detected"].sum())}
 
 
 def _as_uint8(probability: np.ndarray) -> np.ndarray:

@@ -120,6 +120,36 @@ def test_tables_summary_gain_and_volume_bins(fused, trained):
         assert len(rows) == n_bins and rows["n"].sum() == n
 
 
+def test_results_by_location_class_and_hemisphere_and_lesionwise_detection(fused, trained):
+    """The tiny cohort is named in MNI space: stage 01 located its lesions, stages 08 and 10 group by them."""
+    from strokeseg.data.lesion_locations import lesion_detected
+
+    n = len(_holdout(trained))
+    subjects = pd.read_csv(fused / "subjects.csv")
+    located = pd.read_csv(trained / "01_dataset" / "subject_locations.csv").set_index("subject_name")
+    table = pd.read_csv(fused / "by_location.csv")
+    for (mask, grouping), rows in table.groupby(["mask", "grouping"]):
+        assert rows["n"].sum() == n       # every subject in one group, every group listed
+        chosen = subjects[subjects["mask"] == mask]
+        for row in rows[rows["n"] > 0].itertuples():
+            members = chosen[chosen["subject_name"].map(located[grouping].fillna("no lesion")) == row.group]
+            assert row.n == len(members) and row.dice_mean == pytest.approx(members["dice"].mean())
+    lesions = pd.read_csv(fused / "holdout_lesions.csv")
+    stage01 = pd.read_csv(trained / "01_dataset" / "lesion_locations.csv")
+    assert len(lesions) == int(stage01["subject_name"].isin(_holdout(trained)["subject_name"]).sum())
+    for name, own in lesions.groupby("subject_name"):      # detection recomputed from the written masks
+        truth = nib.load(_holdout(trained).set_index("subject_name").loc[name, "mask"]).get_fdata()
+        mask = nib.load(fused / "masks" / f"{name}_fused_mask.nii.gz").get_fdata()
+        assert own.sort_values("lesion")["detected"].tolist() == lesion_detected(truth, mask).tolist()
+    detection = pd.read_csv(fused / "detection_by_location.csv")
+    for _, rows in detection.groupby("grouping"):
+        assert rows["n_lesions"].sum() == len(lesions) and rows["detected"].sum() == lesions["detected"].sum()
+    cv = pd.read_csv(trained / "08_training" / "test_subjects_3d.csv")
+    assert {"location_class", "hemisphere"} <= set(cv.columns)
+    by_plane = pd.read_csv(trained / "08_training" / "by_location.csv")
+    assert by_plane.groupby(["plane", "grouping"])["n"].sum().eq(len(cv) // 3).all()
+
+
 def test_auto_lesion_size_is_chosen_on_cross_validation_subjects_only(fused, trained):
     sizes = pd.read_csv(fused / "min_lesion_voxels.csv")
     assert sizes["chosen"].sum() == 1
