@@ -30,8 +30,15 @@ given channel by channel with ``--channel NAME=FILE``; a case missing a channel 
    remove components smaller than ``--min-lesion-voxels`` (voxels of the MNI grid, i.e. mm³);
 5. a resampled case's mask goes back to the input's own grid (float, trilinear, ≥ 0.5; see
    :mod:`strokeseg.data.resample`);
-6. write ``<case>_mask.nii.gz`` (uint8 {0, 1}, the first channel's affine and header) and, with
-   ``--save-probabilities``, ``<case>_probability.nii.gz`` (float32, the fused probability map).
+6. write ``<case>_mask.nii.gz`` (uint8 {0, 1}, the first channel's affine and header), with
+   ``--save-probabilities`` ``<case>_probability.nii.gz`` (float32, the fused probability map), and
+   ``<case>_lesions.csv``: where each lesion is (:mod:`strokeseg.infer.lesion_report`; one row per
+   26-connected lesion, largest first: lesion, voxels, volume_ml, centroid_x/y/z_mm, hemisphere,
+   left_share, right_share, location_class, top_regions, regions, location_note). Lesions are located
+   on the input's own grid when the input is in MNI space: declared by its first channel (a
+   ``space-MNI`` file name, or the MNI152 sform/qform code) with ``--space auto`` (default), or for every
+   input with ``--space MNI`` (the user says the inputs are MNI-registered). In native space the
+   location columns stay empty and ``location_note`` says why: an MNI atlas would answer wrongly there.
 
 The case name is the file name without ``.nii.gz``/``.nii`` and without a trailing ``_T1w``
 (``sub-r001s001_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz`` → ``sub-r001s001_ses-1_space-MNI152NLin2009aSym``),
@@ -41,13 +48,15 @@ case's channel files joined by ``;``); ``status`` is ``ok``, ``failed`` (``messa
 the file and the fault) or ``pending`` (not processed yet); ``warning`` says what had to be assumed
 about an input's geometry (no orientation in the header: qform and sform codes 0; zero ``pixdim``
 beside a valid sform), empty when nothing was; lesion volume uses the input grid's voxel size, lesion
-count 6-connectivity. A zero voxel size without an sform, a singular or non-finite affine, a FIFO or
-other non-regular file (never opened), a symbolic link loop and an empty file are failed cases
-(:func:`strokeseg.data.nifti.load_image`).
+count 6-connectivity (the fusion settings'; the lesions table's rows are 26-connected, so it may list
+fewer lesions); ``hemisphere``, ``location_class`` and ``top_regions`` describe the whole mask as one
+lesion, ``location_note`` is the lesions table's. A zero voxel size without an sform, a singular or
+non-finite affine, a FIFO or other non-regular file (never opened), a symbolic link loop and an empty
+file are failed cases (:func:`strokeseg.data.nifti.load_image`).
 
 The output folder and its ``predictions.csv`` agree at every moment, even when the run is killed
 (SIGKILL, power cut): every mask or probability map of a case of this run that is present belongs
-to an ``ok`` row of the CSV. In order:
+to an ``ok`` row of the CSV, and so does every lesions table. In order:
 
 1. every usage check first (options, models folder, the models themselves, inputs, the output
    folder's writability); a fault there is exit 2 and nothing in the output folder is touched;
@@ -92,7 +101,7 @@ from strokeseg.data.lesions import component_sizes
 from strokeseg.data.nifti import load_channels, write_nifti
 from strokeseg.errors import InputError, StrokesegError
 from strokeseg.evaluate.volume_metrics import voxel_volume_ml
-from strokeseg.infer import models_folder
+from strokeseg.infer import lesion_report, models_folder
 from strokeseg.infer.fusion import FUSION_RULES, FusionSettings
 from strokeseg.infer.tri_planar import TriPlanarPredictor
 from strokeseg.runtime import configure_logging, configure_tensorflow
@@ -104,11 +113,12 @@ log = logging.getLogger("strokeseg.infer.predict")
 
 CSV_NAME = "predictions.csv"
 CSV_COLUMNS = ("case", "input", "status", "message", "warning", "resampled", "lesion_volume_ml", "lesion_count",
-               "voxels", "seconds")
+               "voxels", "seconds") + lesion_report.SUMMARY_COLUMNS
 OK, FAILED, PENDING = "ok", "failed", "pending"
 PENDING_MESSAGE = "not processed yet: the run is still going, or it was stopped before this case (run predict again)"
 MASK_SUFFIX = "_mask.nii.gz"
 PROBABILITY_SUFFIX = "_probability.nii.gz"
+LESIONS_SUFFIX = "_lesions.csv"
 CONFIG_NAME = models_folder.CONFIG_JSON
 FUSION_NAME = models_folder.FUSION_JSON     # stage 10's fusion settings, exported with its models
 CONVERT_KEYS = ("normalization", "robust_percentiles", "head_region", "canvas_multiple", "store_dtype", "ct_window")
@@ -136,6 +146,7 @@ class Options:
     skip_empty: bool = True         # one model call for all slices outside the head (same result, faster)
     window_step: float = 0.5        # 3-D models: the training run's sliding-window step and windows per call
     window_batch: int = 2
+    space: str = lesion_report.AUTO     # which inputs count as MNI space, for locating lesions
 
 
 # ------------------------------------------------------------------------------------ arguments
@@ -173,6 +184,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="remove lesions (6-connected components) smaller than N voxels of the "
                              f"1 mm MNI grid, i.e. N mm3; 0 keeps all (default: {FUSION_NAME}, else "
                              f"{defaults.min_lesion_voxels})")
+    parser.add_argument("--space", choices=lesion_report.SPACES, default=lesion_report.AUTO,
+                        help="the inputs in MNI space, whose lesions <case>_lesions.csv locates (hemisphere, class, "
+                             "atlas regions): auto = those that declare it (a space-MNI file name, or the MNI152 "
+                             "sform/qform code); MNI = every input (you know they are registered to MNI152). "
+                             "Other inputs get the reason instead of a location (default: %(default)s)")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <case>_probability.nii.gz (float32 fused probability)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
@@ -331,7 +347,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
     step, windows = window_settings(args.models)
     return Options(convert=convert_config(args.models, args), settings=fusion_settings(args.models, args),
                    save_probabilities=args.save_probabilities, batch_size=args.batch_size,
-                   skip_empty=not args.all_slices, window_step=step, window_batch=windows)
+                   skip_empty=not args.all_slices, window_step=step, window_batch=windows, space=args.space)
 
 
 # --------------------------------------------------------------------------------------- inputs
@@ -501,8 +517,10 @@ def predict_volume(volume: np.ndarray, predictor: TriPlanarPredictor, save_proba
     return predictor.mask(probabilities), probability
 
 
-def _outputs(output: Path, case: str) -> tuple[Path, Path]:
-    return output / f"{case}{MASK_SUFFIX}", output / f"{case}{PROBABILITY_SUFFIX}"
+def _outputs(output: Path, case: str) -> tuple[Path, Path, Path]:
+    """A case's files: mask, probability map, lesions table (removed together, on failure and rerun)."""
+    return (output / f"{case}{MASK_SUFFIX}", output / f"{case}{PROBABILITY_SUFFIX}",
+            output / f"{case}{LESIONS_SUFFIX}")
 
 
 def _remove(*paths: Path) -> list[str]:
@@ -519,10 +537,13 @@ def _remove(*paths: Path) -> list[str]:
     return problems
 
 
+_NO_LOCATION = dict.fromkeys(lesion_report.SUMMARY_COLUMNS, "")
+
+
 def _row(case: Case, status: str, message: str = "") -> dict:
     return {"case": case.name, "input": case.input, "status": status, "message": message, "warning": "",
             "resampled": None, "lesion_volume_ml": np.nan, "lesion_count": np.nan, "voxels": np.nan,
-            "seconds": np.nan}
+            "seconds": np.nan, **_NO_LOCATION}
 
 
 def _failed_row(case: Case, message: str) -> dict:
@@ -590,6 +611,16 @@ def _stage_nifti(final: Path, data: np.ndarray, reference: nib.Nifti1Image, dtyp
     return tmp
 
 
+def _stage_table(final: Path, frame: pd.DataFrame) -> Path:
+    """As :func:`_stage_nifti`, for a CSV (written in :func:`strokeseg.workdir.write_csv`'s format)."""
+    tmp = scratch_path(final)
+    try:
+        write_csv(frame, tmp)
+    except OSError as exc:
+        raise InputError(final, f"cannot write ({exc.strerror or exc})") from None
+    return tmp
+
+
 def predict_case(case: Case, predictor: TriPlanarPredictor, options: Options, output: Path,
                  plan: GridPlan = MNI_T1_PLAN, publish=None) -> dict:
     """One CSV row; the case's files appear only when everything before succeeded.
@@ -598,7 +629,7 @@ def predict_case(case: Case, predictor: TriPlanarPredictor, options: Options, ou
     CSV writer) is then called with the ``ok`` row, and only then are the files renamed into place,
     so that a mask present always has its ``ok`` row (module docstring). Any fault makes the row
     ``failed`` and leaves none of the case's files."""
-    mask_path, probability_path = _outputs(output, case.name)
+    mask_path, probability_path, lesions_path = _outputs(output, case.name)
     row = _failed_row(case, "")
     start = time.perf_counter()
     staged: list[tuple[Path, Path]] = []      # (scratch, final)
@@ -616,11 +647,15 @@ def predict_case(case: Case, predictor: TriPlanarPredictor, options: Options, ou
         staged.append((_stage_nifti(mask_path, mask, image, np.uint8), mask_path))
         if probability is not None:
             staged.append((_stage_nifti(probability_path, probability, image, np.float32), probability_path))
+        # Located on the input's own grid: where the mask is, in the coordinates the user reads.
+        note = lesion_report.space_note(case.channels[0][1], image.header, options.space)
+        report = lesion_report.lesion_report(mask, affine, note)
+        staged.append((_stage_table(lesions_path, report.lesions), lesions_path))
         voxels = int(np.count_nonzero(mask))
         spacing = np.linalg.norm(affine[:3, :3], axis=0)
         row.update(status=OK, voxels=voxels, lesion_volume_ml=voxels * voxel_volume_ml(spacing),
                    lesion_count=int(len(component_sizes(mask, options.settings.connectivity))),
-                   seconds=round(time.perf_counter() - start, 3))
+                   seconds=round(time.perf_counter() - start, 3), **report.summary)
         if publish is not None:
             publish(row)
         for tmp, final in staged:
@@ -634,8 +669,8 @@ def predict_case(case: Case, predictor: TriPlanarPredictor, options: Options, ou
             if problems:
                 raise InputError(probability_path, f"cannot remove the map of an earlier run ({problems[0]})")
     except Exception as exc:  # one bad case never stops the others
-        _remove(*(tmp for tmp, _ in staged), *published, mask_path, probability_path)
-        row.update(status=FAILED, voxels=np.nan, lesion_volume_ml=np.nan, lesion_count=np.nan)
+        _remove(*(tmp for tmp, _ in staged), *published, mask_path, probability_path, lesions_path)
+        row.update(status=FAILED, voxels=np.nan, lesion_volume_ml=np.nan, lesion_count=np.nan, **_NO_LOCATION)
         row["message"] = str(exc) if isinstance(exc, StrokesegError) else \
             f"{case.input}: unexpected error ({exc.__class__.__name__}: {' '.join(str(exc).split())})"
         log.error("%s", row["message"])

@@ -43,6 +43,9 @@ class CaseRecord:
     folder: Path
     scans: dict[str, Path]                    # channel -> stored upload
     labels: dict[str, str] = field(default_factory=dict)   # channel -> "t1w (its file name)", for messages
+    # channel -> the client's file name (display_name): only read for a BIDS space-MNI entity, which
+    # declares the scan's space as the user named it (the stored scan's own name says nothing)
+    names: dict[str, str] = field(default_factory=dict)
     status: str = "queued"
     step: str = "queued"
     error: str | None = None
@@ -77,13 +80,14 @@ class CaseStore:
         case_id = secrets.token_urlsafe(16)
         folder = self.root / case_id
         folder.mkdir()
-        scans, labels = {}, {}
+        scans, labels, names = {}, {}, {}
         for channel, (content, client_name) in uploads.items():
             path = folder / scan_name(channel, content[:2] == _GZIP_MAGIC)
             path.write_bytes(content)
             scans[channel] = path
-            labels[channel] = f"{channel} ({display_name(client_name)})"
-        record = CaseRecord(case_id, folder, scans, labels)
+            names[channel] = display_name(client_name)
+            labels[channel] = f"{channel} ({names[channel]})"
+        record = CaseRecord(case_id, folder, scans, labels, names)
         with self._lock:
             self._cases[case_id] = record
         return record

@@ -67,7 +67,8 @@ class CaseWorker:
             self.store.update(record, status=status, step=step)
 
         try:
-            result = run_case(record.id, record.scans, record.folder, self.predictor, self.plan, progress)
+            result = run_case(record.id, record.scans, record.folder, self.predictor, self.plan, progress,
+                              record.names)
         except StrokesegError as exc:
             message = record.describe(str(exc))
             self.store.update(record, status="failed", step="failed", error=message)

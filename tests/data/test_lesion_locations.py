@@ -145,3 +145,11 @@ def test_lesion_detection_follows_the_lesion_numbering():
     prediction[3, 3, 3] = 1             # one voxel of the small lesion
     assert ll.lesion_detected(truth, prediction).tolist() == [False, True]
     assert ll.lesion_detected(np.zeros_like(truth), prediction).tolist() == []
+
+
+def test_a_missing_package_is_named_when_the_atlas_is_built(monkeypatch):
+    real = region_atlas.importlib.util.find_spec
+    monkeypatch.setattr(region_atlas.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "nilearn" else real(name, *a))
+    with pytest.raises(region_atlas.AtlasUnavailable, match="the nilearn package is not installed"):
+        region_atlas.build(TWO_MM_SHAPE, TWO_MM)

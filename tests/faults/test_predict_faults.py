@@ -101,8 +101,8 @@ def setup(tmp_path_factory):
     earlier = root / "earlier"
     assert cli.main(["predict", str(good), "--models", str(models), "--output", str(earlier), "--quiet",
                      "--save-probabilities"]) == 0
-    assert sorted(p.name for p in earlier.iterdir()) == ["good_mask.nii.gz", "good_probability.nii.gz",
-                                                         "predictions.csv"]
+    assert sorted(p.name for p in earlier.iterdir()) == ["good_lesions.csv", "good_mask.nii.gz",
+                                                         "good_probability.nii.gz", "predictions.csv"]
     return models, good, earlier
 
 
@@ -219,6 +219,7 @@ USAGE_FAULTS = {
     "threshold above 1": flags("--threshold", "2", name="--threshold"),
     "weights without weighted_mean": flags("--weights", "1", "1", "1", name="--weights"),
     "percentile window upside down": flags("--robust-percentiles", "99", "1", name="robust_percentiles"),
+    "space not a choice": flags("--space", "bogus", name="--space"),
     "a folder named .nii.gz as input": folder_named_nifti,
     "an input this run would overwrite": input_is_an_output,
 }
@@ -375,7 +376,7 @@ def test_a_bad_input_fails_alone_with_one_line_naming_it(fault, setup, tmp_path,
     assert str(folder) in message and name in message and says in message and "\n" not in message
     assert "unexpected error" not in message
     outputs = sorted(p.name for p in out.iterdir())
-    assert outputs == ["good_mask.nii.gz", "predictions.csv"], outputs   # the stale map of good is gone
+    assert outputs == ["good_lesions.csv", "good_mask.nii.gz", "predictions.csv"], outputs   # no stale map
     assert (out / "good_mask.nii.gz").read_bytes() == (setup[2] / "good_mask.nii.gz").read_bytes()
     assert not scratch_left(out)
 

@@ -1,6 +1,6 @@
 """Fault catalogue, ``strokeseg predict`` killed with SIGKILL at a random (seeded) point: right after the
-kill the output folder and its predictions.csv agree (every row ok, failed or pending; every mask or
-probability map present belongs to an ok row), and a rerun removes the killed run's scratch and
+kill the output folder and its predictions.csv agree (every row ok, failed or pending; every mask,
+probability map or lesions table present belongs to an ok row), and a rerun removes the killed run's scratch and
 writes exactly what an uninterrupted run writes."""
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def table_without_seconds(folder: Path) -> pd.DataFrame:
 
 
 def outputs(folder: Path) -> dict[str, bytes]:
-    suffixes = (predict.MASK_SUFFIX, predict.PROBABILITY_SUFFIX)
+    suffixes = (predict.MASK_SUFFIX, predict.PROBABILITY_SUFFIX, predict.LESIONS_SUFFIX)
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.name.endswith(suffixes)}
 
 
@@ -80,12 +80,13 @@ def done(table: Path) -> int:
 
 
 def assert_consistent(folder: Path) -> None:
-    """Every row ok/failed/pending; every mask or probability map present belongs to an ok row."""
+    """Every row ok/failed/pending; every mask, probability map or lesions table present belongs to an ok row."""
     table = pd.read_csv(folder / predict.CSV_NAME, keep_default_na=False)
     assert set(table["status"]) <= {"ok", "failed", "pending"}, table
     ok = set(table.loc[table["status"] == "ok", "case"])
     for name in outputs(folder):
-        case = name.removesuffix(predict.MASK_SUFFIX).removesuffix(predict.PROBABILITY_SUFFIX)
+        case = name.removesuffix(predict.MASK_SUFFIX).removesuffix(predict.PROBABILITY_SUFFIX) \
+            .removesuffix(predict.LESIONS_SUFFIX)
         assert case in ok, (name, table[["case", "status"]].to_dict("records"))
     pending = table[table["status"] == "pending"]
     assert all("not processed yet" in m for m in pending["message"])

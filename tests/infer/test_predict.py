@@ -57,7 +57,7 @@ def test_an_isles22_case_comes_back_on_exactly_its_own_grid(models, tmp_path, ca
     assert code == 0
     case = "sub-strokecase0009_ses-0001_dwi"
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{case}_mask.nii.gz", f"{case}_probability.nii.gz",
-                                                            "predictions.csv"])
+                                                            f"{case}_lesions.csv", "predictions.csv"])
     source = nib.load(ISLES_DWI)
     written = nib.load(out / f"{case}_mask.nii.gz")
     assert written.shape == source.shape == (112, 112, 73)
@@ -119,7 +119,7 @@ def test_bad_cases_fail_alone_and_leave_no_file(models, tmp_path):
     (out / "text_mask.nii.gz").write_bytes(b"stale output of an earlier run")
     code = run_cli([tmp_path / "in", "--models", models, "--output", out, "--quiet"])
     assert code == 1
-    assert sorted(p.name for p in out.iterdir()) == ["good_mask.nii.gz", "predictions.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["good_lesions.csv", "good_mask.nii.gz", "predictions.csv"]
     table = pd.read_csv(out / "predictions.csv").set_index("case")
     assert list(table.index) == sorted(["good", *faults])
     for case, fault in faults.items():
@@ -136,6 +136,52 @@ def test_bad_cases_fail_alone_and_leave_no_file(models, tmp_path):
     assert expected.any() and not expected.all()
     np.testing.assert_array_equal(mask, expected)
     assert good["voxels"] == expected.sum() and good["lesion_volume_ml"] == pytest.approx(expected.sum() / 1000)
+
+
+# ------------------------------------------------------------------------------ lesion locations
+def test_each_case_has_a_lesions_table_located_only_when_the_input_declares_mni(stub_models, tmp_path):
+    """The stub scan's two blocks (tests/serve_stub.py) lie left and right of the midline."""
+    from serve_stub import AFFINE, LESION_VOXELS, stub_scan
+
+    from strokeseg.infer.lesion_report import LESION_COLUMNS
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    mni = "sub-1_space-MNI152NLin2009aSym"
+    nib.save(nib.Nifti1Image(stub_scan(), AFFINE), folder / f"{mni}_T1w.nii.gz")
+    native = nib.Nifti1Image(stub_scan(), AFFINE)
+    native.set_sform(AFFINE, code=1)                         # scanner space, and no space entity in the name
+    native.set_qform(AFFINE, code=1)
+    nib.save(native, folder / "native_T1w.nii.gz")
+    out = tmp_path / "out"
+    assert run_cli([folder, "--models", stub_models, "--output", out, "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{case}{suffix}" for case in (mni, "native") for suffix in ("_mask.nii.gz", "_lesions.csv")]
+        + ["predictions.csv"])
+    table = pd.read_csv(out / "predictions.csv", keep_default_na=False).set_index("case")
+    assert list(table.columns) == list(predict.CSV_COLUMNS[1:])
+    lesions = {}
+    for case in (mni, "native"):
+        lesions[case] = pd.read_csv(out / f"{case}_lesions.csv", keep_default_na=False)
+        mask = np.asarray(nib.load(out / f"{case}_mask.nii.gz").dataobj)
+        assert list(lesions[case].columns) == list(LESION_COLUMNS)
+        assert list(lesions[case]["voxels"]) == list(LESION_VOXELS)
+        assert lesions[case]["voxels"].sum() == mask.sum() == table.loc[case, "voxels"]
+    located = lesions[mni]
+    assert list(located["hemisphere"]) == ["left", "right"] and (located["location_note"] == "").all()
+    assert (located["top_regions"] != "").all() and (located["location_class"] != "").all()
+    assert table.loc[mni, "hemisphere"] == "bilateral" and table.loc[mni, "location_note"] == ""
+    assert table.loc[mni, "top_regions"] != ""
+    note = table.loc["native", "location_note"]
+    assert note.startswith("not in MNI space (its sform code is 1") and table.loc["native", "hemisphere"] == ""
+    unlocated = lesions["native"]
+    assert (unlocated["location_note"] == note).all()
+    assert (unlocated[["hemisphere", "left_share", "location_class", "top_regions", "regions"]] == "").all().all()
+    # --space MNI: the user's word that every input is registered (tests/infer/test_lesion_report.py locates it).
+    parser = predict.add_arguments(argparse.ArgumentParser())
+    argv = ["in.nii", "--models", str(stub_models), "--output", "o"]
+    assert predict.options_from_args(parser.parse_args(argv)).space == "auto"
+    assert predict.options_from_args(parser.parse_args([*argv, "--space", "MNI"])).space == "MNI"
 
 
 # --------------------------------------------------------------------------------- bad models
@@ -300,8 +346,8 @@ def test_a_case_row_says_ok_before_its_files_appear(models, tmp_path):
 
     row = predict.predict_case(predict.Case("case", (("t1w", one),)), predictor, options, out, publish=publish)
     assert row["status"] == "ok" and row["warning"] == ""
-    assert seen == [("ok", [], 2)]                          # mask and map complete, under scratch names
-    assert sorted(p.name for p in out.iterdir()) == ["case_mask.nii.gz", "case_probability.nii.gz"]
+    assert seen == [("ok", [], 3)]                 # mask, map and lesions table complete, under scratch names
+    assert sorted(p.name for p in out.iterdir()) == ["case_lesions.csv", "case_mask.nii.gz", "case_probability.nii.gz"]
 
 
 def test_a_table_that_cannot_be_rewritten_mid_run_is_one_line_and_exit_status_1(models, tmp_path, capsys,

@@ -17,6 +17,7 @@ import pytest
 from serve_stub import AFFINE, LESION_VOXELS, SHAPE, VOXEL_ML, stub_scan
 from starlette.testclient import TestClient
 
+from strokeseg.infer.lesion_report import LESION_COLUMNS
 from strokeseg.serve.app import create_app, is_loopback
 
 
@@ -69,9 +70,26 @@ def test_a_case_goes_through_create_status_and_files(client, tmp_path):
     assert mask.shape == SHAPE and np.allclose(mask.affine, AFFINE) and int(np.asarray(mask.dataobj).sum()) == 288
     table = pd.read_csv(io.BytesIO(client.get(result["files"]["table"]).content))
     assert list(table["voxels"]) == list(LESION_VOXELS)
+    # scan.nii.gz declares no MNI space (sform code 2, no space entity): the reason once, no location.
+    assert list(table.columns) == list(LESION_COLUMNS)
+    assert result["location_note"].startswith("not in MNI space (its sform code is 2")
+    assert all(lesion["hemisphere"] == "" and lesion["left_share"] is None for lesion in result["lesions"])
+    assert result["location"] == {"hemisphere": "", "location_class": "", "top_regions": ""}
     overlay = client.get(result["files"]["overlay"])
     assert overlay.headers["content-type"] == "image/png" and overlay.content[:4] == b"\x89PNG"
     assert client.get(result["files"]["scan"]).content == GOOD            # the viewer shows what was sent
+
+
+def test_a_scan_named_in_mni_space_has_its_lesions_located(client):
+    response = client.post("/api/cases", files={"t1w": ("sub-1_space-MNI152NLin2009aSym_T1w.nii.gz", GOOD)})
+    result = wait(client, response.json()["id"])["result"]
+    assert result["location_note"] == "" and result["location"]["hemisphere"] == "bilateral"
+    lesions = result["lesions"]
+    assert [lesion["hemisphere"] for lesion in lesions] == ["left", "right"]       # x < 0 and x > 0 blocks
+    assert all(lesion["top_regions"] and lesion["location_class"] for lesion in lesions)
+    assert [lesion["left_share"] for lesion in lesions] == [1.0, 0.0]
+    table = pd.read_csv(io.BytesIO(client.get(result["files"]["table"]).content), keep_default_na=False)
+    assert list(table["top_regions"]) == [lesion["top_regions"] for lesion in lesions]
 
 
 def _truncated() -> bytes:

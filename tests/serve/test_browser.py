@@ -5,9 +5,11 @@ own address into every API call, the viewer's file loads and the download links)
 research-use notice and the input statement; an upload of the stub scan ends done with the two
 lesions and 2.304 mL in the table; the NiiVue viewer holds the scan and the mask and draws a
 non-blank picture with red lesion pixels in it; the mask downloaded through the page's link has the
-scan's affine; a broken upload ends in a clear message on the page, and the next good upload still
-completes. Every request the page makes goes to the server's own origin, and the page raises no
-script error and no content-security-policy violation.
+scan's affine; the stub scan declares no MNI space, so the page says why its lesions are not located,
+once, instead of empty location columns; a broken upload ends in a clear message on the page, and the
+next good upload, named in MNI space, completes with each lesion's hemisphere, class and regions.
+Every request the page makes goes to the server's own origin, and the page raises no script error
+and no content-security-policy violation.
 
 Screenshots of the result and of the error land in ``$STROKESEG_TEST_ARTIFACTS`` (default
 ``tests/artifacts/``, git-ignored).
@@ -193,6 +195,11 @@ def test_the_page_segments_a_scan_shows_it_in_the_viewer_and_survives_a_bad_uplo
     # A good scan: done, the table, the viewer, the downloads.
     assert upload_and_wait(page, scan_file) == "done", page.text_content("#error")
     assert_result_shown(page)
+    # Not in MNI space: the reason once, and no location columns (not columns of empty cells).
+    assert page.locator("#location-note").is_visible()
+    assert "not in MNI space" in page.text_content("#location-note")
+    assert page.locator("#lesions th.location-col").first.is_hidden()
+    assert page.locator("#lesion-rows .lesion-hemisphere").count() == 0
     pixels = canvas_pixels(page)
     assert pixels["width"] > 100 and pixels["height"] > 100, pixels
     assert pixels["colours"] > 16, f"the viewer's canvas looks blank: {pixels}"
@@ -238,10 +245,15 @@ def test_the_page_segments_a_scan_shows_it_in_the_viewer_and_survives_a_bad_uplo
     assert page.is_enabled("#submit")
     page.screenshot(path=str(artifacts / "serve_failed.png"))
 
-    # ... and the next good upload completes as the first did.
-    assert upload_and_wait(page, scan_file) == "done", page.text_content("#error")
+    # ... and the next good upload completes as the first did; named in MNI space, its lesions are located.
+    in_mni = tmp_path / "case_space-MNI152NLin2009aSym_T1w.nii.gz"
+    shutil.copy(scan_file, in_mni)
+    assert upload_and_wait(page, in_mni) == "done", page.text_content("#error")
     assert_result_shown(page)
     assert canvas_pixels(page)["red"] > 20
+    assert page.locator("#location-note").is_hidden() and page.locator("#lesions th.location-col").first.is_visible()
+    assert page.locator("#lesion-rows .lesion-hemisphere").all_text_contents() == ["left", "right"]
+    assert all(page.locator("#lesion-rows .lesion-regions").all_text_contents())
 
     origin = server + "/"
     elsewhere = [url for url in seen.requests

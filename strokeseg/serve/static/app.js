@@ -40,6 +40,8 @@
     seconds: $("seconds"),
     agreementRows: $("agreement-rows"),
     lesionRows: $("lesion-rows"),
+    lesionTable: $("lesions"),
+    locationNote: $("location-note"),
     links: {
       mask: $("download-mask"),
       table: $("download-table"),
@@ -314,6 +316,14 @@
       el.agreementRows.append(row);
     }
 
+    // A scan not in MNI space has no lesion locations: its reason is said once, under the table,
+    // and the location columns are left out rather than shown empty.
+    const note = result.location_note || "";
+    const located = !note;
+    el.lesionTable.classList.toggle("unlocated", !located);
+    el.locationNote.textContent = note ? "Lesion locations: " + note : "";
+    el.locationNote.hidden = !note;
+
     el.lesionRows.replaceChildren();
     for (const lesion of result.lesions || []) {
       const row = document.createElement("tr");
@@ -324,6 +334,12 @@
       cell(row, fixed(lesion.centroid_x_mm, 1), "lesion-x");
       cell(row, fixed(lesion.centroid_y_mm, 1), "lesion-y");
       cell(row, fixed(lesion.centroid_z_mm, 1), "lesion-z");
+      if (located) {
+        cell(row, lesion.hemisphere || "\u2013", "lesion-hemisphere location-col");
+        cell(row, lesion.location_class || "\u2013", "lesion-class location-col");
+        // One region per line ("; " separates them in the CSV), most voxels first.
+        cell(row, (lesion.top_regions || "\u2013").split("; ").join("\n"), "lesion-regions location-col");
+      }
       const show = document.createElement("button");
       show.type = "button";
       show.className = "show-lesion";
@@ -336,7 +352,7 @@
     if (!result.lesions || result.lesions.length === 0) {
       const row = document.createElement("tr");
       const td = cell(row, "No lesion found.", "empty");
-      td.colSpan = 7;
+      td.colSpan = located ? 10 : 7;
       el.lesionRows.append(row);
     }
   }
