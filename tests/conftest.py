@@ -147,3 +147,29 @@ LONGEST_FILES_FIRST = ("test_end_to_end.py", "test_end_to_end_cohorts.py", "test
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: each file keeps its order
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Figures handed to ``strokeseg.report.figures._save``: still inspectable after the module closes them."""
+    from strokeseg.report import figures
+
+    drawn = []
+    real = figures._save
+
+    def spy(fig, path, dpi):
+        drawn.append(fig)
+        real(fig, path, dpi)
+
+    monkeypatch.setattr(figures, "_save", spy)
+    return drawn
+
+
+@pytest.fixture
+def no_figure_leaks():
+    """Fails a test that leaves a matplotlib figure open."""
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    yield
+    assert plt.get_fignums() == []

@@ -21,25 +21,8 @@ EDGES = (0, 5_000, 30_000, 60_000, 100_000, 200_000, math.inf)
 TESTS = ("mannwhitney_fold_vs_rest", "mannwhitney_fold_vs_pool", "chi2_bins_fold_vs_rest")
 
 
-@pytest.fixture
-def saved(monkeypatch):
-    """Figures handed to ``_save``: still inspectable after the module closes them."""
-    drawn: list[Figure] = []
-    real = figures._save
-
-    def spy(fig, path, dpi):
-        drawn.append(fig)
-        real(fig, path, dpi)
-
-    monkeypatch.setattr(figures, "_save", spy)
-    return drawn
-
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    plt.close("all")
-    yield
-    assert plt.get_fignums() == []
+# every test: no figure left open (figures are closed after saving)
+pytestmark = pytest.mark.usefixtures("no_figure_leaks")
 
 
 def sizes(n=80, seed=0):
@@ -97,9 +80,9 @@ def test_png_written_with_expected_size_and_closed(tmp_path, name):
 
 @pytest.mark.parametrize("name", FIGURES)
 @pytest.mark.parametrize("synthetic", [True, False])
-def test_synthetic_label_in_title_and_footnote(tmp_path, saved, name, synthetic):
+def test_synthetic_label_in_title_and_footnote(tmp_path, saved_figures, name, synthetic):
     FIGURES[name][0](tmp_path / "f.png", synthetic=synthetic)
-    (fig,) = saved
+    (fig,) = saved_figures
     texts = [t.get_text() for t in fig.texts]
     assert fig.get_suptitle().endswith(figures.SYNTHETIC_SUFFIX) is synthetic
     assert (figures.SYNTHETIC_NOTE in texts) is synthetic
@@ -112,11 +95,11 @@ def test_dpi_is_honoured(tmp_path):
     assert mpimg.imread(path).shape[:2] == (round(height * 2 * DPI), round(width * 2 * DPI))
 
 
-def test_distribution_legend_lists_every_bin_with_counts(tmp_path, saved):
+def test_distribution_legend_lists_every_bin_with_counts(tmp_path, saved_figures):
     v = np.array([100.0, 200.0, 6_000.0, 250_000.0])
     figures.lesion_distribution_figure(v, assign_bins(v, EDGES), EDGES, "t", "voxels",
                                        tmp_path / "d.png", False, dpi=DPI)
-    ax = saved[0].axes[0]
+    ax = saved_figures[0].axes[0]
     labels = bin_labels(EDGES)
     counts = [2, 1, 0, 0, 0, 1]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
@@ -135,24 +118,24 @@ def test_distribution_rejects_bad_input(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_raincloud_tick_labels_come_from_the_data(tmp_path, saved):
+def test_raincloud_tick_labels_come_from_the_data(tmp_path, saved_figures):
     order = ["Dice before", "Dice after", "Precision before", "Precision after"]
     frame = pd.DataFrame({"metric": np.repeat(order, [5, 6, 7, 8]),
                           "value": np.random.default_rng(1).uniform(0.2, 0.9, 26)})
     figures.raincloud_figure(frame, "metric", "value", "Axial plane", "value", tmp_path / "r.png",
                              False, order=order, dpi=DPI)
-    ax = saved[0].axes[0]
+    ax = saved_figures[0].axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == [
         "Dice before (n=5)", "Dice after (n=6)", "Precision before (n=7)", "Precision after (n=8)"]
     assert ax.get_ylabel() == "value"
 
 
-def test_raincloud_single_value_and_empty_groups(tmp_path, saved):
+def test_raincloud_single_value_and_empty_groups(tmp_path, saved_figures):
     frame = pd.DataFrame({"g": ["many"] * 20 + ["one"] + ["same"] * 3 + ["nan"],
                           "v": list(np.linspace(0.1, 0.9, 20)) + [0.5, 0.7, 0.7, 0.7, np.nan]})
     figures.raincloud_figure(frame, "g", "v", "t", "v", tmp_path / "r.png", True,
                              order=["many", "one", "same", "nan", "absent"], dpi=DPI)
-    ax = saved[0].axes[0]
+    ax = saved_figures[0].axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == [
         "many (n=20)", "one (n=1)", "same (n=3)", "nan (n=0)", "absent (n=0)"]
     low, high = ax.get_ylim()  # ptitprince's single-observation glitch would stretch y to ~1.3
@@ -175,11 +158,11 @@ def test_raincloud_rejects_groups_missing_from_order(tmp_path):
                                  tmp_path / "r.png", False, log_y=True)
 
 
-def test_fold_balance_panels(tmp_path, saved):
+def test_fold_balance_panels(tmp_path, saved_figures):
     table = balance_table(lambda level, fold, test: 0.001 if (level, fold) == ("3d", 2) else 0.6)
     table.loc[0, "p_value"] = np.nan
     figures.fold_balance_figure(table, tmp_path / "b.png", False, alpha=0.01, dpi=DPI)
-    fig = saved[0]
+    fig = saved_figures[0]
     axes = fig.axes
     assert [ax.get_title() for ax in axes] == [figures.TEST_NAMES[t] for t in TESTS]
     for ax in axes:

@@ -7,37 +7,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.figure import Figure
 
 from strokeseg.data.lesion_locations import HEMISPHERES, LOCATION_CLASSES
 from strokeseg.data.resample import MNI_AFFINE, MNI_SHAPE
 from strokeseg.report import figures
 from strokeseg.report import location_figures as lf
-from strokeseg.report.figures import plt
 
 PNG = b"\x89PNG\r\n\x1a\n"
 DPI = 30   # small: the files stay valid PNGs and the tests stay fast
 
 
-@pytest.fixture
-def saved(monkeypatch):
-    """Figures handed to ``_save``: still inspectable after the module closes them."""
-    drawn: list[Figure] = []
-    real = figures._save
-
-    def spy(fig, path, dpi):
-        drawn.append(fig)
-        real(fig, path, dpi)
-
-    monkeypatch.setattr(figures, "_save", spy)
-    return drawn
-
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    plt.close("all")
-    yield
-    assert plt.get_fignums() == []
+# every test: no figure left open (figures are closed after saving)
+pytestmark = pytest.mark.usefixtures("no_figure_leaks")
 
 
 def _is_png(path: Path) -> bool:
@@ -159,11 +140,11 @@ def test_the_blob_peaks_where_it_was_placed():
 
 
 # -------------------------------------------------------------------------------------- figures
-def test_location_figure_is_a_png_marked_synthetic(tmp_path, saved):
+def test_location_figure_is_a_png_marked_synthetic(tmp_path, saved_figures):
     path = tmp_path / "locations.png"
     lf.location_figure(_lesions(), _load(), path, synthetic=True, dpi=DPI)
     assert _is_png(path)
-    fig = saved[0]
+    fig = saved_figures[0]
     assert fig._suptitle.get_text().endswith(figures.SYNTHETIC_SUFFIX)
     assert any(t.get_text() == figures.SYNTHETIC_NOTE for t in fig.texts)
     counts, _load_axes, regions = fig.axes
@@ -176,11 +157,11 @@ def test_location_figure_is_a_png_marked_synthetic(tmp_path, saved):
 
 @pytest.mark.parametrize("lesions, load", [(_lesions().iloc[:0], _load().iloc[:0]), (pd.DataFrame(), pd.DataFrame()),
                                            (_lesions(), _load().iloc[:0])])
-def test_location_figure_of_a_cohort_without_lesions_says_so(tmp_path, saved, lesions, load):
+def test_location_figure_of_a_cohort_without_lesions_says_so(tmp_path, saved_figures, lesions, load):
     path = tmp_path / "locations.png"
     lf.location_figure(lesions, load, path, synthetic=False, dpi=DPI)
     assert _is_png(path)
-    fig = saved[0]
+    fig = saved_figures[0]
     assert not fig._suptitle.get_text().endswith(figures.SYNTHETIC_SUFFIX)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert "no lesion voxel in any atlas region" in texts
@@ -194,13 +175,13 @@ def _overlay(ax):
 
 
 @pytest.mark.parametrize("spacing", [(4.0, 4.0, 4.0), (2.0, 2.0, 2.0)])
-def test_frequency_figure_on_downsampled_mni_grids(tmp_path, saved, spacing):
+def test_frequency_figure_on_downsampled_mni_grids(tmp_path, saved_figures, spacing):
     shape, affine = _grid(spacing)
     path = tmp_path / "frequency.png"
     frequency = _blob(shape, affine, centre_mm=(-26.0, 6.0, 12.0))   # a voxel centre of both grids: peak 0.6
     lf.frequency_figure(frequency, affine, path, synthetic=True, n_subjects=20, dpi=DPI)
     assert _is_png(path)
-    fig = saved[0]
+    fig = saved_figures[0]
     title = fig._suptitle.get_text()
     assert title.endswith(figures.SYNTHETIC_SUFFIX)
     assert "peak 60.0% (12 of 20 subjects) at (-26, +6, +12) mm" in title
@@ -216,36 +197,36 @@ def test_frequency_figure_on_downsampled_mni_grids(tmp_path, saved, spacing):
         assert "neurological" in ax.get_xlabel()
 
 
-def test_frequency_figure_keeps_true_proportions_of_anisotropic_voxels(tmp_path, saved):
+def test_frequency_figure_keeps_true_proportions_of_anisotropic_voxels(tmp_path, saved_figures):
     shape, affine = _grid((2.0, 3.0, 6.0))
     lf.frequency_figure(_blob(shape, affine), affine, tmp_path / "f.png", synthetic=False, n_subjects=5, dpi=DPI)
-    axial, coronal, sagittal, _ = saved[0].axes
+    axial, coronal, sagittal, _ = saved_figures[0].axes
     for ax, (h, v) in ((axial, (0, 1)), (coronal, (0, 2)), (sagittal, (1, 2))):
         x0, x1, y0, y1 = ax.get_images()[0].get_extent()
         assert np.isclose(x1 - x0, shape[h] * affine[h, h]) and np.isclose(y1 - y0, shape[v] * affine[v, v])
         assert ax.get_aspect() == 1.0   # equal mm on both axes
 
 
-def test_frequency_figure_of_a_flipped_grid_draws_the_same_side(tmp_path, saved):
+def test_frequency_figure_of_a_flipped_grid_draws_the_same_side(tmp_path, saved_figures):
     shape, affine = _grid(4.0)
     frequency = _blob(shape, affine)
     flipped = affine.copy()
     flipped[0, 0], flipped[0, 3] = -4.0, affine[0, 3] + 4.0 * (shape[0] - 1)   # x runs right to left
     lf.frequency_figure(frequency, affine, tmp_path / "a.png", synthetic=False, n_subjects=3, dpi=DPI)
     lf.frequency_figure(frequency[::-1], flipped, tmp_path / "b.png", synthetic=False, n_subjects=3, dpi=DPI)
-    first, second = (_overlay(fig.axes[0]) for fig in saved)
+    first, second = (_overlay(fig.axes[0]) for fig in saved_figures)
     assert np.array_equal(first[0], second[0]) and np.allclose(first[1], second[1])
 
 
 @pytest.mark.parametrize("n_subjects", [0, 4])
-def test_frequency_figure_of_an_empty_map_cuts_through_the_centre(tmp_path, saved, n_subjects):
+def test_frequency_figure_of_an_empty_map_cuts_through_the_centre(tmp_path, saved_figures, n_subjects):
     shape, affine = _grid(4.0)
     path = tmp_path / "frequency.png"
     lf.frequency_figure(np.zeros(shape, np.float32), affine, path, synthetic=False, n_subjects=n_subjects, dpi=DPI)
     assert _is_png(path)
-    title = saved[0]._suptitle.get_text()
+    title = saved_figures[0]._suptitle.get_text()
     assert "no lesion" in title and "centre" in title
-    assert saved[0].axes[0].get_title() == f"axial, z = {affine[2, 2] * (shape[2] // 2) + affine[2, 3]:+.0f} mm"
+    assert saved_figures[0].axes[0].get_title() == f"axial, z = {affine[2, 2] * (shape[2] // 2) + affine[2, 3]:+.0f} mm"
 
 
 @pytest.mark.parametrize("frequency", [np.full((4, 4, 4), 1.5), np.full((4, 4, 4), np.nan), np.zeros((4, 4))])
