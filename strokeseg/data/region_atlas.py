@@ -14,6 +14,9 @@ The atlas is built from files that installed packages carry, so nothing is downl
 3. the cerebral white matter, which step 1 leaves unlabelled: the voxels still without a region where
    nilearn's MNI152 2009 white-matter probability is at least 0.5, as left or right cerebral white
    matter. Deep infarcts (corona radiata, internal capsule) are subcortical, and they land here.
+   White matter whose nearest labelled voxel is infratentorial (cerebellar white matter just beyond
+   Talairach's cerebellum, brain-stem tracts) takes that voxel's region instead: without this, the
+   templates' small mismatch below the tentorium made some cerebellar lesions "subcortical".
 
 Each region belongs to one compartment: ``cortical`` (Harvard-Oxford cortical), ``subcortical``
 (Harvard-Oxford subcortical structures, lateral ventricles included, and the cerebral white matter)
@@ -39,7 +42,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
+from strokeseg.data.lesions import crop
 from strokeseg.data.resample import labels_to_grid, to_grid
 from strokeseg.workdir import atomic_path
 
@@ -148,6 +153,26 @@ def _talairach_cerebellum() -> tuple[np.ndarray, np.ndarray]:
     return np.isin(data, cerebellar).astype(np.uint8), np.asarray(img.affine, dtype=np.float64)
 
 
+def _nearest_label(labels: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """For each voxel of ``where``, the label of the nearest labelled voxel (0 elsewhere); computed on
+    the bounding box of ``where`` widened by a margin, so that the distance transform stays small."""
+    out = np.zeros_like(labels)
+    cropped = crop(where)
+    if cropped is None:
+        return out
+    box_where, lo = cropped
+    margin = 8
+    box = tuple(slice(max(a - margin, 0), min(a + n + margin, s))
+                for a, n, s in zip(lo, box_where.shape, labels.shape))
+    local = labels[box]
+    if not local.any():
+        return out
+    index = ndimage.distance_transform_edt(local == 0, return_distances=False, return_indices=True)
+    out[box] = local[tuple(index)]
+    out[~where] = 0
+    return out
+
+
 def _world_x(shape, affine: np.ndarray) -> np.ndarray:
     """The world x (mm) of every voxel of the grid, as a broadcastable float32 array."""
     i, j, k = (np.arange(n, dtype=np.float32).reshape([-1 if a == b else 1 for b in range(3)])
@@ -171,12 +196,19 @@ def build(shape, affine) -> RegionAtlas:
     wm_probability, wm_affine = _white_matter()
     wm = to_grid(wm_probability, wm_affine, shape, affine, order=1)
     white = (wm >= WHITE_MATTER_LEVEL) & (labels == 0)
-    labels[white & left] = n_ho + 3
-    labels[white & ~left] = n_ho + 4
     compartments = tuple(CORTICAL if k < _N_CORTICAL else INFRATENTORIAL if n == _BRAIN_STEM
                          else SUBCORTICAL for k, n in enumerate(ho_names))
     names = ho_names + tuple(n for n, _ in _EXTRA_REGIONS)
     compartments += tuple(c for _, c in _EXTRA_REGIONS)
+    # White matter the labels miss below the tentorium (cerebellar white matter beyond Talairach's
+    # cerebellum, brain-stem tracts) must not become cerebral: each unlabelled white-matter voxel
+    # whose nearest labelled voxel is infratentorial takes that voxel's region.
+    nearest = _nearest_label(labels, white)
+    below = np.isin(nearest, [r + 1 for r, c in enumerate(compartments) if c == INFRATENTORIAL])
+    labels[white & below] = nearest[white & below]
+    cerebral = white & ~below
+    labels[cerebral & left] = n_ho + 3
+    labels[cerebral & ~left] = n_ho + 4
     return RegionAtlas(labels, affine, names, compartments)
 
 

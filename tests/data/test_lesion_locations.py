@@ -56,6 +56,14 @@ def test_deep_white_matter_is_subcortical_and_the_cerebellum_infratentorial(atla
     assert rows[1]["regions"].startswith("Left Cerebral White Matter ")
 
 
+def test_white_matter_below_the_tentorium_is_not_cerebral(atlas_1mm):
+    """(-29, -51, -45) mm: cerebellar white matter outside Talairach's cerebellum; its nearest labelled
+    voxels are cerebellar, so it is cerebellum, not cerebral white matter."""
+    (row,) = ll.locate(blob(MNI_SHAPE, MNI_AFFINE, (-29, -51, -45), 2), MNI_AFFINE, atlas_1mm).lesions \
+        .to_dict("records")
+    assert row["location_class"] == "infratentorial" and row["regions"].startswith("Left Cerebellum ")
+
+
 def test_a_blob_across_the_midline_is_bilateral_with_its_shares(atlas_1mm):
     mask = np.zeros(MNI_SHAPE, np.uint8)
     x0 = int(round(-MNI_AFFINE[0, 3]))          # voxel of x = 0 mm
