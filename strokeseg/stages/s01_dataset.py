@@ -76,6 +76,7 @@ class _Job:
 
 @dataclass
 class _Location:
+    """One subject's located lesions, as a worker returns them."""
     lesions: pd.DataFrame
     subject: dict
     load: pd.DataFrame
@@ -102,12 +103,17 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
         jobs = [_Job(s, plan, config.dataset.binarize_masks, cohort.allow_empty_masks, atlas_cache, grid is not None)
                 for s in subjects]
         rows, geometry, per_plane, located = [], [], {p: [] for p in plan.planes}, []
+        frequency = np.zeros(grid[0], dtype=np.float32) if grid is not None else None   # lesion counts, then shares
         for subject_row, grid_row, slices, location in map_ordered(_statistics, jobs, config.workers,
                                                                     "01 lesion statistics", progress):
             rows.append(subject_row)
             geometry.append(grid_row)
             for plane in plan.planes:
                 per_plane[plane].append(slices[plane])
+            if location is not None and location.crop is not None:   # added up as they come: never all held
+                start, box = location.crop
+                frequency[tuple(slice(a, a + n) for a, n in zip(start, box.shape))] += box
+                location.crop = None
             located.append(location)
         subjects_frame = pd.DataFrame(rows)
         subjects_frame["volume_bin"] = bins.assign_bins(subjects_frame["sum_voxel"], config.bins.volume_edges)
@@ -129,8 +135,7 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
                 f"{plane.capitalize()} lesion slices (n={len(frame)})", "lesion pixels per slice",
                 out.path / f"lesion_distribution_{plane}.png", is_synthetic)
         if atlas_cache is not None:
-            out.extra["lesion_locations"] = _write_locations(out.path, [s.subject for s in subjects], located, grid,
-                                                             is_synthetic)
+            out.extra["lesion_locations"] = _write_locations(out.path, located, grid, frequency, is_synthetic)
         out.extra.update({"dataset": cohort.kind, "channels": list(cohort.channels), "planes": list(plan.planes),
                           "grid_plan": plan.kind, "allow_empty_masks": cohort.allow_empty_masks,
                           "notes": list(cohort.notes)})
@@ -256,9 +261,10 @@ def _locate(job: _Job, subject: Subject, mask: np.ndarray, affine: np.ndarray) -
     return _Location(frame, {"subject_name": subject.subject, **found.whole}, load, crop)
 
 
-def _write_locations(folder: Path, names: list[str], located: list[_Location],
-                     grid: tuple[tuple[int, ...], np.ndarray] | None, is_synthetic: bool) -> dict:
-    """The location CSVs, the frequency map and the figures; returns what the manifest records."""
+def _write_locations(folder: Path, located: list[_Location], grid: tuple[tuple[int, ...], np.ndarray] | None,
+                     counts: np.ndarray | None, is_synthetic: bool) -> dict:
+    """The location CSVs, the frequency map (from ``counts``: subjects with a lesion per voxel of the
+    one ``grid``, when the subjects share one) and the figures; returns what the manifest records."""
     from strokeseg.report import location_figures
 
     per_lesion = pd.concat([loc.lesions for loc in located], ignore_index=True)
@@ -277,15 +283,11 @@ def _write_locations(folder: Path, names: list[str], located: list[_Location],
         log.info("01: the atlas agrees with the territory the generator placed %d of %d lesions in (%.1f %%)",
                  int(checked.sum()), len(checked), 100.0 * checked.mean() if len(checked) else float("nan"))
     if grid is not None:
-        shape, affine = grid
-        frequency = np.zeros(shape, dtype=np.float32)
-        for loc in located:
-            if loc.crop is not None:
-                start, box = loc.crop
-                frequency[tuple(slice(a, a + n) for a, n in zip(start, box.shape))] += box
-        frequency /= max(len(names), 1)
+        affine = grid[1]
+        frequency = counts / np.float32(max(len(located), 1))
         write_nifti(folder / LESION_FREQUENCY_NII, frequency, affine=affine, dtype=np.float32)
-        location_figures.frequency_figure(frequency, affine, folder / "lesion_frequency.png", is_synthetic, len(names))
+        location_figures.frequency_figure(frequency, affine, folder / "lesion_frequency.png", is_synthetic,
+                                          len(located))
         record["max_frequency"] = float(frequency.max())
     return record
 
