@@ -42,6 +42,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from isal import igzip
+from nibabel.fileholders import FileHolder
 from scipy import ndimage
 
 from strokeseg.data.lesions import crop
@@ -124,21 +126,25 @@ def _harvard_oxford() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """(max-probability labels 0..113 on the atlas's own grid, its affine, region names)."""
     folder = _atlas_folder()
     names = tuple(_display(n) for n in _labels_csv(folder / "labels_harvard_oxford.csv"))
-    img = nib.load(folder / "atlas_harvard_oxford.nii.gz", keep_file_open=True)
-    if img.ndim != 4 or img.shape[3] != len(names):
-        raise AtlasUnavailable(f"unexpected Harvard-Oxford atlas of shape {img.shape} for {len(names)} labels")
-    # One probability volume at a time (the file is 4-D, about 0.5 GB in memory whole), and only the
-    # voxels a region reaches (each covers a few % of the grid); the first region of the highest
-    # probability wins ties. Flat views in the file's (Fortran) order cost no copy.
-    best = np.zeros(img.shape[:3], dtype=np.uint8, order="F")
-    labels = np.zeros(img.shape[:3], dtype=np.uint8, order="F")
-    best_flat, labels_flat = best.ravel(order="F"), labels.ravel(order="F")
-    for k in range(img.shape[3]):
-        probability = np.asarray(img.dataobj[..., k], dtype=np.uint8).ravel(order="F")
-        reached = np.flatnonzero(probability)
-        higher = reached[probability[reached] > best_flat[reached]]
-        best_flat[higher] = probability[higher]
-        labels_flat[higher] = k + 1
+    path = folder / "atlas_harvard_oxford.nii.gz"
+    # One probability volume at a time (the file is 4-D, about 0.5 GB in memory whole), read in file
+    # order through ISA-L (several times faster than Python's gzip), and only the voxels a region
+    # reaches (each covers a few % of the grid); the first region of the highest probability wins
+    # ties. Flat views in the file's (Fortran) order cost no copy.
+    with igzip.open(path, "rb") as stream:
+        holder = FileHolder(filename=str(path), fileobj=stream)
+        img = nib.Nifti1Image.from_file_map({"image": holder, "header": holder})
+        if img.ndim != 4 or img.shape[3] != len(names):
+            raise AtlasUnavailable(f"unexpected Harvard-Oxford atlas of shape {img.shape} for {len(names)} labels")
+        best = np.zeros(img.shape[:3], dtype=np.uint8, order="F")
+        labels = np.zeros(img.shape[:3], dtype=np.uint8, order="F")
+        best_flat, labels_flat = best.ravel(order="F"), labels.ravel(order="F")
+        for k in range(img.shape[3]):
+            probability = np.asarray(img.dataobj[..., k], dtype=np.uint8).ravel(order="F")
+            reached = np.flatnonzero(probability)
+            higher = reached[probability[reached] > best_flat[reached]]
+            best_flat[higher] = probability[higher]
+            labels_flat[higher] = k + 1
     labels[best < MAX_PROBABILITY_THRESHOLD] = 0
     return labels, np.asarray(img.affine, dtype=np.float64), names
 
