@@ -2,6 +2,7 @@
 resumes exactly, settings are guarded, and best models load in safe mode."""
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,10 +35,24 @@ def checkpoint_arrays(folder: Path) -> list[np.ndarray]:
         return [data[k] for k in sorted(data.files)]
 
 
+@pytest.fixture(scope="module")
+def trained_runs(prepared_workdir, tmp_path_factory):
+    """``trained_runs(model)``: (spec, final state) of the model's two-step run (``spec_for``'s settings),
+    trained once per module: read-only, copy it before training it again."""
+    root, runs = tmp_path_factory.mktemp("runs"), {}
+
+    def trained(model: str):
+        if model not in runs:
+            spec = spec_for(prepared_workdir, root / model, model)
+            runs[model] = spec, training.train(spec, progress=False)
+        return runs[model]
+
+    return trained
+
+
 @pytest.mark.parametrize("model", model_names(volumetric=False))   # 3-D: test_volume_runs.py
-def test_every_model_trains_two_steps_and_its_best_model_loads_in_safe_mode(prepared_workdir, tmp_path, model):
-    spec = spec_for(prepared_workdir, tmp_path / model, model)
-    state = training.train(spec, progress=False)
+def test_every_model_trains_two_steps_and_its_best_model_loads_in_safe_mode(trained_runs, model):
+    spec, state = trained_runs(model)
     history = pd.read_csv(spec.folder / "history.csv")
     assert list(history["epoch"]) == [1] and np.isfinite(history["loss"]).all()
     assert state.stopped == "max_epochs" and state.best_epoch == 1
@@ -49,11 +64,13 @@ def test_every_model_trains_two_steps_and_its_best_model_loads_in_safe_mode(prep
 
 
 def test_an_interrupted_run_resumes_exactly_as_if_never_interrupted(prepared_workdir, tmp_path, monkeypatch):
+    # Any model: U-Net is the cheapest to trace (three runs are traced here); its published recipe has Adam's
+    # moments and a per-step (cosine) schedule to restore, as RAX-Net's has AdamW's and an exponential one.
     settings = dict(max_epochs=3, augment=True)
-    straight = spec_for(prepared_workdir, tmp_path / "straight", **settings)
+    straight = spec_for(prepared_workdir, tmp_path / "straight", "unet", **settings)
     training.train(straight, progress=False)
 
-    interrupted = spec_for(prepared_workdir, tmp_path / "interrupted", **settings)
+    interrupted = spec_for(prepared_workdir, tmp_path / "interrupted", "unet", **settings)
     save = training.RunState.save
 
     def save_then_die(self, folder):
@@ -76,9 +93,10 @@ def test_an_interrupted_run_resumes_exactly_as_if_never_interrupted(prepared_wor
     assert len(list(interrupted.folder.glob("checkpoint_epoch*.npz"))) == 1  # stale ones removed
 
 
-def test_a_finished_run_is_reused_and_other_settings_are_refused(prepared_workdir, tmp_path):
-    spec = spec_for(prepared_workdir, tmp_path / "run")
-    training.train(spec, progress=False)
+def test_a_finished_run_is_reused_and_other_settings_are_refused(trained_runs, tmp_path):
+    finished, _ = trained_runs("raxnet")     # the per-model test's run, trained once by train()
+    spec = replace(finished, folder=tmp_path / "run")
+    shutil.copytree(finished.folder, spec.folder)
     stamp = (spec.folder / "best.keras").stat().st_mtime_ns
     training.train(spec, progress=False)
     assert (spec.folder / "best.keras").stat().st_mtime_ns == stamp
@@ -118,7 +136,7 @@ def test_checkpoints_refuse_a_different_model(tmp_path):
 def test_fresh_discards_a_run(prepared_workdir, tmp_path):
     from strokeseg.train.experiments import Inputs, train_and_evaluate
 
-    spec = spec_for(prepared_workdir, tmp_path / "run")
+    spec = spec_for(prepared_workdir, tmp_path / "run", "unet")   # any model: the cheapest to train
     spec.folder.mkdir()
     (spec.folder / "state.json").write_text("{broken")
     with pytest.raises(training.RunSettingsError, match="unreadable run state"):
