@@ -101,7 +101,13 @@ def subject_statistics(mask: np.ndarray) -> dict:
     binary = _binary(mask)
     if binary.ndim != 3:
         raise ValueError(f"expected a 3-D mask, got shape {binary.shape}")
-    sizes = component_sizes(binary, 26)
+    return size_statistics(component_sizes(binary, 26))
+
+
+def size_statistics(sizes: np.ndarray) -> dict:
+    """:func:`subject_statistics` from the sizes of the mask's 26-connected components, largest first
+    (for a caller that has labelled the mask already)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
     top = np.zeros(N_LARGEST, dtype=np.int64)
     top[: min(N_LARGEST, sizes.size)] = sizes[:N_LARGEST]
     stats = {

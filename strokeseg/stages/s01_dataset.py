@@ -225,7 +225,13 @@ def _statistics(job: _Job) -> tuple[dict, dict, dict[str, pd.DataFrame], _Locati
     # Every channel is read and validated; only the mask is needed on the plan grid here.
     planned = load_planned(list(subject.channels), subject.mask, job.plan, job.binarize, job.allow_empty,
                            images=False)
-    row = {"subject_name": subject.subject, "site": subject.site, **lesions.subject_statistics(planned.mask)}
+    location = _locate(job, subject, planned.native_mask, planned.image.affine) if job.atlas_cache else None
+    if location is not None and planned.mask is planned.native_mask:
+        # On its own grid the plan mask is the native one: its lesions were just labelled (26-connected)
+        statistics = lesions.size_statistics(location.lesions["voxels"].to_numpy())
+    else:
+        statistics = lesions.subject_statistics(planned.mask)
+    row = {"subject_name": subject.subject, "site": subject.site, **statistics}
     # The lesion volume on the subject's own grid: resampling onto the plan changes voxel counts.
     row["volume_ml"] = (float(planned.native_mask.sum()) * float(np.prod(planned.zooms)) / 1000.0
                         if job.plan.spacing_known else float("nan"))
@@ -238,7 +244,6 @@ def _statistics(job: _Job) -> tuple[dict, dict, dict[str, pd.DataFrame], _Locati
         frame = lesions.slice_statistics(planned.mask, plane)
         frame.insert(0, "subject_name", subject.subject)
         slices[plane] = frame
-    location = _locate(job, subject, planned.native_mask, planned.image.affine) if job.atlas_cache else None
     return row, grid, slices, location
 
 

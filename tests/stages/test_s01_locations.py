@@ -20,7 +20,7 @@ from strokeseg.contracts import (
     SUBJECT_LOCATIONS_CSV,
     SUBJECTS_3D_CSV,
 )
-from strokeseg.data import lesion_locations
+from strokeseg.data import lesion_locations, lesions
 
 N_SUBJECTS = 10
 LOCATION_FILES = (LESION_LOCATIONS_CSV, SUBJECT_LOCATIONS_CSV, LESION_LOAD_CSV, LESION_FREQUENCY_NII,
@@ -42,11 +42,17 @@ def test_every_lesion_of_the_statistics_is_located_once(synthetic_stage):
     located = pd.read_csv(synthetic_stage / LESION_LOCATIONS_CSV)
     assert list(located.groupby("subject_name").size().reindex(stats["subject_name"], fill_value=0)) \
         == list(stats["number_of_lesion"])
-    for name, lesions in located.groupby("subject_name"):
+    for name, own in located.groupby("subject_name"):
         row = stats[stats["subject_name"] == name].iloc[0]
-        assert list(lesions["voxels"]) == [row[f"lesion_size_{k}"] for k in range(1, len(lesions) + 1)][:10]
-        parts = lesions[["cortical_voxels", "subcortical_voxels", "infratentorial_voxels", "outside_voxels"]]
-        assert (parts.sum(axis=1) == lesions["voxels"]).all()
+        assert list(own["voxels"])[:10] == [row[f"lesion_size_{k}"] for k in range(1, min(len(own), 10) + 1)]
+        parts = own[["cortical_voxels", "subcortical_voxels", "infratentorial_voxels", "outside_voxels"]]
+        assert (parts.sum(axis=1) == own["voxels"]).all()
+    # the statistics, taken from the located lesions when the plan grid is the subject's, are the masks'
+    cohort = pd.read_csv(synthetic_stage / "cohort.csv").set_index("subject_name")
+    for name in stats["subject_name"][:3]:
+        mask = np.asarray(nib.load(cohort.loc[name, "mask"]).dataobj)
+        expected = lesions.subject_statistics(mask)
+        assert stats.set_index("subject_name").loc[name, list(expected)].to_dict() == expected
     assert set(located["location_class"]) <= set(lesion_locations.LOCATION_CLASSES)
     assert set(located["hemisphere"]) <= set(lesion_locations.HEMISPHERES)
 
