@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from tqdm import tqdm
@@ -41,3 +42,17 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int, desc: st
     finally:
         bar.close()
 
+
+
+@contextmanager
+def beside(fn: Callable[..., R], *args, workers: int) -> Iterator[Callable[[], R]]:
+    """``fn(*args)`` in one more process while the block goes on; the block gets a function that
+    waits for ``fn``'s value (and raises its error). A stage's serial tail, which leaves a core idle,
+    can so run two things at once. With ``workers`` 1 (one core asked for) ``fn`` runs here, first.
+    Leaving the block always waits for ``fn`` to end."""
+    if worker_count(workers) == 1:
+        value = fn(*args)
+        yield lambda: value
+        return
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool.submit(fn, *args).result

@@ -158,6 +158,7 @@ class Located:
     whole: dict               # the whole mask described as one lesion (SUBJECT_COLUMNS without subject_name)
     load: pd.DataFrame        # one row per region the mask overlaps, most voxels first (LOAD_COLUMNS ...)
     tags: list[list] = field(default_factory=list)   # per lesion row: the tags of the points inside it
+    box: tuple[tuple[int, ...], np.ndarray] | None = None   # (start, uint8 mask) of the bounding box; None if empty
 
 
 def locate(mask: np.ndarray, affine: np.ndarray, atlas: RegionAtlas,
@@ -211,4 +212,5 @@ def locate(mask: np.ndarray, affine: np.ndarray, atlas: RegionAtlas,
                          "voxels": [int(total[r]) for r in present],
                          "volume_ml": [float(total[r]) * voxel_ml for r in present]},
                         columns=[c for c in LOAD_COLUMNS if c != "subject_name"])
-    return Located(pd.DataFrame(rows, columns=[c for c in LESION_COLUMNS if c != "subject_name"]), whole, load, tags)
+    return Located(pd.DataFrame(rows, columns=[c for c in LESION_COLUMNS if c != "subject_name"]), whole, load, tags,
+                   (tuple(lo), (components > 0).astype(np.uint8)))

@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -52,7 +53,7 @@ from strokeseg.data.nifti import write_nifti
 from strokeseg.data.planned import load_planned
 from strokeseg.data.subjects import Cohort, Subject
 from strokeseg.errors import InputError
-from strokeseg.parallel import map_ordered
+from strokeseg.parallel import beside, map_ordered
 from strokeseg.protocol import bins
 from strokeseg.report import figures
 from strokeseg.scratch import folder_prefix, remove_leftovers
@@ -119,23 +120,30 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
         subjects_frame["volume_bin"] = bins.assign_bins(subjects_frame["sum_voxel"], config.bins.volume_edges)
         write_csv(cohort_frame(recorded, cohort.channels, geometry), out.path / COHORT_CSV)
         write_csv(subjects_frame, out.path / SUBJECTS_3D_CSV)
-        with_lesion = subjects_frame[subjects_frame["sum_voxel"] > 0]   # a log axis: lesion-free ones are counted
-        empty = len(subjects_frame) - len(with_lesion)
-        figures.lesion_distribution_figure(
-            with_lesion["sum_voxel"], with_lesion["volume_bin"], config.bins.volume_edges,
-            f"3-D lesion volume per subject (n={len(with_lesion)}"
-            + (f"; {empty} without lesion voxels on the plan grid, not shown)" if empty else ")"),
-            "lesion voxels", out.path / "lesion_distribution_3d.png", is_synthetic)
-        for plane in plan.planes:
-            frame = pd.concat(per_plane[plane], ignore_index=True)
-            frame["slice_bin"] = bins.assign_bins(frame["sum_voxel"], config.bins.slice_edges(plane))
-            write_csv(frame, out.path / plane_lesions_csv(plane))
+        # The location outputs are written by another process while this one draws the distributions.
+        locations = (beside(_write_locations, out.path, located, grid, frequency, is_synthetic, workers=config.workers)
+                     if atlas_cache is not None else nullcontext(None))
+        with locations as located_record:
+            with_lesion = subjects_frame[subjects_frame["sum_voxel"] > 0]   # a log axis: lesion-free ones are counted
+            empty = len(subjects_frame) - len(with_lesion)
             figures.lesion_distribution_figure(
-                frame["sum_voxel"], frame["slice_bin"], config.bins.slice_edges(plane),
-                f"{plane.capitalize()} lesion slices (n={len(frame)})", "lesion pixels per slice",
-                out.path / f"lesion_distribution_{plane}.png", is_synthetic)
-        if atlas_cache is not None:
-            out.extra["lesion_locations"] = _write_locations(out.path, located, grid, frequency, is_synthetic)
+                with_lesion["sum_voxel"], with_lesion["volume_bin"], config.bins.volume_edges,
+                f"3-D lesion volume per subject (n={len(with_lesion)}"
+                + (f"; {empty} without lesion voxels on the plan grid, not shown)" if empty else ")"),
+                "lesion voxels", out.path / "lesion_distribution_3d.png", is_synthetic)
+            for plane in plan.planes:
+                frame = pd.concat(per_plane[plane], ignore_index=True)
+                frame["slice_bin"] = bins.assign_bins(frame["sum_voxel"], config.bins.slice_edges(plane))
+                write_csv(frame, out.path / plane_lesions_csv(plane))
+                figures.lesion_distribution_figure(
+                    frame["sum_voxel"], frame["slice_bin"], config.bins.slice_edges(plane),
+                    f"{plane.capitalize()} lesion slices (n={len(frame)})", "lesion pixels per slice",
+                    out.path / f"lesion_distribution_{plane}.png", is_synthetic)
+            if located_record is not None:
+                out.extra["lesion_locations"] = record = located_record()
+                if "territory_agreement" in record:
+                    log.info("01: the atlas agrees with the territory the generator placed %(agree)d of %(checked)d "
+                             "lesions in", record["territory_agreement"])
         out.extra.update({"dataset": cohort.kind, "channels": list(cohort.channels), "planes": list(plan.planes),
                           "grid_plan": plan.kind, "allow_empty_masks": cohort.allow_empty_masks,
                           "notes": list(cohort.notes)})
@@ -261,9 +269,8 @@ def _locate(job: _Job, subject: Subject, mask: np.ndarray, affine: np.ndarray) -
                                      for p, c, h in zip(ours, frame["location_class"], frame["hemisphere"])]
     load = found.load
     load.insert(0, "subject_name", subject.subject)
-    cropped = lesions.crop(np.asarray(mask) > 0) if job.crop_mask else None
-    crop = (cropped[1], cropped[0].astype(np.uint8)) if cropped is not None else None
-    return _Location(frame, {"subject_name": subject.subject, **found.whole}, load, crop)
+    box = found.box if job.crop_mask else None
+    return _Location(frame, {"subject_name": subject.subject, **found.whole}, load, box)
 
 
 def _write_locations(folder: Path, located: list[_Location], grid: tuple[tuple[int, ...], np.ndarray] | None,
@@ -285,8 +292,6 @@ def _write_locations(folder: Path, located: list[_Location], grid: tuple[tuple[i
     if "territory_agrees" in per_lesion and per_lesion["territory_agrees"].notna().any():
         checked = per_lesion["territory_agrees"].dropna().astype(bool)
         record["territory_agreement"] = {"checked": int(len(checked)), "agree": int(checked.sum())}
-        log.info("01: the atlas agrees with the territory the generator placed %d of %d lesions in (%.1f %%)",
-                 int(checked.sum()), len(checked), 100.0 * checked.mean() if len(checked) else float("nan"))
     if grid is not None:
         affine = grid[1]
         frequency = counts / np.float32(max(len(located), 1))
