@@ -16,7 +16,7 @@ import pandas as pd
 
 from strokeseg.contracts import DATASET, LESION_LOCATIONS_CSV, SUBJECT_LOCATIONS_CSV
 from strokeseg.data.lesion_locations import HEMISPHERES, LOCATION_CLASSES
-from strokeseg.evaluate.tables import summary_table
+from strokeseg.evaluate.subject_tables import summary_per_group
 from strokeseg.workdir import read_csv, stage_dir
 
 NO_LESION = "no lesion"
@@ -58,11 +58,7 @@ def by_location(subjects: pd.DataFrame, key: str, order: Sequence[str],
     n subjects and mean/std/median of each metric. ``subjects`` carries :func:`with_locations`' columns."""
     parts = []
     for grouping, groups in GROUPS.items():
-        table = summary_table(subjects.rename(columns={grouping: "group"}), [key, "group"], list(metrics))
-        full = pd.MultiIndex.from_product([[k for k in order if k in set(subjects[key])], list(groups)],
-                                          names=[key, "group"])
-        table = table.set_index([key, "group"]).reindex(full).reset_index()
-        table["n"] = table["n"].fillna(0).astype(int)
+        table = summary_per_group(subjects.rename(columns={grouping: "group"}), key, order, "group", groups, metrics)
         table.insert(1, "grouping", grouping)
         parts.append(table)
     return pd.concat(parts, ignore_index=True)

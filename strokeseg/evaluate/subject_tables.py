@@ -51,12 +51,21 @@ def by_volume_bin(subjects: pd.DataFrame, edges: Sequence[float], order: Sequenc
     """Per mask and lesion-volume bin (every bin of ``edges``, empty ones with n = 0): n and
     mean/std/median of each metric."""
     labels = bin_labels(edges)
-    table = summary_table(subjects, ["mask", "volume_bin"], list(metrics))
-    full = pd.MultiIndex.from_product([list(order), range(len(labels))], names=["mask", "volume_bin"])
-    present = [m for m in order if m in set(subjects["mask"])]
-    table = table.set_index(["mask", "volume_bin"]).reindex(full).loc[present].reset_index()
-    table["n"] = table["n"].fillna(0).astype(int)
+    table = summary_per_group(subjects, "mask", order, "volume_bin", range(len(labels)), metrics)
     table.insert(2, "volume_bin_label", table["volume_bin"].map(lambda b: labels[b]))
+    return table
+
+
+def summary_per_group(subjects: pd.DataFrame, key: str, order: Sequence[str], column: str, groups: Sequence,
+                      metrics: Sequence[str]) -> pd.DataFrame:
+    """Per ``key`` value (those present, in ``order``) and every value of ``groups`` in ``column``,
+    empty ones included with n = 0: n and mean/std/median of each metric. Tables of different runs
+    then have the same rows."""
+    table = summary_table(subjects, [key, column], list(metrics))
+    present = [k for k in order if k in set(subjects[key])]
+    full = pd.MultiIndex.from_product([present, list(groups)], names=[key, column])
+    table = table.set_index([key, column]).reindex(full).reset_index()
+    table["n"] = table["n"].fillna(0).astype(int)
     return table
 
 
