@@ -19,7 +19,15 @@ import traceback
 from pathlib import Path
 
 from strokeseg import __version__
-from strokeseg.config import PROFILES, READER_SOURCES, SYNTHETIC_SOURCES, apply_overrides, field_table, load_profile
+from strokeseg.config import (
+    PROFILE_SOURCES,
+    PROFILES,
+    READER_SOURCES,
+    SYNTHETIC_SOURCES,
+    apply_overrides,
+    field_table,
+    load_profile,
+)
 from strokeseg.contracts import BY_COMMAND
 from strokeseg.errors import ConfigError, StrokesegError
 from strokeseg.runtime import configure_logging, configure_tensorflow
@@ -112,8 +120,9 @@ def build_parser(default_workdir: Path | None = None) -> argparse.ArgumentParser
         sub.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
         if name == "dataset":
             sub.add_argument("--profile", choices=sorted(PROFILES), default="paper",
-                             help="named protocol profile: 'paper' = upstream numbers (655 subjects), "
-                                  "'demo' = small CPU-friendly synthetic cohort (default: %(default)s)")
+                             help="named protocol profile: "
+                                  + "; ".join(f"{name} = {what}" for name, what in PROFILE_SOURCES.items())
+                                  + " (README, Profiles; default: %(default)s)")
             sub.add_argument("--atlas-dir", type=Path, default=None,
                              help="ATLAS v2.0 root (BIDS: Training/R0XX/sub-*/ses-*/anat/...); "
                                   "omit to build the synthetic ATLAS-like cohort")

@@ -93,6 +93,8 @@ class ConvertConfig:
     canvas_multiple: int = 16
     store_dtype: str = "uint8"
     ct_window: tuple[float, float] = (0.0, 80.0)
+    mr_normalization: str = "zscore"
+    clip_percentiles: tuple[float, float] = (10.0, 99.0)
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class CrossValidationConfig:
     n_folds: int = 5
     normal_ratio: float = 1.0
     min_brain_fraction: float = 0.05
+    edge_slices: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ class BatchConfig:
     lesion_per_batch: int = 16
     inner_validation_fraction: float = 0.15
     fixed_order: bool = False
+    kind: str = "distribution"
+    foreground_floor: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,19 @@ class TrainingConfig:
     patch_validation_steps: int = 50
     deep_supervision: bool = True
     window_step: float = 0.5
+    # Model selection and run logs.
+    selection: str = "val_loss"
+    tensorboard: bool = True
+    overlay_every: int = 10
+    overlay_count: int = 4
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Post-processing of stage 10's and predict's masks (their --min-lesion-voxels and
+    --largest-component override it)."""
+    rule: str = "none"
+    min_lesion_voxels: int = 0
 
 
 @dataclass(frozen=True)
@@ -204,6 +222,7 @@ class Config:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     comparison: ComparisonConfig = field(default_factory=ComparisonConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
     def validate(self) -> "Config":
         """This config, once every value has been checked against its range: a
@@ -221,16 +240,22 @@ class Config:
         _whole("cv.n_folds", self.cv.n_folds, 2, MAX_FOLDS)
         _number("cv.normal_ratio", self.cv.normal_ratio, 0.0)
         _number("cv.min_brain_fraction", self.cv.min_brain_fraction, 0.0, 1.0)
+        _whole("cv.edge_slices", self.cv.edge_slices, 0, MAX_EDGE_SLICES)
         b = self.batches
         _whole("batches.batch_size", b.batch_size, 1)
         _check(0 < b.lesion_per_batch <= b.batch_size, "batches.lesion_per_batch must be in 1..batch_size")
         _check(0.0 < b.inner_validation_fraction < 1.0, "batches.inner_validation_fraction must be in (0, 1)")
+        _check(b.kind in BATCH_KINDS, f"batches.kind must be one of {BATCH_KINDS}, not {b.kind!r}")
+        _number("batches.foreground_floor", b.foreground_floor, 0.0, low_open=True)
         _check(len(self.prepare.channels) > 0 and all(1 <= c <= MAX_SLICE_CHANNELS for c in self.prepare.channels),
                f"prepare.channels must be slice counts in 1..{MAX_SLICE_CHANNELS}, not {list(self.prepare.channels)}")
         _check(len(self.prepare.planes) > 0 and all(p in PLANES for p in self.prepare.planes),
                f"prepare.planes must be among {PLANES}")
         self._validate_training()
         self._validate_comparison()
+        p = self.postprocess
+        _check(p.rule in POSTPROCESS_RULES, f"postprocess.rule must be one of {POSTPROCESS_RULES}, not {p.rule!r}")
+        _whole("postprocess.min_lesion_voxels", p.min_lesion_voxels, 0)
         return self
 
     def _validate_dataset(self) -> None:
@@ -267,6 +292,11 @@ class Config:
         _whole("convert.canvas_multiple", c.canvas_multiple, 1, 256)
         _check(len(c.ct_window) == 2 and c.ct_window[0] < c.ct_window[1],
                f"convert.ct_window must be [lo, hi] with lo < hi, not {list(c.ct_window)}")
+        _check(c.mr_normalization in MR_NORMALIZATIONS,
+               f"convert.mr_normalization must be one of {MR_NORMALIZATIONS}, not {c.mr_normalization!r}")
+        window = list(c.clip_percentiles)
+        _check(len(window) == 2 and 0.0 <= window[0] < window[1] <= 100.0,
+               f"convert.clip_percentiles must be [lo, hi] with 0 <= lo < hi <= 100, not {window}")
 
     def _validate_training(self) -> None:
         t = self.training
@@ -304,6 +334,9 @@ class Config:
         _check(min(t.patch_batch_size, t.patch_steps, t.patch_validation_steps) >= 1,
                "training.patch_batch_size, patch_steps and patch_validation_steps must be >= 1")
         _check(0.0 < t.window_step <= 0.5, "training.window_step must be in (0, 0.5] (a fraction of the patch)")
+        _check(t.selection in SELECTIONS, f"training.selection must be one of {SELECTIONS}, not {t.selection!r}")
+        _whole("training.overlay_every", t.overlay_every, 1)
+        _whole("training.overlay_count", t.overlay_count, 0, MAX_OVERLAYS)
 
     def _validate_comparison(self) -> None:
         t, c = self.training, self.comparison
@@ -363,6 +396,12 @@ MAX_WORKERS = 1024
 MAX_FOLDS = 100
 MAX_SLICE_CHANNELS = 15          # adjacent slices read as channels by one 2-D input
 HEAD_REGIONS = ("robust", "nonzero")
+MR_NORMALIZATIONS = ("zscore", "clip_zscore")
+MAX_EDGE_SLICES = 64
+BATCH_KINDS = ("distribution", "foreground_weighted")
+SELECTIONS = ("val_loss", "subject_dice")
+MAX_OVERLAYS = 64
+POSTPROCESS_RULES = ("none", "min_size", "largest", "auto")
 SCHEDULES = ("constant", "exponential", "cosine", "cosine_restarts")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
@@ -410,15 +449,26 @@ FIELD_HELP: dict[str, str] = {
     "convert.canvas_multiple": "canvas sides: next multiple of this (16 on the ATLAS grid: upstream's canvases)",
     "convert.store_dtype": "dtype of the stored 0..255 intensities: uint8, float16 or float32",
     "convert.ct_window": "CT channels: Hounsfield window [lo, hi] mapped to 0..255 (clipped)",
+    "convert.mr_normalization": '"zscore": MR channels z-scored over their non-zero voxels; "clip_zscore": '
+                                'clipped to the clip_percentiles of all voxels first, then z-scored over all '
+                                'voxels (the LGG U-Net\'s rule)',
+    "convert.clip_percentiles": "clip_zscore: [lo, hi] percentiles of each MR channel's voxels it is clipped to",
 
     "cv.n_folds": "subject-level cross-validation folds, shared by the three planes",
     "cv.normal_ratio": "lesion-free slices drawn per lesion slice, per subject",
     "cv.min_brain_fraction": "a lesion-free slice is used only if brain covers this fraction of its pixels",
+    "cv.edge_slices": "slices at each end of a subject's stack never trained or validated on (the LGG U-Net "
+                      "drops 1); stage 10 still predicts and scores the whole volume",
 
     "batches.batch_size": "slices per batch: lesion_per_batch lesion slices, the rest lesion-free",
     "batches.lesion_per_batch": "lesion slices per batch, spread over the slice size bins",
     "batches.inner_validation_fraction": "share of each fold's subjects kept for model selection, never fitted",
     "batches.fixed_order": "true: the same batch order every epoch (upstream); false: reshuffled per epoch",
+    "batches.kind": '"distribution": lesion slices by size bin + normals (RAX-Net); "foreground_weighted": every '
+                    "slice drawn with replacement, weight (lesion pixels + floor) per subject (the LGG U-Net's "
+                    "sampler), a fresh draw per epoch",
+    "batches.foreground_floor": "foreground_weighted: the floor shared by a subject's slices, as a share of its "
+                                "lesion pixels (the LGG U-Net: 0.1)",
 
     "prepare.channels": "input channel counts to prepare (adjacent slices): 1 for 2-D models, 3 LCNN, 4 D-UNet",
     "prepare.planes": "planes to prepare (stage 07 measures these by default)",
@@ -484,6 +534,11 @@ FIELD_HELP: dict[str, str] = {
                                  "scales (the saved model has the main head only)",
     "training.window_step": "3-D models: sliding-window step as a fraction of the patch, at most 0.5 "
                             "(test-fold evaluation, stage 10 and predict)",
+    "training.selection": '"val_loss": the epoch with the lowest inner-validation loss; "subject_dice": the '
+                          "highest mean per-subject Dice of the inner-validation volumes, after postprocess.rule",
+    "training.tensorboard": "TensorBoard event files in each run's tensorboard/ folder (tensorboard --logdir)",
+    "training.overlay_every": "TensorBoard: prediction overlays of inner-validation slices every N epochs",
+    "training.overlay_count": "TensorBoard: inner-validation slices shown per overlay; 0 = none",
 
     "comparison.models": "models compared with training.model under the same protocol",
     "comparison.recipe": '"published": each model\'s published loss and optimiser; "raxnet": the training section\'s',
@@ -495,6 +550,11 @@ FIELD_HELP: dict[str, str] = {
     "comparison.loss_planes": "planes of the loss comparison",
     "comparison.loss_folds": "test folds of the loss comparison; [] = every fold",
     "comparison.loss_max_epochs": "most epochs per loss-comparison run",
+
+    "postprocess.rule": '"none": every component kept; "min_size": components below min_lesion_voxels removed; '
+                        '"largest": the largest component only; "auto": the best of the sizes and "largest" on '
+                        "cross-validation predictions",
+    "postprocess.min_lesion_voxels": "min_size: the smallest component kept, in voxels (6-connected)",
 }
 
 
@@ -519,11 +579,20 @@ def _number(key: str, value: float, low: float, high: float = math.inf, low_open
 
 
 # Profiles -----------------------------------------------------------------------------------------
-# "paper": the upstream protocol's numbers (655 subjects, 80/20, 5 folds, batches 16+16, canvases),
-# with the corrections of docs/upstream-raxnet.md §14 that the README's protocol section lists.
-# "demo": the same protocol on a small synthetic cohort that runs on a 2-core CPU.
+# "raxnet" (alias "paper"): the upstream protocol's numbers (655 subjects, 80/20, 5 folds, batches
+# 16+16, canvases), with the corrections of docs/upstream-raxnet.md §14 that the README's protocol
+# section lists. "demo": the same protocol on a small synthetic cohort that runs on a 2-core CPU.
+# "lgg", "lcnn", "strokeseg-ct", "isles3d": each source project's system as published
+# (docs/upstream-other-projects.md D, A, B, C), through the same stages, folds and tables; the README's
+# profile table lists every place where one differs from its project's code. Their training values
+# are each model's published recipe (strokeseg.train.recipes, which a test keeps equal) plus what the
+# project fixed besides: batch, epochs, stopping, selection, augmentation, sampler, post-processing.
+_RAXNET: dict[str, object] = {}
+# Every profile but raxnet compares the other source systems' 2-D models under its own protocol.
+_OTHERS = ("raxnet", "unet", "lcnn", "resunet", "attention_unet")
 PROFILES: dict[str, dict[str, object]] = {
-    "paper": {},
+    "raxnet": _RAXNET,
+    "paper": _RAXNET,
     # Tuned to run 01 -> 10 within 15 minutes on 2 CPU cores at the real 197x233x189 grid (README,
     # Results): a RAX-Net at 1/8 width (78,733 parameters) trains 240 steps per plane; short runs need
     # the head's bias at the lesion prior and batch-norm statistics that follow the weights. Stage 09
@@ -536,7 +605,57 @@ PROFILES: dict[str, dict[str, object]] = {
              "comparison.models": ["unet"], "comparison.recipe": "raxnet",
              "comparison.model_options": {"unet": {"base_filters": 4}}, "comparison.planes": ["axial"],
              "comparison.folds": [1], "comparison.max_epochs": 2, "comparison.losses": []},
+    # D: the kaggle_3m U-Net (base 32, three MR channels), D.1-D.5.
+    "lgg": {"convert.mr_normalization": "clip_zscore", "convert.clip_percentiles": [10.0, 99.0],
+            "cv.edge_slices": 1, "batches.kind": "foreground_weighted", "batches.foreground_floor": 0.1,
+            "batches.batch_size": 16, "batches.lesion_per_batch": 8,
+            "training.model": "unet", "training.model_options": {"base_filters": 32},
+            "training.loss": "dice", "training.loss_options": {"per_sample": True}, "training.optimizer": "adam",
+            "training.learning_rate": 1e-4, "training.schedule": "cosine", "training.min_learning_rate": 0.0,
+            "training.max_epochs": 100, "training.patience": 100, "training.selection": "subject_dice",
+            "training.augment": True, "training.flip_probability": 0.5, "training.max_rotation_degrees": 15.0,
+            "training.max_scaling": 0.05, "postprocess.rule": "largest",
+            "comparison.models": [m for m in _OTHERS if m != "unet"], "comparison.losses": []},
+    # A: LCNN on CT PNG slice folders, 2.5-D (three adjacent slices), A.1-A.5.
+    "lcnn": {"prepare.channels": [3], "batches.batch_size": 4, "batches.lesion_per_batch": 2,
+             "training.model": "lcnn", "training.model_options": {}, "training.loss": "lcnn",
+             "training.loss_options": {}, "training.optimizer": "adamw", "training.learning_rate": 1e-5,
+             "training.weight_decay": 1e-4, "training.clipnorm": 0.1, "training.schedule": "cosine_restarts",
+             "training.restart_epochs": 10, "training.min_learning_rate": 1e-6,
+             "training.max_epochs": 300, "training.patience": 300, "training.selection": "subject_dice",
+             "comparison.models": [m for m in _OTHERS if m != "lcnn"], "comparison.losses": []},
+    # B: the ResNet-50 U-Net on CT slices, B.2; ImageNet weights only from a local file
+    # (training.model_options={"encoder_weights": PATH}), random initialisation by default.
+    "strokeseg-ct": {"batches.batch_size": 8, "batches.lesion_per_batch": 4,
+                     "training.model": "resunet", "training.model_options": {},
+                     "training.loss": "binary_crossentropy", "training.loss_options": {}, "training.optimizer": "adamw",
+                     "training.learning_rate": 1e-4, "training.weight_decay": 0.01, "training.schedule": "constant",
+                     "training.max_epochs": 200, "training.patience": 5,
+                     "comparison.models": [m for m in _OTHERS if m != "resunet"], "comparison.losses": []},
+    # C: the 3-D attention U-Net on ISLES'22 DWI + ADC, C.1-C.7 (the synthetic ISLES-like cohort
+    # without --data-dir). C's own intensity transforms through nnU-Net's set: per-channel scale
+    # U(0.9, 1.1) p 0.3, blur sigma U(0.3, 0.7) p 0.25, noise sigma 0.02 p 0.3, nothing else.
+    "isles3d": {"dataset.source": "synthetic_multimodal",
+                "training.model": "attention_unet3d", "training.model_options": {},
+                "training.loss": "focal_tversky", "training.loss_options": {}, "training.optimizer": "adamw",
+                "training.learning_rate": 1e-4, "training.weight_decay": 2e-4, "training.clipnorm": 1.0,
+                "training.schedule": "constant", "training.plateau_factor": 0.5, "training.plateau_patience": 10,
+                "training.max_epochs": 100, "training.patience": 15, "training.patch_size": [112, 112, 80],
+                "training.patch_batch_size": 2, "training.deep_supervision": True,
+                "training.augment": True, "training.flip_probability": 0.5, "training.max_rotation_degrees": 0.0,
+                "training.max_scaling": 0.0, "training.intensity_augment": True,
+                "training.noise_probability": 0.3, "training.noise_variance": [0.02, 0.02],
+                "training.blur_probability": 0.25, "training.blur_sigma": [0.3, 0.7],
+                "training.brightness_probability": 0.3, "training.brightness_range": [0.9, 1.1],
+                "training.contrast_probability": 0.0, "training.low_resolution_probability": 0.0,
+                "training.gamma_probability": 0.0, "training.inverted_gamma_probability": 0.0,
+                "comparison.models": ["unet3d"], "comparison.losses": []},
 }
+# The source project each profile reproduces, and the data it was published on (README, Profiles).
+PROFILE_SOURCES = {"raxnet": "RAX-Net (ATLAS v2.0 T1, tri-planar)", "paper": "alias of raxnet",
+                   "demo": "RAX-Net's protocol, small synthetic cohort", "lgg": "LGG U-Net (kaggle_3m TIFF slices)",
+                   "lcnn": "LCNN/SEAN (CT PNG slice folders)", "strokeseg-ct": "StrokeSeg ResNet-50 U-Net (CT slices)",
+                   "isles3d": "3-D attention U-Net (ISLES'22 DWI + ADC)"}
 
 
 def load_profile(name: str, overrides: typing.Iterable[str] = ()) -> Config:

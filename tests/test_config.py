@@ -107,3 +107,30 @@ def test_described_values_are_the_profiles():
     assert table == ["split.holdout_fraction", "0.2", *FIELD_HELP["split.holdout_fraction"].split()]
     with pytest.raises(ConfigError, match="unknown config key"):
         describe_fields(["trainig"])
+
+
+def test_raxnet_is_the_paper_profile_under_its_own_name():
+    paper, raxnet = load_profile("paper"), load_profile("raxnet")
+    assert raxnet.profile == "raxnet" and dataclasses.replace(paper, profile="raxnet") == raxnet
+
+
+@pytest.mark.parametrize("name", ["lgg", "lcnn", "strokeseg-ct", "isles3d"])
+def test_each_source_profile_trains_its_model_with_the_published_recipe(name):
+    from strokeseg.config import TrainingConfig
+    from strokeseg.train.recipes import PUBLISHED, RECIPE_FIELDS
+
+    config = load_profile(name)
+    published = {**{f: getattr(TrainingConfig(), f) for f in RECIPE_FIELDS}, **PUBLISHED[config.training.model]}
+    assert {f: getattr(config.training, f) for f in RECIPE_FIELDS} == published
+    assert config.training.model not in config.comparison.models      # the others are its comparison
+
+
+def test_source_profiles_hold_what_their_projects_fixed_besides_the_recipe():
+    lgg = load_profile("lgg")
+    assert (lgg.batches.kind, lgg.batches.batch_size, lgg.training.max_epochs) == ("foreground_weighted", 16, 100)
+    assert (lgg.training.selection, lgg.postprocess.rule, lgg.cv.edge_slices) == ("subject_dice", "largest", 1)
+    assert lgg.convert.mr_normalization == "clip_zscore" and lgg.training.model_options == {"base_filters": 32}
+    assert load_profile("lcnn").prepare.channels == (3,) and load_profile("lcnn").batches.batch_size == 4
+    isles = load_profile("isles3d")
+    assert isles.dataset.source == "synthetic_multimodal" and isles.training.patch_size == (112, 112, 80)
+    assert (isles.training.loss, isles.training.plateau_factor) == ("focal_tversky", 0.5)

@@ -15,7 +15,9 @@ Other channel kinds (:mod:`strokeseg.data.subjects`), all per volume and shared 
 
 - ``mr`` (DWI, ADC, FLAIR, …): z-score over the non-zero voxels (the field of view; as the
   ISLES'22 3-D project normalised DWI), ``±ZSCORE_RANGE`` standard deviations mapped onto 0..255
-  and clipped. Exact zeros (outside the field of view) stay 0, as the canvas padding is.
+  and clipped. Exact zeros (outside the field of view) stay 0, as the canvas padding is. With
+  ``convert.mr_normalization="clip_zscore"`` the LGG U-Net's rule instead: clipped to percentiles of
+  all voxels, then z-scored over all voxels (:func:`clipped_zscore`).
 - ``ct``: a Hounsfield window (``convert.ct_window``, brain window [0, 80] by default) mapped onto
   0..255 and clipped.
 - ``image8``: 8-bit display images (CT PNG slices) are on the 0..255 scale already: used as they are.
@@ -111,6 +113,21 @@ def zscore(volume: np.ndarray, dtype: str = "float32") -> np.ndarray:
     return out
 
 
+def clipped_zscore(volume: np.ndarray, percentiles: tuple[float, float] = (10.0, 99.0),
+                   dtype: str = "float32") -> np.ndarray:
+    """The LGG U-Net's rule (docs/upstream-other-projects.md D.1 step 7): every voxel clipped to the
+    ``[p_lo, p_hi]`` percentiles of the volume's voxels, then z-scored over all voxels (background
+    included, so exact zeros do not stay 0), ``[-ZSCORE_RANGE, ZSCORE_RANGE]`` onto 0..255. D's
+    rescaling to [0, 1] between the two steps is affine, so the z-score undoes it and it is left out."""
+    volume = np.asarray(volume, dtype=np.float32)
+    lo, hi = np.percentile(volume, percentiles)
+    clipped = np.clip(volume, np.float32(lo), np.float32(hi))
+    mean, std = float(clipped.mean()), float(clipped.std())
+    std = std if std > 0 else 1.0       # a constant channel (D: std 0 -> 1)
+    scaled = (clipped - np.float32(mean)) * np.float32(SCALE / (2 * ZSCORE_RANGE * std)) + np.float32(SCALE / 2)
+    return to_store_dtype(scaled, dtype)
+
+
 def window(volume: np.ndarray, lo: float, hi: float, dtype: str = "float32") -> np.ndarray:
     """``[lo, hi]`` (e.g. a Hounsfield window) linearly onto 0..255, clipped."""
     volume = np.asarray(volume, dtype=np.float32)
@@ -130,6 +147,8 @@ def channel_volume(volume: np.ndarray, kind: str, convert, affine: np.ndarray | 
             return None
         raise ValueError(f"unknown normalization {convert.normalization!r}")
     if kind == "mr":
+        if convert.mr_normalization == "clip_zscore":
+            return clipped_zscore(volume, convert.clip_percentiles, dtype)
         return zscore(volume, dtype)
     if kind == "ct":
         return window(volume, *convert.ct_window, dtype=dtype)

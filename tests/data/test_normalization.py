@@ -84,3 +84,20 @@ def test_channel_volume_passes_the_head_region_and_the_affine_on(rule):
     convert = ConvertConfig(head_region=rule, robust_percentiles=(2.0, 98.0))
     np.testing.assert_array_equal(normalization.channel_volume(volume, "t1", convert, affine),
                                   normalization.volume_robust(volume, (2.0, 98.0), "uint8", rule, affine))
+
+
+def test_clip_zscore_is_the_lgg_rule_percentile_clip_then_zscore_over_every_voxel():
+    rng = np.random.default_rng(0)
+    volume = np.zeros((20, 20, 10), np.float32)
+    volume[4:16, 4:16, 2:8] = rng.normal(100, 10, (12, 12, 6))
+    volume[10, 10, 5] = 10_000                                        # one hot voxel: clipped away
+    convert = ConvertConfig(mr_normalization="clip_zscore", clip_percentiles=(10.0, 99.0), store_dtype="float32")
+    out = normalization.channel_volume(volume, "mr", convert)
+    lo, hi = np.percentile(volume, [10, 99])
+    clipped = np.clip(volume, lo, hi)
+    scale = normalization.SCALE / (2 * normalization.ZSCORE_RANGE)
+    expected = (clipped - clipped.mean()) / clipped.std() * scale + normalization.SCALE / 2
+    np.testing.assert_allclose(out, np.clip(expected, 0, normalization.SCALE), atol=1e-3)
+    assert out[0, 0, 0] > 0                                           # the background is z-scored too
+    assert out[10, 10, 5] == pytest.approx(out.max()) and out.max() < normalization.SCALE   # clipped at p99
+    assert normalization.channel_volume(volume, "mr", ConvertConfig())[0, 0, 0] == 0   # the default keeps zeros
