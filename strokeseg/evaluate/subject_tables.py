@@ -1,5 +1,5 @@
 """Tables of per-subject 3-D metrics: one row per (subject, mask), summaries per mask, per
-lesion-volume bin, and paired comparisons of masks on the same subjects.
+lesion-volume bin and per Dice tier, and paired comparisons of masks on the same subjects.
 
 A *mask* column names what was scored (stage 10: ``axial``, ``sagittal``, ``coronal``, ``fused``;
 ``strokeseg evaluate``: the predictions folders). Stage 10 and ``strokeseg evaluate`` write the
@@ -67,6 +67,34 @@ def summary_per_group(subjects: pd.DataFrame, key: str, order: Sequence[str], co
     table = table.set_index([key, column]).reindex(full).reset_index()
     table["n"] = table["n"].fillna(0).astype(int)
     return table
+
+
+# Dice tiers as the ISLES'22 3-D project reported them (docs/upstream-other-projects.md C.7):
+# column -> [low, high), the top tier closed at 1.
+DICE_TIERS = {"n_dice_ge_0.8": (0.8, np.inf), "n_dice_0.6_0.8": (0.6, 0.8), "n_dice_0.4_0.6": (0.4, 0.6),
+              "n_dice_lt_0.4": (-np.inf, 0.4)}
+# group -> which subjects: every one, or those whose truth has a voxel ("GT > 0" there)
+DICE_GROUPS = ("all", "lesion")
+
+
+def dice_tiers(subjects: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
+    """Per mask (in ``order``, those present) and group (:data:`DICE_GROUPS`; ``lesion``: ``truth_voxels``
+    ≥ 1): n, mean and median Dice and the number of subjects per tier of :data:`DICE_TIERS` (a Dice of
+    exactly 0.8 is in the top tier, 0.6 in [0.6, 0.8)). Every (mask, group) row is listed, an empty
+    group with n = 0. Lesion-free subjects score 1 or 0 by the empty-mask rule, which is why the
+    ``lesion`` group is reported apart."""
+    rows = []
+    for mask in (m for m in order if m in set(subjects["mask"])):
+        own = subjects[subjects["mask"] == mask]
+        for group in DICE_GROUPS:
+            members = own if group == "all" else own[own["truth_voxels"] >= 1]
+            dice = members["dice"].dropna().to_numpy(dtype=float)
+            row = {"mask": mask, "group": group, "n": len(dice),
+                   "dice_mean": float(dice.mean()) if len(dice) else np.nan,
+                   "dice_median": float(np.median(dice)) if len(dice) else np.nan}
+            row.update({name: int(((dice >= low) & (dice < high)).sum()) for name, (low, high) in DICE_TIERS.items()})
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["mask", "group", "n", "dice_mean", "dice_median", *DICE_TIERS])
 
 
 def paired_comparison(subjects: pd.DataFrame, reference: str, order: Sequence[str],

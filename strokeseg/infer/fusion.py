@@ -2,7 +2,8 @@
 
 :class:`FusionSettings` is the contract between stage 10, which chooses the settings and exports
 them as ``fusion.json`` beside its models, and ``strokeseg predict`` (and so the Docker image), which
-applies them: rule, threshold, plane weights, minimum lesion size, connectivity and flip TTA. Its
+applies them: rule, threshold, plane weights, post-processing (minimum lesion size, largest component
+only), connectivity and flip TTA. Its
 defaults and checks live here and nowhere else.
 
 Inputs are float32 probability volumes ``[x, y, z]`` of one subject, one per plane (keys are
@@ -18,8 +19,8 @@ plane names; any number of planes ≥ 1, all of one shape). Rules (:data:`FUSION
 
 The mean is accumulated in float32 in the dict's order (axial, sagittal, coronal from
 :data:`strokeseg.config.PLANES`), so ``(a + s + c) / 3`` is rounded exactly as upstream's NumPy
-sum of float32 arrays. Small components are removed afterwards by
-:mod:`strokeseg.infer.postprocessing`.
+sum of float32 arrays. Small components are removed afterwards, and with ``largest_component`` all
+but the largest, by :mod:`strokeseg.infer.postprocessing`.
 """
 from __future__ import annotations
 
@@ -34,13 +35,14 @@ import numpy as np
 
 from strokeseg.config import PLANES
 from strokeseg.errors import ConfigError, InputError
-from strokeseg.infer.postprocessing import remove_small_components
+from strokeseg.infer.postprocessing import postprocess
 
 FUSION_RULES = ("mean", "majority", "weighted_mean")
 CONNECTIVITIES = (6, 18, 26)
 # fusion.json keys of the settings; the file may hold provenance besides (models, sources, ...).
 JSON_KEYS = {"rule": "fusion", "threshold": "threshold", "weights": "weights",
-             "min_lesion_voxels": "min_lesion_voxels", "connectivity": "connectivity", "flip_tta": "flip_tta"}
+             "min_lesion_voxels": "min_lesion_voxels", "largest_component": "largest_component",
+             "connectivity": "connectivity", "flip_tta": "flip_tta"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class FusionSettings:
     threshold: float = 0.5
     weights: Mapping[str, float] | None = None      # weighted_mean only: one weight per plane
     min_lesion_voxels: int = 0                      # components smaller than this are removed; 0 keeps all
+    largest_component: bool = False                 # then only the largest component is kept
     connectivity: int = 6                           # ATLAS's lesion-counting rule
     flip_tta: bool = False                          # left-right flip test-time augmentation
 
@@ -65,8 +68,9 @@ class FusionSettings:
             raise ConfigError(f"min_lesion_voxels must be a whole number >= 0, got {size!r}")
         if self.connectivity not in CONNECTIVITIES:
             raise ConfigError(f"connectivity must be one of {CONNECTIVITIES}, got {self.connectivity!r}")
-        if not isinstance(self.flip_tta, bool):
-            raise ConfigError(f"flip_tta must be true or false, got {self.flip_tta!r}")
+        for name in ("largest_component", "flip_tta"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         object.__setattr__(self, "threshold", float(self.threshold))
         object.__setattr__(self, "min_lesion_voxels", int(size))
         object.__setattr__(self, "weights", self._checked_weights())
@@ -151,6 +155,8 @@ class FusionSettings:
                 "weighted_mean": f"weighted mean ≥ {self.threshold:g}"}[self.rule]
         if self.min_lesion_voxels > 1:
             text += f", lesions ≥ {self.min_lesion_voxels} voxels"
+        if self.largest_component:
+            text += ", largest lesion only"
         return text + (", flip TTA" if self.flip_tta else "")
 
 
@@ -204,8 +210,9 @@ def fuse(probabilities: dict[str, np.ndarray], settings: FusionSettings = Fusion
 
 
 def fused_mask(probabilities: dict[str, np.ndarray], settings: FusionSettings = FusionSettings()) -> np.ndarray:
-    """:func:`fuse`, then the removal of components smaller than ``settings.min_lesion_voxels``."""
+    """:func:`fuse`, then the removal of components smaller than ``settings.min_lesion_voxels`` and, with
+    ``settings.largest_component``, of all but the largest."""
     mask = fuse(probabilities, settings)
-    if settings.min_lesion_voxels > 1:
-        return remove_small_components(mask, settings.min_lesion_voxels, settings.connectivity)
+    if settings.min_lesion_voxels > 1 or settings.largest_component:
+        return postprocess(mask, settings.min_lesion_voxels, settings.largest_component, settings.connectivity)
     return mask

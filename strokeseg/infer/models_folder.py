@@ -3,7 +3,8 @@
 Layout: ``<plane>.keras`` per plane, or per-fold sets ``<plane>_fold<k>.keras`` (an ensemble; read
 by :func:`strokeseg.infer.inference.load_plane_models`; a 3-D model is the ``volume`` plane),
 ``config.json`` (the training run's config: predict normalises as training did), ``fusion.json``
-(the :class:`strokeseg.infer.fusion.FusionSettings` stage 10 chose, plus where each model came from)
+(the :class:`strokeseg.infer.fusion.FusionSettings` stage 10 chose, its post-processing rule included,
+plus where each model came from)
 and ``grid_plan.json`` (the grid and channels the models were trained on).
 """
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""Post-processing of fused masks: removal of small connected components, and the choice of the
-minimum component size on cross-validation predictions (never on the subjects it is then applied to).
+"""Post-processing of fused masks: removal of small connected components or keeping the largest one,
+and the choice between them on cross-validation predictions (never on the subjects they are then
+applied to).
 
 Components are 6-connected by default, ATLAS's lesion-counting rule
-(:func:`strokeseg.data.lesions.structure`).
+(:func:`strokeseg.data.lesions.structure`). Keeping the largest 3-D component is the LGG U-Net's rule
+(docs/upstream-other-projects.md D.4–D.5); it drops true multifocal stroke lesions, so it is an
+option, chosen by ``auto`` only where it scores strictly better on cross-validation.
 """
 from __future__ import annotations
 
@@ -26,6 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from strokeseg.infer.tri_planar import TriPlanarPredictor
 
 
+LARGEST = "largest"     # the rule that keeps the largest component only (postprocess.rule)
+
+
 def _labels(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
     """Component labels of ``mask > 0`` and the size of each label (index 0 = background)."""
     binary = np.asarray(mask) > 0
@@ -45,6 +51,27 @@ def remove_small_components(mask: np.ndarray, min_voxels: int, connectivity: int
     keep = sizes >= min_voxels
     keep[0] = False
     return keep[labels].astype(np.uint8)
+
+
+def keep_largest_component(mask: np.ndarray, connectivity: int = 6) -> np.ndarray:
+    """uint8 {0, 1} copy of ``mask > 0`` holding only its largest component; an empty mask stays empty.
+
+    Ties go to the lowest label, the component whose first voxel comes first in C order, so that the
+    result never depends on anything but the mask.
+    """
+    binary = np.asarray(mask) > 0
+    if not binary.any():
+        return binary.astype(np.uint8)
+    labels, sizes = _labels(binary, connectivity)
+    sizes[0] = 0                                # the background is never a component
+    return (labels == int(np.argmax(sizes))).astype(np.uint8)   # argmax: the first of equal sizes
+
+
+def postprocess(mask: np.ndarray, min_voxels: int = 0, largest: bool = False, connectivity: int = 6) -> np.ndarray:
+    """uint8 {0, 1} ``mask > 0`` after the removal of components below ``min_voxels``, then, with
+    ``largest``, all but the largest component."""
+    kept = remove_small_components(mask, min_voxels, connectivity)
+    return keep_largest_component(kept, connectivity) if largest else kept
 
 
 def _case_components(prediction: np.ndarray, truth: np.ndarray, threshold: float,
@@ -68,21 +95,39 @@ def component_size_scores(cases: Iterable[tuple[np.ndarray, np.ndarray]], candid
     ``≥ threshold``, an integer/bool one a mask (``> 0``). Each case is labelled once; Dice follows
     :data:`strokeseg.evaluate.volume_metrics.EMPTY_RULE` (both empty → 1.0).
     """
+    return _scores(cases, candidates, threshold, connectivity, largest=False)
+
+
+def rule_scores(cases: Iterable[tuple[np.ndarray, np.ndarray]], candidates: Iterable[int],
+                threshold: float = 0.5, connectivity: int = 6) -> dict[int | str, float]:
+    """:func:`component_size_scores` plus the mean Dice of :func:`keep_largest_component`, keyed
+    :data:`LARGEST`; the cases are streamed once."""
+    return _scores(cases, candidates, threshold, connectivity, largest=True)
+
+
+def _dice(tp: int, n_pred: int, n_truth: int) -> float:
+    return 1.0 if n_pred + n_truth == 0 else 2.0 * tp / (n_pred + n_truth)
+
+
+def _scores(cases, candidates, threshold: float, connectivity: int, largest: bool) -> dict[int | str, float]:
     sizes_list = [int(c) for c in candidates]
     if not sizes_list or any(c < 0 for c in sizes_list):
         raise ValueError(f"candidates must be a non-empty list of sizes >= 0, got {sizes_list}")
-    totals = np.zeros(len(sizes_list), dtype=np.float64)
+    totals = np.zeros(len(sizes_list) + largest, dtype=np.float64)
     n_cases = 0
     for prediction, truth in cases:
         sizes, overlap, n_truth = _case_components(prediction, truth, threshold, connectivity)
         for i, minimum in enumerate(sizes_list):
             kept = sizes >= minimum
-            tp, n_pred = int(overlap[kept].sum()), int(sizes[kept].sum())
-            totals[i] += 1.0 if n_pred + n_truth == 0 else 2.0 * tp / (n_pred + n_truth)
+            totals[i] += _dice(int(overlap[kept].sum()), int(sizes[kept].sum()), n_truth)
+        if largest:   # argmax: ties go to the lowest label, as keep_largest_component's
+            top = int(np.argmax(sizes)) if len(sizes) else None
+            totals[-1] += _dice(0, 0, n_truth) if top is None else _dice(int(overlap[top]), int(sizes[top]), n_truth)
         n_cases += 1
     if n_cases == 0:
         raise ValueError("no cases to choose a component size from")
-    return {size: float(total / n_cases) for size, total in zip(sizes_list, totals)}
+    keys: list[int | str] = [*sizes_list, LARGEST] if largest else sizes_list
+    return {key: float(total / n_cases) for key, total in zip(keys, totals)}
 
 
 def choose_min_component_size(cases: Iterable[tuple[np.ndarray, np.ndarray]], candidates: Iterable[int],
@@ -96,20 +141,25 @@ def choose_min_component_size(cases: Iterable[tuple[np.ndarray, np.ndarray]], ca
     return _best(component_size_scores(cases, candidates, threshold, connectivity))
 
 
-def _best(scores: dict[int, float]) -> int:
-    """The size with the highest mean Dice; ties go to the smallest size."""
-    best = max(scores.values())
-    return min(size for size, score in scores.items() if score == best)
+def _best(scores: dict[int | str, float]) -> int | str:
+    """The size with the highest mean Dice, ties going to the smallest size; :data:`LARGEST` only where
+    it scores strictly better than every size (the gentlest rule wins a tie)."""
+    sizes = {size: score for size, score in scores.items() if size != LARGEST}
+    best = max(sizes.values())
+    if scores.get(LARGEST, -np.inf) > best:
+        return LARGEST
+    return min(size for size, score in sizes.items() if score == best)
 
 
 # ------------------------------------------------------------- the size chosen on cross-validation
 DEFAULT_CANDIDATES = (0, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
-def min_size_table(cases: Iterable[tuple[np.ndarray, np.ndarray]], candidates: Iterable[int],
-                   connectivity: int = 6) -> tuple[pd.DataFrame, int]:
-    """(mean Dice of every candidate size with the chosen one marked, the chosen size) over
-    ``cases``, streamed once: :func:`choose_min_component_size`'s rule, with its table."""
+def postprocess_table(cases: Iterable[tuple[np.ndarray, np.ndarray]], candidates: Iterable[int],
+                      connectivity: int = 6) -> tuple[pd.DataFrame, str, int]:
+    """(table, rule, size): the mean Dice of every candidate size (rule ``min_size``) and of the
+    largest component (rule ``largest``, no size), the chosen row marked, over ``cases`` streamed once;
+    the choice is :func:`_best`'s. ``rule, size`` is ``("min_size", N)`` or ``("largest", 0)``."""
     sizes = [int(c) for c in candidates]
     count = 0
 
@@ -119,11 +169,13 @@ def min_size_table(cases: Iterable[tuple[np.ndarray, np.ndarray]], candidates: I
             count += 1
             yield case
 
-    scores = component_size_scores(counted(), sizes, connectivity=connectivity)
+    scores = rule_scores(counted(), sizes, connectivity=connectivity)
     chosen = _best(scores)
-    table = pd.DataFrame({"min_lesion_voxels": sizes, "mean_dice": [scores[s] for s in sizes],
-                          "n_subjects": count, "chosen": [s == chosen for s in sizes]})
-    return table, chosen
+    table = pd.DataFrame({"rule": ["min_size"] * len(sizes) + [LARGEST],
+                          "min_lesion_voxels": pd.array([*sizes, None], dtype="Int64"),
+                          "mean_dice": [scores[key] for key in [*sizes, LARGEST]], "n_subjects": count,
+                          "chosen": [key == chosen for key in [*sizes, LARGEST]]})
+    return table, *((LARGEST, 0) if chosen == LARGEST else ("min_size", int(chosen)))
 
 
 @dataclass(frozen=True)
@@ -146,8 +198,8 @@ class CrossValidationRuns:
         common = self.common_folds()
         if not common:
             raise StrokesegError(f"{self.training_dir / RUNS_CSV}: no fold was trained for all three planes, "
-                                 "so --min-lesion-voxels auto has no out-of-fold fused predictions; give a size "
-                                 "instead")
+                                 "so the auto post-processing has no out-of-fold fused predictions; give a size "
+                                 "or --largest-component instead")
         used = self.folds[self.folds["fold"].astype(int).isin(common)][["subject_name", "fold"]]
         used = used.sort_values(["fold", "subject_name"], kind="stable").reset_index(drop=True)
         if used.empty:
@@ -173,7 +225,7 @@ def out_of_fold_cases(source: CrossValidationRuns, used: pd.DataFrame, template:
     from strokeseg.infer.inference import load_model, plane_predictors
     from strokeseg.infer.tri_planar import TriPlanarPredictor
 
-    settings = template.settings.replace(min_lesion_voxels=0)
+    settings = template.settings.replace(min_lesion_voxels=0, largest_component=False)
     stores = {plane: SliceStore(source.convert_dir / plane) for plane in source.planes}
     loaded = loaded or {}
     with tqdm(total=len(used), desc="10 fusion (cross-validation)", unit="subject", disable=not progress,

@@ -26,8 +26,10 @@ given channel by channel with ``--channel NAME=FILE``; a case missing a channel 
    normalised the training volumes; predict every slice of the three planes in batches with the
    plane's model or the mean of its fold models (:mod:`strokeseg.infer.inference`), optionally with
    left–right flip test-time augmentation;
-4. fuse (:mod:`strokeseg.infer.fusion`; mean probability ≥ 0.5 by default, upstream's rule), optionally
-   remove components smaller than ``--min-lesion-voxels`` (voxels of the MNI grid, i.e. mm³);
+4. fuse (:mod:`strokeseg.infer.fusion`; mean probability ≥ 0.5 by default, upstream's rule), then
+   post-process as the models folder's ``fusion.json`` says (stage 10's rule), or as a flag overrides it:
+   ``--min-lesion-voxels N`` removes components smaller than N voxels (of the MNI grid, i.e. mm³),
+   ``--largest-component`` keeps the largest component only;
 5. a resampled case's mask goes back to the input's own grid (float, trilinear, ≥ 0.5; see
    :mod:`strokeseg.data.resample`);
 6. write ``<case>_mask.nii.gz`` (uint8 {0, 1}, the first channel's affine and header), with
@@ -180,10 +182,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
                         help="left-right flip test-time augmentation, twice the prediction time "
                              f"(default: {FUSION_NAME}, else off)")
-    parser.add_argument("--min-lesion-voxels", type=int, default=None, metavar="N",
-                        help="remove lesions (6-connected components) smaller than N voxels of the "
-                             f"1 mm MNI grid, i.e. N mm3; 0 keeps all (default: {FUSION_NAME}, else "
-                             f"{defaults.min_lesion_voxels})")
+    # Each flag replaces fusion.json's whole post-processing; two rules at once is a usage error (exit 2).
+    rules = parser.add_mutually_exclusive_group()
+    rules.add_argument("--min-lesion-voxels", type=int, default=None, metavar="N",
+                       help="remove lesions (6-connected components) smaller than N voxels of the "
+                            f"1 mm MNI grid, i.e. N mm3; 0 keeps all (default: {FUSION_NAME}, else "
+                            f"{defaults.min_lesion_voxels})")
+    rules.add_argument("--largest-component", action="store_true", default=None,
+                       help="keep only the largest lesion (6-connected component), the LGG U-Net's rule; it drops "
+                            f"true multifocal lesions (default: {FUSION_NAME}, else off)")
     parser.add_argument("--space", choices=lesion_report.SPACES, default=lesion_report.AUTO,
                         help="the inputs in MNI space, whose lesions <case>_lesions.csv locates (hemisphere, class, "
                              "atlas regions): auto = those that declare it (a space-MNI file name, or the MNI152 "
@@ -293,6 +300,11 @@ def fusion_settings(models_dir: Path, args: argparse.Namespace) -> FusionSetting
     flags = {"threshold": args.threshold, "min_lesion_voxels": args.min_lesion_voxels, "flip_tta": args.flip_tta,
              "weights": weights if args.weights is not None else None}
     changes = {"rule": rule, "weights": weights if rule == "weighted_mean" else None}
+    # A post-processing flag replaces fusion.json's rule rather than adding to it.
+    if args.min_lesion_voxels is not None:
+        changes["largest_component"] = False
+    if getattr(args, "largest_component", None):
+        changes.update(largest_component=True, min_lesion_voxels=0)
     for name, value in flags.items():
         if value is None:
             continue

@@ -72,7 +72,7 @@ class TriPlanarPredictor:
         return {plane: self.plane_probability(plane, volume, normalized) for plane in self.predictors}
 
     def mask(self, probabilities: dict[str, np.ndarray]) -> np.ndarray:
-        """The fused uint8 mask, small components removed as the settings say."""
+        """The fused uint8 mask, post-processed as the settings say (small components, largest only)."""
         return fusion.fused_mask(probabilities, self.settings)
 
     def fused_probability(self, probabilities: dict[str, np.ndarray]) -> np.ndarray:

@@ -5,7 +5,7 @@ upstream silently left out 20 small-lesion subjects, docs/upstream-raxnet.md §1
 read its image channels and mask onto its plan grid (stage 01's grid plan), normalise once per
 channel (``convert`` of the recorded config, as stage 03 did), predict every slice of the study's
 planes in batches with stage 08's models and crop back exactly, fuse the probability volumes,
-optionally drop small components (:class:`strokeseg.infer.tri_planar.TriPlanarPredictor`, the code
+post-process them (:class:`strokeseg.infer.tri_planar.TriPlanarPredictor`, the code
 ``strokeseg predict`` runs), move the masks back to the subject's own grid and score each single
 plane in 3-D (probability > 0.5) and the fused mask there (:mod:`strokeseg.evaluate.holdout`: ATLAS
 rules, Dice of two empty masks = 1, 6-connectivity for lesion counts, HD95 in mm, or voxels where
@@ -28,14 +28,18 @@ plane is stage 08's cross-validation subject-3-D Dice of that plane (``<plane>_f
 evaluation ``subject_3d``): the chosen fold's row by default, the ``All`` row (mean over folds)
 with ``ensemble``. Neither looks at the hold-out.
 
-``min_lesion_voxels``: ``None``/0 keeps every component; N removes 6-connected components smaller
-than N voxels; ``"auto"`` chooses N among :data:`DEFAULT_CANDIDATES` with
-:mod:`strokeseg.infer.postprocessing` (highest mean Dice, ties → the smallest) on
-out-of-fold predictions of the cross-validation subjects: for every fold k that stage 08 trained
-for all three planes, the three fold-k models predict the fold-k test subjects from the stage-03
-slice stores, fused exactly as the hold-out is (same rule, threshold, weights, flip TTA). The
-hold-out is never read for this. (An ensemble's members saw each other's test folds, so the
-out-of-fold predictions are always single fold models.)
+Post-processing (``config.postprocess``, overridden by the options): ``rule`` ``none`` keeps every
+component; ``min_size`` removes 6-connected components smaller than ``postprocess.min_lesion_voxels``
+voxels (``--min-lesion-voxels N``); ``largest`` keeps the largest component only, the LGG U-Net's rule
+(``--largest-component``); ``auto`` (``--min-lesion-voxels auto``) scores every size of
+:data:`DEFAULT_CANDIDATES` and the largest-component rule with :mod:`strokeseg.infer.postprocessing`
+and keeps the highest mean per-subject Dice (ties → the smallest size; ``largest`` only where strictly
+better) on out-of-fold predictions of the cross-validation subjects: for every fold k that stage 08
+trained for all three planes, the three fold-k models predict the fold-k test subjects from the
+stage-03 slice stores, fused exactly as the hold-out is (same rule, threshold, weights, flip TTA).
+The hold-out is never read for this. (An ensemble's members saw each other's test folds, so the
+out-of-fold predictions are always single fold models.) The rule applied is written into
+``models/fusion.json``, so ``strokeseg predict`` applies it too.
 
 Outputs under ``10_fusion/``:
 
@@ -48,6 +52,10 @@ Outputs under ``10_fusion/``:
   paired two-sided Wilcoxon signed-rank test (:func:`strokeseg.evaluate.subject_tables.paired_comparison`);
 - ``by_volume_bin.csv``: per mask and each of the configured 3-D lesion-volume bins (all of them,
   empty ones with n = 0): n, mean, std and median of the main metrics;
+- ``dice_tiers.csv``: per mask and group (``all`` subjects; ``lesion``: those whose truth has a voxel,
+  as the ISLES'22 3-D project reported "all" and "GT > 0" cases), n, mean and median Dice and the
+  number of subjects per Dice tier (≥ 0.8, [0.6, 0.8), [0.4, 0.6), < 0.4;
+  :func:`strokeseg.evaluate.subject_tables.dice_tiers`);
 - where stage 01 located the lesions (cohorts in MNI space): ``by_location.csv``, per mask, grouping
   (``location_class``, ``hemisphere``: the subject's whole mask, stage 01's ``subject_locations.csv``)
   and group (every one, empty ones with n = 0; ``no lesion`` for lesion-free subjects): n and
@@ -65,9 +73,10 @@ Outputs under ``10_fusion/``:
   ``<plane>_fold<k>.keras``, plus ``config.json`` (this run's config: predict reads its
   ``convert`` section to normalise the same way) and ``fusion.json``
   (:class:`strokeseg.infer.fusion.FusionSettings`: rule, threshold, weights, minimum lesion size,
-  connectivity, flip TTA of this run, and where each model came from);
-- ``min_lesion_voxels.csv`` and ``cv_subjects.csv`` (with ``"auto"``): the mean cross-validation
-  Dice of every candidate size with the chosen one marked, and the subjects (and folds) it used;
+  largest component only, connectivity, flip TTA of this run, and where each model came from);
+- ``min_lesion_voxels.csv`` and ``cv_subjects.csv`` (with ``auto``): the mean cross-validation Dice of
+  every candidate (``rule`` ``min_size`` with its ``min_lesion_voxels``, and one ``largest`` row)
+  with the chosen one marked, and the subjects (and folds) it used;
 - figures: ``dice_before_after_fusion.png`` (per-plane 3-D Dice vs the fused mask),
   ``fused_metrics_3d.png`` (fused 3-D Dice, precision, recall), ``overlays/<subject>_overlay.png``
   (``overlays`` subjects spread over the fused-Dice ranking, tri-planar through the lesion's centre
@@ -86,11 +95,12 @@ Outputs under ``10_fusion/``:
   the fused mask (columns as ``fusion_gain.csv``); ``models_3d/`` is a models folder for
   ``strokeseg predict`` with the 3-D model.
 
-``--min-lesion-voxels auto`` chooses on the slice models' out-of-fold predictions, so it is for
-tri-planar studies only.
+``auto`` chooses on the slice models' out-of-fold predictions, so it is for tri-planar studies only;
+fixed sizes and ``largest`` work for every study.
 
 Every option is recorded in ``manifest.json`` (``options``, ``fusion`` (the settings),
-``min_lesion_voxels``, ``models``).
+``min_lesion_voxels``, ``postprocess`` (the rule asked for, the one applied, the size), ``dice`` (the
+fused mask's mean Dice over ``all`` and ``lesion`` subjects), ``models``).
 """
 from __future__ import annotations
 
@@ -103,7 +113,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from strokeseg.config import PLANES, VOLUME, Config, apply_overrides
+from strokeseg.config import PLANES, VOLUME, Config, PostprocessConfig, apply_overrides
 from strokeseg.contracts import (
     BY_LOCATION_CSV,
     BY_VOLUME_BIN_CSV,
@@ -128,7 +138,7 @@ from strokeseg.errors import ConfigError
 from strokeseg.evaluate import location_tables
 from strokeseg.evaluate.holdout import AVERAGE, FUSED, SINGLE_PLANE_THRESHOLD, VOLUME_MASK
 from strokeseg.infer.fusion import FUSION_RULES, FusionSettings
-from strokeseg.infer.postprocessing import DEFAULT_CANDIDATES
+from strokeseg.infer.postprocessing import DEFAULT_CANDIDATES, LARGEST
 from strokeseg.models import is_volumetric
 from strokeseg.workdir import (
     StageWriter,
@@ -148,6 +158,7 @@ MASK_ORDER = (*PLANES, VOLUME, FUSED)
 PROBABILITIES_DIR = "probabilities"
 MODELS_3D_DIR, VOLUME_COMPARISON_CSV = "models_3d", "volume_comparison.csv"
 SIZES_CSV, CV_SUBJECTS_CSV = "min_lesion_voxels.csv", "cv_subjects.csv"
+DICE_TIERS_CSV = "dice_tiers.csv"
 PROBABILITY_ENCODING = "uint8 = round(255 * probability)"
 DEFAULT_SETTINGS = FusionSettings()
 
@@ -159,7 +170,8 @@ class FusionStageOptions:
     fusion: str = DEFAULT_SETTINGS.rule
     threshold: float = DEFAULT_SETTINGS.threshold
     flip_tta: bool = DEFAULT_SETTINGS.flip_tta
-    min_lesion_voxels: int | str | None = None      # None/0: keep all; N; "auto": chosen on cross-validation
+    min_lesion_voxels: int | str | None = None      # None: config.postprocess; N; "auto": chosen on cross-validation
+    largest_component: bool = False                  # keep the largest component only (not with min_lesion_voxels)
     ensemble: bool = False
     candidates: tuple[int, ...] = DEFAULT_CANDIDATES
     overlays: int = 3
@@ -172,6 +184,8 @@ class FusionStageOptions:
         size = self.min_lesion_voxels
         if size != "auto" and size is not None and (isinstance(size, (bool, str)) or int(size) != size or size < 0):
             raise ConfigError(f"min_lesion_voxels must be 'auto' or a whole number >= 0, got {size!r}")
+        if self.largest_component and size is not None:
+            raise ConfigError("--largest-component and --min-lesion-voxels are two post-processing rules; give one")
         if not self.candidates or any(int(c) != c or c < 0 for c in self.candidates) \
                 or len(set(self.candidates)) != len(self.candidates):
             raise ConfigError(f"candidate sizes must be distinct whole numbers >= 0, got {self.candidates}")
@@ -187,16 +201,26 @@ class FusionStageOptions:
         # so equal ones stand in for them here.
         self.settings(dict.fromkeys(PLANES, 1.0) if self.fusion == "weighted_mean" else None)
 
-    @property
-    def chooses_min_size(self) -> bool:
-        return self.min_lesion_voxels == "auto"
+    def postprocess(self, config: PostprocessConfig | None = None) -> tuple[str, int]:
+        """(rule, minimum size) this run asks for: ``--largest-component`` → ``largest``,
+        ``--min-lesion-voxels N`` → ``min_size`` N, ``auto`` → ``auto``, else ``config`` (the recorded
+        config's ``postprocess`` section). The size is 0 unless the rule is ``min_size``."""
+        if self.largest_component:
+            return LARGEST, 0
+        if self.min_lesion_voxels == "auto":
+            return "auto", 0
+        if self.min_lesion_voxels is not None:
+            return "min_size", int(self.min_lesion_voxels)
+        config = config or PostprocessConfig()
+        return config.rule, int(config.min_lesion_voxels) if config.rule == "min_size" else 0
 
-    def settings(self, weights: dict[str, float] | None, min_lesion_voxels: int | None = None) -> FusionSettings:
-        """The fusion settings of this run (``min_lesion_voxels``: the size chosen for "auto")."""
-        fixed = 0 if self.min_lesion_voxels in (None, "auto") else int(self.min_lesion_voxels)
+    def settings(self, weights: dict[str, float] | None, postprocess: tuple[str, int] | None = None) -> FusionSettings:
+        """The fusion settings of this run; ``postprocess``: the (rule, size) applied (auto's choice, or
+        the config's), by default :meth:`postprocess` of the flags alone (``auto``: nothing removed yet)."""
+        rule, size = postprocess or self.postprocess()
         return FusionSettings(rule=self.fusion, threshold=float(self.threshold), weights=weights,
-                              min_lesion_voxels=fixed if min_lesion_voxels is None else int(min_lesion_voxels),
-                              flip_tta=bool(self.flip_tta))
+                              min_lesion_voxels=size if rule == "min_size" else 0,
+                              largest_component=rule == LARGEST, flip_tta=bool(self.flip_tta))
 
 
 def starting_config(workdir: Path, overrides: Iterable[str] = ()) -> Config:
@@ -221,15 +245,18 @@ def run(workdir: Path, config: Config, progress: bool = True,
     config = stores_head_region(config, convert_dir, plan.planes[0])
     volumetric = is_volumetric(model)
     planes = (VOLUME,) if volumetric else plan.planes
-    if volumetric and (options.chooses_min_size or options.volume_model):
+    asked = options.postprocess(config.postprocess)
+    if volumetric and (asked[0] == "auto" or options.volume_model):
         raise ConfigError(f"stage 08 trained a 3-D model ({model}): "
-                          + ("--min-lesion-voxels auto is for tri-planar studies; give a number of voxels"
-                             if options.chooses_min_size else "--volume-model compares a 3-D model with a "
+                          + ("the auto post-processing (--min-lesion-voxels auto, postprocess.rule=auto) is for "
+                             "tri-planar studies; give a number of voxels or --largest-component"
+                             if asked[0] == "auto" else "--volume-model compares a 3-D model with a "
                              "tri-planar fusion, and this study has none"))
     chosen = models_folder.trained_models(training_dir, model, options.ensemble, planes)
     weights = (models_folder.cross_validation_weights(training_dir, chosen, options.ensemble)
                if options.fusion == "weighted_mean" else None)
-    settings = options.settings(weights)
+    applied = asked if asked[0] != "auto" else ("none", 0)     # auto: nothing removed until it has chosen
+    settings = options.settings(weights, applied)
     synthetic = is_synthetic_run(workdir)
 
     with StageWriter(workdir, STAGE, config, synthetic=synthetic) as out:
@@ -244,17 +271,17 @@ def run(workdir: Path, config: Config, progress: bool = True,
                                        window_batch=config.training.patch_batch_size)
 
         chosen_on = None
-        if options.chooses_min_size:
-            scores, used, size = _choose_min_lesion_voxels(training_dir, convert_dir, folds, model, predictor,
-                                                           chosen, options, progress, planes)
+        if asked[0] == "auto":
+            scores, used, applied = _choose_postprocess(training_dir, convert_dir, folds, model, predictor, chosen,
+                                                        options, progress, planes)
             write_csv(scores, out.path / SIZES_CSV)
             write_csv(used, out.path / CV_SUBJECTS_CSV)
-            settings = options.settings(weights, min_lesion_voxels=size)
+            settings = options.settings(weights, applied)
             predictor = predictor.with_settings(settings)
             chosen_on = "cross-validation out-of-fold predictions (stage 10 auto)"
         models_folder.write_fusion_settings(
             models_dir, settings, ensemble=options.ensemble, model=model,
-            single_plane_threshold=SINGLE_PLANE_THRESHOLD, min_lesion_voxels_chosen_on=chosen_on,
+            single_plane_threshold=SINGLE_PLANE_THRESHOLD, postprocess_chosen_on=chosen_on,
             sources={p: [{"fold": f, "file": f"{TRAINING}/{path}"} for f, path in m] for p, m in chosen.items()})
 
         volume = None
@@ -265,20 +292,22 @@ def run(workdir: Path, config: Config, progress: bool = True,
         lesions = location_tables.lesion_locations(workdir)
         rows, detected = _evaluate_holdout(holdout, predictor, plan, config, options, out.path, progress, volume,
                                            locate=lesions is not None)
-        subjects = _tables(rows, holdout, config, out.path, planes)
+        subjects, tiers = _tables(rows, holdout, config, out.path, planes)
         if lesions is not None:
             out.extra["by_location"] = _location_tables(workdir, subjects, lesions, detected, out.path)
         rule = settings.describe() + (", fold ensemble" if options.ensemble else "")
         if volumetric:
-            rule = f"3-D model ({model}): threshold and component removal only, no fusion"
+            rule = f"3-D model ({model}): threshold and post-processing only, no fusion"
         elif len(planes) == 1:
-            rule = f"one plane ({planes[0]}): threshold and component removal only, no fusion"
+            rule = f"one plane ({planes[0]}): threshold and post-processing only, no fusion"
         _figures(subjects, out.path, holdout, synthetic, rule, options, config, plan.channels[0])
 
         out.extra.update({
             "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
             "fusion": settings.to_record(), "batch_size": batch, "model": model,
             "min_lesion_voxels": settings.min_lesion_voxels, "n_subjects": int(len(holdout)),
+            "postprocess": {"asked": asked[0], "rule": applied[0], "min_lesion_voxels": applied[1]},
+            "dice": _fused_dice(tiers),
             "single_plane_threshold": SINGLE_PLANE_THRESHOLD,
             "models": {p: [{"fold": f, "source": f"{TRAINING}/{path}"} for f, path in members]
                        for p, members in chosen.items()},
@@ -340,10 +369,11 @@ def _canvas(shape, plane: str, config: Config) -> tuple[int, int]:
     return planes.canvas_for(shape, plane, config.convert.canvas_multiple).shape
 
 
-def _choose_min_lesion_voxels(training_dir: Path, convert_dir: Path, folds, model: str, predictor, chosen,
-                              options: FusionStageOptions, progress: bool, planes: tuple[str, ...]):
-    """(scores per candidate, subjects used, chosen size) on the cross-validation subjects' out-of-fold
-    fused predictions (:mod:`strokeseg.infer.postprocessing`); the hold-out is never read."""
+def _choose_postprocess(training_dir: Path, convert_dir: Path, folds, model: str, predictor, chosen,
+                        options: FusionStageOptions, progress: bool, planes: tuple[str, ...]):
+    """(scores per candidate size and of the largest-component rule, subjects used, the chosen (rule, size))
+    on the cross-validation subjects' out-of-fold fused predictions (:mod:`strokeseg.infer.postprocessing`);
+    the hold-out is never read."""
     from strokeseg.infer import postprocessing
 
     runs = read_csv(training_dir / RUNS_CSV)
@@ -353,10 +383,10 @@ def _choose_min_lesion_voxels(training_dir: Path, convert_dir: Path, folds, mode
     # A fold model already loaded for the hold-out (default mode) is reused, not loaded twice.
     loaded = {} if options.ensemble else {(p, chosen[p][0][0]): predictor.predictors[p] for p in planes}
     cases = postprocessing.out_of_fold_cases(source, used, predictor, loaded, progress)
-    table, size = postprocessing.min_size_table(cases, options.candidates, predictor.settings.connectivity)
-    log.info("min lesion size %d voxels chosen on %d cross-validation subjects (folds %s)",
-             size, len(used), source.common_folds())
-    return table, used, size
+    table, rule, size = postprocessing.postprocess_table(cases, options.candidates, predictor.settings.connectivity)
+    log.info("post-processing %s chosen on %d cross-validation subjects (folds %s)",
+             LARGEST if rule == LARGEST else f"min_size {size} voxels", len(used), source.common_folds())
+    return table, used, (rule, size)
 
 
 def _evaluate_holdout(holdout, predictor, plan, config: Config, options: FusionStageOptions, root: Path,
@@ -421,9 +451,11 @@ def _as_uint8(probability: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(probability, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
 
 
-def _tables(rows: list[dict], holdout, config: Config, root: Path, planes: tuple[str, ...]) -> pd.DataFrame:
-    """subjects.csv, summary.csv, fusion_gain.csv (several planes) and by_volume_bin.csv; returns the
-    subjects table. A ``units`` column says whether mL and mm are physical or voxels."""
+def _tables(rows: list[dict], holdout, config: Config, root: Path,
+            planes: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """subjects.csv, summary.csv, fusion_gain.csv (several planes), by_volume_bin.csv and dice_tiers.csv;
+    returns the subjects and Dice-tier tables. A ``units`` column says whether mL and mm are physical or
+    voxels."""
     from strokeseg.evaluate import subject_tables
 
     present = set(r["mask"] for r in rows)
@@ -446,7 +478,16 @@ def _tables(rows: list[dict], holdout, config: Config, root: Path, planes: tuple
         write_csv(subject_tables.paired_comparison(compared, FUSED, (FUSED, *three_d))
                   .rename(columns={"reference_mean": "fused_mean"}), root / VOLUME_COMPARISON_CSV)
     write_csv(subject_tables.by_volume_bin(subjects, config.bins.volume_edges, order), root / BY_VOLUME_BIN_CSV)
-    return subjects
+    tiers = subject_tables.dice_tiers(subjects, order)
+    write_csv(tiers, root / DICE_TIERS_CSV)
+    return subjects, tiers
+
+
+def _fused_dice(tiers: pd.DataFrame) -> dict:
+    """The fused mask's n and mean Dice per group of ``dice_tiers.csv`` (None where a group is empty)."""
+    fused = tiers[tiers["mask"] == FUSED].set_index("group")
+    return {group: {"n": int(row["n"]), "mean": None if row["n"] == 0 else float(row["dice_mean"])}
+            for group, row in fused.iterrows()}
 
 
 def _figures(subjects, root: Path, holdout, synthetic: bool, rule: str, options: FusionStageOptions,
@@ -483,10 +524,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "08_training/best_folds.csv)")
     parser.add_argument("--flip-tta", action="store_true",
                         help="left-right flip test-time augmentation (twice the prediction time)")
-    parser.add_argument("--min-lesion-voxels", type=_size, default=None, metavar="auto|N",
-                        help="remove fused lesions (6-connected) smaller than N voxels; 'auto' chooses N on the "
-                             "cross-validation subjects' out-of-fold predictions, never the hold-out "
-                             "(default: keep all)")
+    # One post-processing rule: argparse turns both flags into a one-line usage error (exit 2).
+    rules = parser.add_mutually_exclusive_group()
+    rules.add_argument("--min-lesion-voxels", type=_size, default=None, metavar="auto|N",
+                       help="remove fused lesions (6-connected) smaller than N voxels; 'auto' chooses among the "
+                            "sizes and --largest-component on the cross-validation subjects' out-of-fold "
+                            "predictions, never the hold-out (default: postprocess.rule of the config: keep all)")
+    rules.add_argument("--largest-component", action="store_true",
+                       help="keep only the largest fused lesion (6-connected), the LGG U-Net's rule; it drops "
+                            "true multifocal lesions (default: postprocess.rule of the config)")
     parser.add_argument("--overlays", type=int, default=defaults.overlays, metavar="N",
                         help="tri-planar overlay figures for N subjects spread over the fused-Dice ranking "
                              "(default: %(default)s)")
@@ -505,5 +551,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_options(args: argparse.Namespace) -> dict:
     return {"options": FusionStageOptions(
         fusion=args.fusion, threshold=args.threshold, flip_tta=args.flip_tta, min_lesion_voxels=args.min_lesion_voxels,
-        ensemble=args.ensemble, overlays=args.overlays, save_probabilities=args.save_probabilities,
-        batch_size=args.batch_size, volume_model=args.volume_model, average=args.average)}
+        largest_component=args.largest_component, ensemble=args.ensemble, overlays=args.overlays,
+        save_probabilities=args.save_probabilities, batch_size=args.batch_size, volume_model=args.volume_model,
+        average=args.average)}

@@ -184,6 +184,47 @@ def test_each_case_has_a_lesions_table_located_only_when_the_input_declares_mni(
     assert predict.options_from_args(parser.parse_args([*argv, "--space", "MNI"])).space == "MNI"
 
 
+# ------------------------------------------------------------------------------ post-processing
+def test_predict_applies_the_exported_largest_component_rule_and_flags_override_it(stub_models, tmp_path, capsys):
+    """Stage 10's fusion.json says largest_component: of the stub scan's two equal blocks only the first
+    in C order is kept (ties: the lowest label); --min-lesion-voxels replaces the rule, and both flags at
+    once are a one-line usage error."""
+    import shutil
+
+    from serve_stub import BLOCKS, write_stub_scan
+
+    from strokeseg import cli
+
+    from faults.catalogue import assert_one_line_error
+
+    models = tmp_path / "models"
+    shutil.copytree(stub_models, models)
+    (models / "fusion.json").write_text(json.dumps({"fusion": "mean", "min_lesion_voxels": 0,
+                                                    "largest_component": True}))
+    (tmp_path / "in").mkdir()
+    scan = write_stub_scan(tmp_path / "in" / "case_T1w.nii.gz")
+    first = np.zeros(nib.load(scan).shape, np.uint8)
+    first[BLOCKS[0]] = 1
+
+    def mask(*flags) -> np.ndarray:
+        out = tmp_path / f"out{len(flags)}"
+        assert run_cli([scan, "--models", models, "--output", out, "--quiet", *flags]) == 0
+        assert pd.read_csv(out / "predictions.csv")["lesion_count"].iloc[0] == len(component_sizes(
+            np.asarray(nib.load(out / "case_mask.nii.gz").dataobj), 6))
+        return np.asarray(nib.load(out / "case_mask.nii.gz").dataobj)
+
+    np.testing.assert_array_equal(mask(), first)
+    both = mask("--min-lesion-voxels", "0")
+    assert both.sum() == 2 * first.sum() and len(component_sizes(both, 6)) == 2
+    (models / "fusion.json").unlink()
+    np.testing.assert_array_equal(mask("--largest-component", "--quiet"), first)   # the flag alone, no fusion.json
+    with pytest.raises(SystemExit) as exit_info:      # argparse's usage error, as one line
+        cli.main(["predict", str(scan), "--models", str(models), "--output", str(tmp_path / "no"),
+                  "--largest-component", "--min-lesion-voxels", "5"])
+    assert exit_info.value.code == 2 and not (tmp_path / "no").exists()
+    assert_one_line_error(capsys.readouterr().err, "--largest-component", "--min-lesion-voxels")
+
+
 # --------------------------------------------------------------------------------- bad models
 def small_input(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Stage 10 on the tiny cohort: every hold-out subject is predicted, fused, written and scored, the
-tables agree with the written masks, ``auto`` chooses the lesion size on cross-validation subjects
-only, and the exported models folder loads as ``strokeseg predict`` loads it.
+tables agree with the written masks, ``auto`` chooses the post-processing on cross-validation subjects
+only, ``postprocess.rule=largest`` leaves one component per fused mask, and the exported models folder
+loads as ``strokeseg predict`` loads it.
 
 Stage 08 is run for real, as briefly as it can be (three planes, fold 1, one step of a 4-filter
 U-Net): stage 10 reads nothing but its published outputs.
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from strokeseg.config import PLANES, apply_overrides, read_config
+from strokeseg.config import PLANES, PostprocessConfig, apply_overrides, read_config
 from strokeseg.errors import StageOrderError, StrokesegError
 from strokeseg.infer.inference import PlanePredictor
 from strokeseg.workdir import stage_config
@@ -49,6 +50,18 @@ def fused(trained) -> Path:
                      "--save-probabilities", "--overlays", "2", "--batch-size", "40"])
     assert code == 0
     return trained / "10_fusion"
+
+
+@pytest.fixture(scope="module")
+def largest(trained, tmp_path_factory) -> Path:
+    """Stage 10 on a copy of the trained workdir with the config's post-processing rule ``largest``."""
+    from strokeseg import cli
+
+    workdir = tmp_path_factory.mktemp("largest") / "work"
+    shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns("10_fusion"))
+    assert cli.main(["fusion", "--workdir", str(workdir), "--quiet", "--set", "postprocess.rule=largest",
+                     "--overlays", "0", "--batch-size", "64"]) == 0
+    return workdir / "10_fusion"
 
 
 def _holdout(workdir: Path) -> pd.DataFrame:
@@ -120,6 +133,40 @@ def test_tables_summary_gain_and_volume_bins(fused, trained):
         assert len(rows) == n_bins and rows["n"].sum() == n
 
 
+def test_dice_tiers_for_all_and_lesion_subjects_agree_with_the_subjects_table(fused):
+    subjects = pd.read_csv(fused / "subjects.csv")
+    tiers = pd.read_csv(fused / "dice_tiers.csv")
+    assert list(zip(tiers["mask"], tiers["group"])) == [(m, g) for m in MASKS for g in ("all", "lesion")]
+    for _, row in tiers.iterrows():
+        own = subjects[subjects["mask"] == row["mask"]]
+        dice = (own if row["group"] == "all" else own[own["truth_voxels"] >= 1])["dice"]
+        assert row["n"] == len(dice) and row["dice_mean"] == pytest.approx(dice.mean(), nan_ok=True)
+        counts = [(dice >= 0.8).sum(), ((dice >= 0.6) & (dice < 0.8)).sum(), ((dice >= 0.4) & (dice < 0.6)).sum(),
+                  (dice < 0.4).sum()]
+        assert row[["n_dice_ge_0.8", "n_dice_0.6_0.8", "n_dice_0.4_0.6", "n_dice_lt_0.4"]].tolist() == counts
+    manifest = json.loads((fused / "manifest.json").read_text())
+    fused_rows = tiers[tiers["mask"] == "fused"].set_index("group")
+    for group in ("all", "lesion"):
+        assert manifest["dice"][group]["n"] == fused_rows.loc[group, "n"]
+        assert manifest["dice"][group]["mean"] == pytest.approx(fused_rows.loc[group, "dice_mean"])
+
+
+def test_the_largest_rule_of_the_config_leaves_one_component_per_fused_mask(largest, trained):
+    from strokeseg.data.lesions import component_sizes
+
+    names = _holdout(trained)["subject_name"]
+    counts = [len(component_sizes(np.asanyarray(nib.load(largest / "masks" / f"{n}_fused_mask.nii.gz").dataobj), 6))
+              for n in names]
+    assert max(counts) <= 1
+    record = json.loads((largest / "models" / "fusion.json").read_text())
+    assert record["largest_component"] is True and record["min_lesion_voxels"] == 0
+    manifest = json.loads((largest / "manifest.json").read_text())
+    assert manifest["postprocess"] == {"asked": "largest", "rule": "largest", "min_lesion_voxels": 0}
+    assert not (largest / "min_lesion_voxels.csv").exists() and (largest / "dice_tiers.csv").is_file()
+    subjects = pd.read_csv(largest / "subjects.csv")
+    assert (subjects.loc[subjects["mask"] == "fused", "pred_lesions"] <= 1).all()
+
+
 def test_results_by_location_class_and_hemisphere_and_lesionwise_detection(fused, trained):
     """The tiny cohort is named in MNI space: stage 01 located its lesions, stages 08 and 10 group by them."""
     from strokeseg.data.lesion_locations import lesion_detected
@@ -150,21 +197,28 @@ def test_results_by_location_class_and_hemisphere_and_lesionwise_detection(fused
     assert by_plane.groupby(["plane", "grouping"])["n"].sum().eq(len(cv) // 3).all()
 
 
-def test_auto_lesion_size_is_chosen_on_cross_validation_subjects_only(fused, trained):
-    sizes = pd.read_csv(fused / "min_lesion_voxels.csv")
-    assert sizes["chosen"].sum() == 1
-    chosen = int(sizes.loc[sizes["chosen"], "min_lesion_voxels"].iloc[0])
+def test_auto_post_processing_is_chosen_on_cross_validation_subjects_only(fused, trained):
+    table = pd.read_csv(fused / "min_lesion_voxels.csv")
+    assert table["chosen"].sum() == 1 and list(table["rule"]) == ["min_size"] * (len(table) - 1) + ["largest"]
+    sizes = table[table["rule"] == "min_size"]
     best = sizes["mean_dice"].max()
-    assert chosen == sizes.loc[sizes["mean_dice"] == best, "min_lesion_voxels"].min()   # ties: smallest
+    largest_wins = table["mean_dice"].iloc[-1] > best                  # the largest rule only when strictly better
+    chosen_row = table[table["chosen"]].iloc[0]
+    assert chosen_row["rule"] == ("largest" if largest_wins else "min_size")
+    chosen = 0 if largest_wins else int(chosen_row["min_lesion_voxels"])
+    if not largest_wins:
+        assert chosen == sizes.loc[sizes["mean_dice"] == best, "min_lesion_voxels"].min()   # ties: smallest
     manifest = json.loads((fused / "manifest.json").read_text())
     assert manifest["min_lesion_voxels"] == chosen and manifest["options"]["min_lesion_voxels"] == "auto"
-    assert json.loads((fused / "models" / "fusion.json").read_text())["min_lesion_voxels"] == chosen
+    assert manifest["postprocess"] == {"asked": "auto", "rule": chosen_row["rule"], "min_lesion_voxels": chosen}
+    record = json.loads((fused / "models" / "fusion.json").read_text())
+    assert record["min_lesion_voxels"] == chosen and record["largest_component"] == largest_wins
     used = pd.read_csv(fused / "cv_subjects.csv")
     folds = pd.read_csv(trained / "04_cross_validation" / "folds.csv")
     fold_1 = set(folds.loc[folds["fold"] == 1, "subject_name"])
     assert set(used["subject_name"]) == fold_1                       # the fold-1 models' test fold
     assert not set(used["subject_name"]) & set(_holdout(trained)["subject_name"])
-    assert (sizes["n_subjects"] == len(used)).all()
+    assert (table["n_subjects"] == len(used)).all()
 
 
 def test_models_export_loads_like_predict_loads_it(fused, trained):
@@ -231,10 +285,34 @@ def test_stage_arguments_become_run_options():
     assert chosen.ensemble and chosen.flip_tta and chosen.fusion == "majority"
     assert chosen.min_lesion_voxels == 25 and chosen.overlays == 0
     assert chosen.settings(None).min_lesion_voxels == 25 and chosen.settings(None).rule == "majority"
-    assert options("--min-lesion-voxels", "auto").chooses_min_size
+    assert options("--min-lesion-voxels", "auto").postprocess() == ("auto", 0)
     assert options().min_lesion_voxels is None and options() == fusion.FusionStageOptions()
     with pytest.raises(SystemExit):
         parser.parse_args(["--min-lesion-voxels", "-3"])
+    # post-processing: the flags override config.postprocess, which applies without them
+    config = PostprocessConfig(rule="min_size", min_lesion_voxels=7)
+    assert options().postprocess(config) == ("min_size", 7) and options().postprocess() == ("none", 0)
+    assert options().postprocess(PostprocessConfig(rule="largest", min_lesion_voxels=7)) == ("largest", 0)
+    largest = options("--largest-component")
+    assert largest.postprocess(config) == ("largest", 0) and options("--min-lesion-voxels", "3").postprocess(
+        PostprocessConfig(rule="largest")) == ("min_size", 3)
+    assert largest.settings(None).largest_component and largest.settings(None).min_lesion_voxels == 0
+    assert not chosen.settings(None).largest_component
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--largest-component", "--min-lesion-voxels", "3"])
+    with pytest.raises(StrokesegError, match="give one"):
+        fusion.FusionStageOptions(largest_component=True, min_lesion_voxels=3)
+
+
+def test_both_post_processing_flags_are_a_one_line_usage_error(capsys, tmp_path):
+    from strokeseg import cli
+
+    from faults.catalogue import assert_one_line_error
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fusion", "--workdir", str(tmp_path), "--largest-component", "--min-lesion-voxels", "auto"])
+    assert exit_info.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, "--largest-component", "--min-lesion-voxels")
 
 
 def test_missing_plane_and_bad_options_are_clear_errors(trained, tmp_path):
