@@ -398,7 +398,10 @@ MAX_SLICE_CHANNELS = 15          # adjacent slices read as channels by one 2-D i
 HEAD_REGIONS = ("robust", "nonzero")
 MR_NORMALIZATIONS = ("zscore", "clip_zscore")
 MAX_EDGE_SLICES = 64
-BATCH_KINDS = ("distribution", "foreground_weighted")
+# Kinds whose plan is every candidate slice of a part (strokeseg.protocol.weighted_sampling), drawn afresh each
+# epoch: with replacement by foreground weight (the LGG U-Net), or each slice once, shuffled (the CT projects).
+POOL_BATCH_KINDS = ("foreground_weighted", "every_slice")
+BATCH_KINDS = ("distribution", *POOL_BATCH_KINDS)
 SELECTIONS = ("val_loss", "subject_dice")
 MAX_OVERLAYS = 64
 POSTPROCESS_RULES = ("none", "min_size", "largest", "auto")
@@ -466,7 +469,8 @@ FIELD_HELP: dict[str, str] = {
     "batches.fixed_order": "true: the same batch order every epoch (upstream); false: reshuffled per epoch",
     "batches.kind": '"distribution": lesion slices by size bin + normals (RAX-Net); "foreground_weighted": every '
                     "slice drawn with replacement, weight (lesion pixels + floor) per subject (the LGG U-Net's "
-                    "sampler), a fresh draw per epoch",
+                    'sampler), a fresh draw per epoch; "every_slice": every slice once per epoch, reshuffled (the CT '
+                    "projects' loaders)",
     "batches.foreground_floor": "foreground_weighted: the floor shared by a subject's slices, as a share of its "
                                 "lesion pixels (the LGG U-Net: 0.1)",
 
@@ -617,7 +621,8 @@ PROFILES: dict[str, dict[str, object]] = {
             "training.max_scaling": 0.05, "postprocess.rule": "largest",
             "comparison.models": [m for m in _OTHERS if m != "unet"], "comparison.losses": []},
     # A: LCNN on CT PNG slice folders, 2.5-D (three adjacent slices), A.1-A.5.
-    "lcnn": {"prepare.channels": [3], "batches.batch_size": 4, "batches.lesion_per_batch": 2,
+    "lcnn": {"prepare.channels": [3], "batches.kind": "every_slice", "batches.batch_size": 4,
+             "batches.lesion_per_batch": 2,
              "training.model": "lcnn", "training.model_options": {}, "training.loss": "lcnn",
              "training.loss_options": {}, "training.optimizer": "adamw", "training.learning_rate": 1e-5,
              "training.weight_decay": 1e-4, "training.clipnorm": 0.1, "training.schedule": "cosine_restarts",
@@ -626,7 +631,7 @@ PROFILES: dict[str, dict[str, object]] = {
              "comparison.models": [m for m in _OTHERS if m != "lcnn"], "comparison.losses": []},
     # B: the ResNet-50 U-Net on CT slices, B.2; ImageNet weights only from a local file
     # (training.model_options={"encoder_weights": PATH}), random initialisation by default.
-    "strokeseg-ct": {"batches.batch_size": 8, "batches.lesion_per_batch": 4,
+    "strokeseg-ct": {"batches.kind": "every_slice", "batches.batch_size": 8, "batches.lesion_per_batch": 4,
                      "training.model": "resunet", "training.model_options": {},
                      "training.loss": "binary_crossentropy", "training.loss_options": {}, "training.optimizer": "adamw",
                      "training.learning_rate": 1e-4, "training.weight_decay": 0.01, "training.schedule": "constant",

@@ -6,7 +6,9 @@ store, into ``<plane>/fold_<k>/``:
 - ``<part>_images_c<C>.npy``  (n_batches, batch, H, W, C), store dtype (uint8 on the 0..255 scale),
   channel c = the slice at offset c - (C-1)//2 from the centre slice, clamped at the volume edges;
 - ``<part>_masks.npy``        (n_batches, batch, H, W, 1) uint8, the centre slice's mask;
-- ``<part>_slots.npy``        (n_batches, batch) uint8: bit 0 = lesion slot, bit 1 = repeated use.
+- ``<part>_slots.npy``        (n_batches, batch) uint8: bit 0 = lesion slot, bit 1 = repeated use;
+- ``<part>_weights.npy``      (n_batches, batch) float64, foreground-weighted plans only: each slot's
+  sampling weight (strokeseg.protocol.weighted_sampling), 0 for the padding of the last batch.
 A run for test fold k reads the parts that ``splits.fold_parts`` names (:class:`PreparedSplit`),
 so no slice is written once per test fold. The flat variant ``(n_batches * batch, H, W, C)`` is
 the same bytes (:meth:`PreparedPart.flat`). Arrays are filled one batch at a time: peak memory is
@@ -39,6 +41,10 @@ def slots_name(part: str) -> str:
     return f"{part}_slots.npy"
 
 
+def weights_name(part: str) -> str:
+    return f"{part}_weights.npy"
+
+
 def part_dir(root: Path, plane: str, fold: int) -> Path:
     return Path(root) / plane / f"fold_{fold}"
 
@@ -58,6 +64,9 @@ def write_prepared(store: SliceStore, batches: pd.DataFrame, channels: tuple[int
     slots = (batches["kind"].eq("lesion").to_numpy() * LESION_BIT
              + batches["repeat"].to_numpy().astype(bool) * REPEAT_BIT).astype(np.uint8)
     np.save(folder / slots_name(part), slots.reshape(n_batches, batch_size))
+    if "weight" in batches.columns:
+        weights = batches["weight"].to_numpy(dtype=np.float64)
+        np.save(folder / weights_name(part), weights.reshape(n_batches, batch_size))
     outputs = {masks_name(part): (np.uint8, 1, store.masks_at)}
     # c adjacent slices of each of the store's M image channels: c x M input channels
     outputs.update({images_name(part, c): (store.dtype, c * len(store.modalities), partial(store.images_at, channels=c))
@@ -109,6 +118,8 @@ class PreparedPart:
         except FileNotFoundError as exc:
             raise InputError(exc.filename, f"prepared array not found (prepare {channels} channel(s) "
                                            f"with --set prepare.channels=[{channels}])") from exc
+        weights = self.folder / weights_name(part)
+        self.weights = np.load(weights) if weights.is_file() else None   # None: a distribution plan
 
     @property
     def n_batches(self) -> int:
@@ -148,6 +159,36 @@ class PreparedSplit:
         which = int(np.searchsorted(self._offsets, index, side="right") - 1)
         part, local = self.parts[which], index - int(self._offsets[which])
         return np.asarray(part.images[local]), np.asarray(part.masks[local])
+
+    def slots_at(self, slots) -> tuple[np.ndarray, np.ndarray]:
+        """(images, masks) of the given slots, numbered over this role's batches one after the other
+        (batch b, position p = slot b·batch + p), gathered from the memory maps."""
+        slots = np.asarray(slots, dtype=np.int64)
+        first = self._offsets * self.parts[0].images.shape[1]
+        if slots.size and (slots.min() < 0 or slots.max() >= first[-1]):
+            raise IndexError(f"slot outside 0..{first[-1] - 1}")
+        which = np.searchsorted(first, slots, side="right") - 1
+        image_shape, mask_shape = self.batch_shape
+        images = np.empty((len(slots), *image_shape[1:]), self.dtype)
+        masks = np.empty((len(slots), *mask_shape[1:]), np.uint8)
+        for p in np.unique(which):
+            chosen = which == p
+            part_images, part_masks = self.parts[p].flat()
+            local = slots[chosen] - first[p]
+            images[chosen], masks[chosen] = part_images[local], part_masks[local]
+        return images, masks
+
+    @property
+    def weights(self) -> np.ndarray | None:
+        """(n_batches, batch) sampling weights of a foreground-weighted plan (each part's sum to 1), or
+        None for distribution plans."""
+        weights = [p.weights for p in self.parts]
+        if all(w is None for w in weights):
+            return None
+        if any(w is None for w in weights):
+            raise InputError(self.parts[0].folder, "the parts of one role mix weighted and distribution plans; "
+                                                   "rerun stages 05 and 06")
+        return np.concatenate(weights)
 
     @property
     def slots(self) -> np.ndarray:

@@ -10,6 +10,8 @@ Corrections of upstream (docs/upstream-raxnet.md §14.1, §14.2, §14.4, §14.6)
   fold.
 * Normal slices are drawn 1:1 (``ratio``) from the same subjects as the lesion slices, among
   slices that are lesion-free and contain brain, on the plane's own axis.
+* ``cv.edge_slices`` keeps the first and last slices of each subject's stack out of both
+  (:func:`without_edge_slices`; the LGG U-Net drops one, docs/upstream-other-projects.md D.1).
 
 Quotas use round-half-up (``round(0.2 * n)`` in upstream's table: 319/154/64/49/44/25 →
 64/31/13/10/9/5). The fraction is read as the decimal the user wrote (``Decimal(repr(x))``), so
@@ -38,6 +40,8 @@ __all__ = [
     "inner_validation_subjects",
     "inner_validation_seed",
     "select_normal_slices",
+    "normal_candidates",
+    "without_edge_slices",
     "half_up_quota",
 ]
 
@@ -298,8 +302,7 @@ def select_normal_slices(slices: pd.DataFrame, lesion_counts: pd.Series, ratio: 
     if (pd.to_numeric(lesion_counts) < 0).any():
         raise StrokesegError("select_normal_slices: lesion_counts must be >= 0")
 
-    candidates = table[(table["lesion_pixels"] == 0)
-                       & (table["brain_pixels"] >= min_brain_pixels)].reset_index(drop=True)
+    candidates = normal_candidates(table, min_brain_pixels)
     chosen = np.zeros(len(candidates), dtype=bool)
     subjects = sorted(set(table["subject_name"]) | set(lesion_counts.index))
     wanted = 0
@@ -322,6 +325,31 @@ def select_normal_slices(slices: pd.DataFrame, lesion_counts: pd.Series, ratio: 
             log.warning("normal slices: %d wanted but only %d candidates in the fold",
                         wanted, int(chosen.sum()))
     return candidates.loc[chosen, ["subject_name", "slice"]].reset_index(drop=True)
+
+
+def normal_candidates(slices: pd.DataFrame, min_brain_pixels: int) -> pd.DataFrame:
+    """The rows of ``slices`` that may serve as normal slices: ``lesion_pixels == 0`` and
+    ``brain_pixels >= min_brain_pixels`` (slices outside the head hold nothing to learn from)."""
+    keep = (slices["lesion_pixels"] == 0) & (slices["brain_pixels"] >= min_brain_pixels)
+    return slices[keep].reset_index(drop=True)
+
+
+def without_edge_slices(slices: pd.DataFrame, stack: pd.DataFrame, k: int) -> pd.DataFrame:
+    """``slices`` without the first ``k`` and last ``k`` slices of each subject's stack.
+
+    ``stack`` lists every slice of every subject (subject_name, slice; a store index), so the ends
+    are those of the volume in this plane, whatever ``slices`` holds. A subject of ``slices`` missing
+    from ``stack`` is an error."""
+    if k <= 0:
+        return slices
+    ends = stack.groupby("subject_name")["slice"].agg(["min", "max"])
+    unknown = sorted(set(slices["subject_name"]) - set(ends.index))
+    if unknown:
+        raise StrokesegError(f"without_edge_slices: subject {unknown[0]!r} has no slice stack")
+    first = slices["subject_name"].map(ends["min"])
+    last = slices["subject_name"].map(ends["max"])
+    keep = (slices["slice"] >= first + k) & (slices["slice"] <= last - k)
+    return slices[keep].reset_index(drop=True)
 
 
 # Roles of the fold parts --------------------------------------------------------------------------

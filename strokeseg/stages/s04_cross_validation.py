@@ -3,10 +3,14 @@
 Writes ``folds.csv`` (subject_name, volume_bin, fold) — the one assignment every plane uses —
 then per plane ``<plane>/fold_<k>_lesion.csv`` (the fold subjects' lesion slices) and
 ``<plane>/fold_<k>_normal.csv`` (lesion-free, brain-containing slices of the same subjects, 1:1
-per subject), and ``balance_tests.csv`` (Mann-Whitney U fold vs rest and upstream's fold vs pool
+per subject; with a pool kind of ``batches.kind``, ``foreground_weighted`` or ``every_slice``, every
+such slice: the pool an epoch is drawn from), and
+``balance_tests.csv`` (Mann-Whitney U fold vs rest and upstream's fold vs pool
 on ``sum_voxel``, chi-squared on bin counts; 3-D and per plane), each with its textbook p-value and
 a subject-level permutation p-value (slices of one subject are not independent; see
 strokeseg.protocol.balance), drawn in ``balance_tests.png`` and ``balance_tests_subject_permutation.png``.
+With ``cv.edge_slices`` = k the first and last k slices of each subject's stack are neither lesion
+nor normal slices (and are left out of the per-plane balance tests with them).
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from strokeseg.config import Config, derive_seed
+from strokeseg.config import POOL_BATCH_KINDS, Config, derive_seed
 from strokeseg.contracts import (
     CONVERT,
     CROSS_VALIDATION,
@@ -29,7 +33,7 @@ from strokeseg.contracts import (
 from strokeseg.data.stores import store_geometry, store_index
 from strokeseg.errors import StrokesegError
 from strokeseg.protocol.balance import PERMUTATION_COLUMN, fold_balance_tests
-from strokeseg.protocol.splits import select_normal_slices, subject_folds
+from strokeseg.protocol.splits import normal_candidates, select_normal_slices, subject_folds, without_edge_slices
 from strokeseg.report import figures
 from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, study_planes, write_csv
 
@@ -51,18 +55,24 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
         write_csv(folds, out.path / FOLDS_CSV)
         for plane in planes:
             (out.path / plane).mkdir()
-            lesion_slices = read_csv(split / plane_lesions_80_csv(plane))
-            lesion_slices["fold"] = lesion_slices["subject_name"].map(fold_of)
             index = store_index(stores, plane)
+            lesion_slices = without_edge_slices(read_csv(split / plane_lesions_80_csv(plane)), index,
+                                                config.cv.edge_slices)
+            lesion_slices["fold"] = lesion_slices["subject_name"].map(fold_of)
+            index = without_edge_slices(index, index, config.cv.edge_slices)
             index["fold"] = index["subject_name"].map(fold_of)
             h, w = store_geometry(stores, plane).canvas.slice_shape
             min_brain = math.ceil(config.cv.min_brain_fraction * h * w)
             for fold in range(1, config.cv.n_folds + 1):
                 fold_lesions = lesion_slices[lesion_slices["fold"] == fold].drop(columns="fold")
                 counts = fold_lesions.groupby("subject_name").size()
-                normals = select_normal_slices(index[index["fold"] == fold].drop(columns="fold"), counts,
-                                               config.cv.normal_ratio, min_brain,
-                                               derive_seed(config.seed, "normals", plane, fold))
+                fold_index = index[index["fold"] == fold].drop(columns="fold")
+                if config.batches.kind in POOL_BATCH_KINDS:   # an epoch is drawn from every candidate
+                    normals = (normal_candidates(fold_index, min_brain)[["subject_name", "slice"]]
+                               .sort_values(["subject_name", "slice"], kind="mergesort"))
+                else:
+                    normals = select_normal_slices(fold_index, counts, config.cv.normal_ratio, min_brain,
+                                                   derive_seed(config.seed, "normals", plane, fold))
                 write_csv(fold_lesions, out.path / lesion_slices_csv(plane, fold))
                 write_csv(normals, out.path / normal_slices_csv(plane, fold))
             n_slice_bins = len(config.bins.slice_edges(plane)) - 1

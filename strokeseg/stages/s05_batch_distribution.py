@@ -8,6 +8,12 @@ slices allocated to size bins by largest remainder (every non-empty bin at least
 normal slices (strokeseg.protocol.batches). Writes ``<plane>/fold_<k>/{train,inner_val}_batches.csv``,
 ``inner_validation.csv`` (fold, subject_name) and ``bin_usage.csv`` (per plane, fold and part:
 how many slices of each bin are available, used, repeated and unused).
+
+With ``batches.kind = "foreground_weighted"`` (the LGG U-Net's sampler, strokeseg.protocol.weighted_sampling)
+or ``"every_slice"`` (the CT projects' loaders: uniform weights, each slice once per epoch) each part's plan
+is instead its whole pool, every slice once, with a ``weight`` column (training draws each epoch's slots
+from it); ``bin_usage.csv`` then gives per bin the pool slices, the padding rows of
+the last batch, the bin's share of the weight and the slots per batch it is expected to fill.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from strokeseg.config import Config, derive_seed
+from strokeseg.config import POOL_BATCH_KINDS, Config, derive_seed
 from strokeseg.contracts import (
     BATCHES,
     CROSS_VALIDATION,
@@ -27,10 +33,21 @@ from strokeseg.contracts import (
     lesion_slices_csv,
     normal_slices_csv,
 )
+from strokeseg.errors import ConfigError
 from strokeseg.protocol import bins
 from strokeseg.protocol.batches import compose_batches
 from strokeseg.protocol.splits import PARTS, inner_validation_subjects
-from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, study_planes, write_csv
+from strokeseg.protocol.weighted_sampling import pool_plan
+from strokeseg.workdir import (
+    StageWriter,
+    is_synthetic_run,
+    read_csv,
+    require_stage,
+    stage_config,
+    stage_dir,
+    study_planes,
+    write_csv,
+)
 
 STAGE = BATCHES
 USAGE_CSV = "bin_usage.csv"
@@ -38,6 +55,13 @@ USAGE_CSV = "bin_usage.csv"
 
 def run(workdir: Path, config: Config, progress: bool = True) -> Path:
     cv = require_stage(workdir, CROSS_VALIDATION)
+    pooled = config.batches.kind in POOL_BATCH_KINDS
+    # every_slice: equal weights; an epoch then visits each slice once (strokeseg.train.input_pipeline)
+    floor = config.batches.foreground_floor if config.batches.kind == "foreground_weighted" else None
+    chosen_for = stage_config(workdir, CROSS_VALIDATION).batches.kind
+    if chosen_for != config.batches.kind:   # the weighted pool needs every normal slice, the others a ratio
+        raise ConfigError(f"stage 04 chose its normal slices for batches.kind={chosen_for!r}; rerun "
+                          f"cross-validation with --set batches.kind={config.batches.kind} first")
     folds = read_csv(cv / FOLDS_CSV)
     n_folds = int(folds["fold"].max())
     # Subjects without lesion voxels (lesion-free cohorts such as kaggle_3m, or lesions lost to a grid
@@ -65,11 +89,15 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
                 for part in PARTS:
                     chosen = parts[(fold, part)]
                     columns = ["subject_name", "slice", "sum_voxel", "slice_bin"]
-                    plan, used = compose_batches(
-                        lesions[lesions["subject_name"].isin(chosen)][columns],
-                        normals[normals["subject_name"].isin(chosen)][["subject_name", "slice"]],
-                        len(edges) - 1, config.batches.lesion_per_batch, normal_per_batch,
-                        derive_seed(config.seed, "batches", plane, fold, part))
+                    part_lesions = lesions[lesions["subject_name"].isin(chosen)][columns]
+                    part_normals = normals[normals["subject_name"].isin(chosen)][["subject_name", "slice"]]
+                    if pooled:
+                        plan, used = pool_plan(part_lesions, part_normals, len(edges) - 1,
+                                               config.batches.batch_size, floor)
+                    else:
+                        plan, used = compose_batches(part_lesions, part_normals, len(edges) - 1,
+                                                     config.batches.lesion_per_batch, normal_per_batch,
+                                                     derive_seed(config.seed, "batches", plane, fold, part))
                     write_csv(plan, out.path / batches_csv(plane, fold, part))
                     used.insert(0, "part", part)
                     used.insert(0, "fold", fold)

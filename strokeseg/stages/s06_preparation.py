@@ -3,7 +3,8 @@
 Materialises the stage-05 batch plans from the stage-03 stores for the planes, folds and channel
 counts in ``config.prepare`` (every fold: a test fold needs the others' parts; see
 strokeseg.data.prepared); ``strokeseg.train.input_pipeline`` turns the parts a test fold needs into
-tf.data pipelines.
+tf.data pipelines. A foreground-weighted plan's ``weight`` column becomes ``<part>_weights.npy`` beside
+the slot flags (the sampler's weights per slot).
 """
 from __future__ import annotations
 

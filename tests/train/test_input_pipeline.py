@@ -1,6 +1,8 @@
 import numpy as np
+import pytest
 
-from strokeseg.data.prepared import PreparedSplit
+from strokeseg.data.prepared import PreparedSplit, part_dir, write_prepared
+from strokeseg.protocol.weighted_sampling import epoch_draw, pool_plan
 from strokeseg.train.augmentation import SliceIntensity
 from strokeseg.train.input_pipeline import batch_dataset
 from strokeseg.train.intensity_augmentation import IntensityAugmentation
@@ -65,3 +67,46 @@ def test_intensity_augmented_epochs_repeat_exactly_and_leave_the_masks_alone(pre
         np.testing.assert_array_equal(y, py)                       # masks exactly the un-augmented ones
         assert x.shape == px.shape and 0 <= x.min() and x.max() <= 255
         assert not np.array_equal(x, px)
+
+
+@pytest.fixture(scope="module")
+def weighted_root(prepared, tmp_path_factory):
+    """The ``prepared`` layout (two folds, one subject per part) with foreground-weighted plans of 4 slots."""
+    store, plans, _, _ = prepared
+    root = tmp_path_factory.mktemp("weighted")
+    for (fold, part), plan in plans.items():
+        index = store.index[store.index["subject_name"] == plan["subject_name"].iloc[0]]
+        lesions = index[index["lesion_pixels"] > 0].rename(columns={"lesion_pixels": "sum_voxel"}).assign(slice_bin=0)
+        normals = index[(index["lesion_pixels"] == 0) & (index["brain_pixels"] > 0)]
+        weighted, _ = pool_plan(lesions, normals, n_bins=1, batch_size=4, floor=0.1)
+        folder = part_dir(root, "axial", fold)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_prepared(store, weighted, (1,), folder, part)
+    return root
+
+
+def test_a_weighted_training_epoch_draws_its_slots_by_seed_and_epoch(weighted_root, prepared):  # noqa: F811
+    split = PreparedSplit(weighted_root, "axial", test_fold=1, role="test", n_folds=2)   # two parts
+    weights = split.weights
+    assert weights.shape == split.slots.shape == (split.n_batches, 4)
+    np.testing.assert_allclose(weights.sum(), 2.0)                     # each part's weights sum to 1
+    for b in (0, split.n_batches - 1):                                 # slots number the batches in order
+        np.testing.assert_array_equal(split.slots_at(np.arange(4 * b, 4 * b + 4))[0], split.batch(b)[0])
+
+    def epoch(number, **kwargs):
+        return list(batch_dataset(split, number, seed=4, sample=True, **kwargs).as_numpy_iterator())
+
+    drawn = epoch_draw(weights, split.n_batches, 4, epoch=1, seed=4)
+    first = epoch(1)
+    assert len(first) == split.n_batches
+    for (x, y), slots in zip(first, drawn, strict=True):
+        images, masks = split.slots_at(slots)
+        np.testing.assert_array_equal(x, images.astype(np.float32))
+        np.testing.assert_array_equal(y, masks.astype(np.float32))
+    for (x, _), (x2, _) in zip(first, epoch(1)):                       # a resumed run redraws the same epoch
+        np.testing.assert_array_equal(x, x2)
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, epoch(2)))
+    assert len(epoch(1, steps=1, replicas=3)) == 3                       # cut and grouped as epoch_indices
+    planned = list(batch_dataset(split, 0, 4, fixed_order=True).as_numpy_iterator())   # validation: as planned
+    np.testing.assert_array_equal(planned[-1][0], split.batch(split.n_batches - 1)[0])
+    assert PreparedSplit(prepared[2], "axial", 1, "test", 2).weights is None   # distribution plans
