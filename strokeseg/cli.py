@@ -72,14 +72,17 @@ READS = {
     "convert": ("convert", "dataset.binarize_masks", "workers", "training.model", "comparison.models", "seed"),
     "cross-validation": ("cv", "bins", "seed"),
     "batches": ("batches.batch_size", "batches.lesion_per_batch", "batches.inner_validation_fraction",
-                "bins.axial_edges", "bins.sagittal_edges", "bins.coronal_edges", "seed"),
+                "batches.kind", "batches.foreground_floor", "bins.axial_edges", "bins.sagittal_edges",
+                "bins.coronal_edges", "seed"),
     "prepare": ("prepare", "cv.n_folds"),
     "models": ("prepare.planes", "convert.canvas_multiple", "training.patch_size", "dataset.source", "seed", "onednn"),
-    "training": ("training", "cv.n_folds", "batches.fixed_order", "prepare.channels", "seed", "onednn"),
+    "training": ("training", "cv.n_folds", "batches.fixed_order", "prepare.channels", "postprocess", "seed",
+                 "onednn"),
     "comparison": ("comparison", "training", "cv.n_folds", "batches.fixed_order", "prepare.channels", "seed",
                    "onednn"),
     "fusion": ("training.model", "training.eval_batch_size", "training.window_step", "training.patch_batch_size",
-               "convert", "dataset.binarize_masks", "bins.volume_edges", "comparison.recipe", "onednn"),
+               "convert", "dataset.binarize_masks", "bins.volume_edges", "comparison.recipe", "postprocess",
+               "onednn"),
 }
 NOT_READ = {"comparison": ("training.max_epochs", "training.planes", "training.folds")}  # comparison.* replace them
 BINS_NOTE = "bins.*: stage 01 assigned every bin; this stage uses only their count and labels, so set them in stage 01."

@@ -92,7 +92,8 @@ def run_specs(config: Config, inputs: Inputs, training: TrainingConfig, planes, 
         raise ConfigError(f"{training.model} reads {channels} adjacent slices but stage 06 prepared "
                           f"{list(config.prepare.channels)}; rerun 06 with --set prepare.channels=[1,{channels}]")
     return [RunSpec(inputs.prepared, plane, fold, config.cv.n_folds, training, config.seed,
-                    config.batches.fixed_order, root / training.model / plane / f"fold_{fold}")
+                    config.batches.fixed_order, root / training.model / plane / f"fold_{fold}",
+                    postprocess=config.postprocess, batch_kind=config.batches.kind)
             for plane in planes for fold in config.training_folds(folds)]
 
 
@@ -112,7 +113,8 @@ def volume_specs(config: Config, inputs: Inputs, training: TrainingConfig, folds
         data = VolumeRunData(store, *(tuple(role_subjects(inputs.folds, inner, fold, n_folds, role))
                                       for role in ("train", "inner_val")), patch, training.patch_batch_size)
         specs.append(RunSpec(inputs.prepared, VOLUME, fold, n_folds, training, config.seed,
-                             config.batches.fixed_order, root / training.model / VOLUME / f"fold_{fold}", data))
+                             config.batches.fixed_order, root / training.model / VOLUME / f"fold_{fold}", data,
+                             config.postprocess))
     return specs
 
 
@@ -182,11 +184,15 @@ def collect(specs: list[RunSpec], root: Path, **labels) -> tuple[pd.DataFrame, p
 
 
 def run_summary(spec: RunSpec, root: Path) -> dict:
-    """Epochs, best epoch, why it stopped, and time (upstream's "training time" = the epochs up to the best)."""
+    """Epochs, best epoch and its inner-validation loss, why it stopped, and time (upstream's "training
+    time" = the epochs up to the best)."""
     state = RunState.load_or_new(spec.folder, spec.settings())
     history = read_history(spec.folder)
     to_best = history.loc[history["epoch"] <= state.best_epoch, "epoch_seconds"].sum()
-    return {"epochs": state.epochs_done, "best_epoch": state.best_epoch, "best_val_loss": state.best_loss,
+    # The best epoch's own loss: with training.selection subject_dice it need not be the lowest one.
+    best_loss = history.loc[history["epoch"] == state.best_epoch, "val_loss"]
+    return {"epochs": state.epochs_done, "best_epoch": state.best_epoch,
+            "best_val_loss": float(best_loss.iloc[0]) if len(best_loss) else state.best_loss,
             "stopped": state.stopped, "train_hours": float(history["epoch_seconds"].sum()) / 3600,
             "hours_to_best": float(to_best) / 3600,
             "model_file": (spec.folder / BEST_MODEL).relative_to(root).as_posix()}

@@ -2,7 +2,9 @@
 
 A run trains on the training parts of the other folds, selects on their inner-validation parts
 (never on the test fold: ``docs/upstream-raxnet.md`` §14 item 6) and stops early when the
-inner-validation loss has not improved for ``patience`` epochs. Its folder holds:
+selection score has not improved for ``patience`` epochs: the inner-validation loss, or with
+``training.selection="subject_dice"`` the mean per-subject Dice of the inner-validation volumes
+(strokeseg.train.selection). Its folder holds:
 
 - ``state.json``       what is done: epochs, best epoch and loss, early-stopping counters, the
                        checkpoint file, and the settings the run was started with;
@@ -11,7 +13,8 @@ inner-validation loss has not improved for ``patience`` epochs. Its folder holds
                        after epoch NNNN, written each epoch; only the latest is kept;
 - ``best_epochNNNN.npz``  the same model variables at the best epoch;
 - ``history.csv``      one row per finished epoch: losses, metrics, learning rate, seconds;
-- ``best.keras``       the best model for inference (no optimizer), written when training ends.
+- ``best.keras``       the best model for inference (no optimizer), written when training ends;
+- ``progress.png``, ``tensorboard/``  the run's curves after every epoch (strokeseg.train.run_logs).
 
 Every file is written to a temporary name and renamed, and ``state.json`` is written last, so a
 run killed at any point resumes from the last finished epoch. Batch order and augmentation are
@@ -42,11 +45,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-from strokeseg.config import TrainingConfig, derive_seed
+from strokeseg.config import PostprocessConfig, TrainingConfig, derive_seed
 from strokeseg.data.prepared import PreparedSplit
 from strokeseg.errors import StrokesegError
 from strokeseg.models import build_model, is_volumetric, load_model, slice_channels
-from strokeseg.train import volume_data
+from strokeseg.train import selection, volume_data
 from strokeseg.train.augmentation import batch_augmentation
 from strokeseg.train.deep_supervision import DeepSupervisionLoss
 from strokeseg.train.distribute import global_batches, process_strategy, set_precision, strategy_scope, worker_info
@@ -54,6 +57,7 @@ from strokeseg.train.input_pipeline import batch_dataset
 from strokeseg.train.losses import LCNNLoss, get_loss
 from strokeseg.train.metrics import training_metrics
 from strokeseg.train.optimizers import build_optimizer
+from strokeseg.train.run_logs import RunLogs
 from strokeseg.workdir import atomic_path, atomic_write_text, write_csv
 
 log = logging.getLogger(__name__)
@@ -62,7 +66,7 @@ STATE = "state.json"
 HISTORY = "history.csv"
 BEST_MODEL = "best.keras"
 HISTORY_COLUMNS = ("epoch", "loss", "dice", "precision", "recall", "val_loss", "val_dice", "val_precision",
-                   "val_recall", "learning_rate", "train_seconds", "epoch_seconds")
+                   "val_recall", "learning_rate", "train_seconds", "epoch_seconds", "val_subject_dice")
 
 
 class RunSettingsError(StrokesegError):
@@ -81,16 +85,23 @@ class RunSpec:
     fixed_order: bool         # upstream's fixed batch order (config.batches.fixed_order)
     folder: Path
     volume: volume_data.VolumeRunData | None = None   # a 3-D run's patches (its plane is "volume")
+    postprocess: PostprocessConfig = PostprocessConfig()   # what training.selection="subject_dice" scores after
+    batch_kind: str = "distribution"   # config.batches.kind: a pool kind's epochs are drawn afresh
 
     def settings(self) -> dict:
         """What must match for a run folder to be resumed (recorded in state.json)."""
         training = asdict(self.training)
-        for shared in ("planes", "folds", "eval_batch_size"):  # which runs exist, not how one trains
+        # which runs exist, and what a run logs, not how one trains
+        for shared in ("planes", "folds", "eval_batch_size", "tensorboard", "overlay_every", "overlay_count"):
             training.pop(shared)
         settings = {"plane": self.plane, "test_fold": self.test_fold, "n_folds": self.n_folds,
                     "seed": self.seed, "fixed_order": self.fixed_order, "training": training}
         if self.volume is not None:
             settings["patch"] = list(self.volume.patch)
+        if self.batch_kind != "distribution":   # recorded only where it differs: older run folders still resume
+            settings["batch_kind"] = self.batch_kind
+        if self.training.selection == selection.SUBJECT_DICE:   # the rule changes which epoch is best
+            settings["selection_postprocess"] = asdict(selection.selection_postprocess(self.postprocess))
         return json.loads(json.dumps(settings, default=list))
 
     @property
@@ -206,13 +217,14 @@ def load_variables(path: Path, variables: list) -> None:
 class RunState:
     settings: dict
     epochs_done: int = 0
-    best_loss: float | None = None
+    best_loss: float | None = None    # the lowest val_loss so far: plateau reduction, and selection "val_loss"
     best_epoch: int = 0
     wait: int = 0
     plateau_wait: int = 0
     checkpoint: str | None = None
     best: str | None = None
     stopped: str | None = None        # "early_stopping" or "max_epochs" once training has ended
+    best_score: float | None = None   # the best epoch's val_subject_dice (training.selection subject_dice)
 
     @classmethod
     def load_or_new(cls, folder: Path, settings: dict) -> "RunState":
@@ -291,6 +303,7 @@ def train(spec: RunSpec, progress: bool = True) -> RunState:
     model, loss = _compiled_model(spec, state, folder, strategy, replicas, input_shape)
     # Rows of an epoch that state.json never confirmed (killed in between) are dropped and redone.
     history = [row for row in read_history(folder).to_dict("records") if row["epoch"] <= state.epochs_done]
+    logs = RunLogs(folder, spec) if chief else None   # progress.png and TensorBoard: the chief's folder only
     for epoch in range(state.epochs_done, training.max_epochs):
         _set_warmup(model, loss, epoch)
         row = _fit_epoch(model, spec, epoch, replicas, progress)
@@ -302,11 +315,16 @@ def train(spec: RunSpec, progress: bool = True) -> RunState:
         write_csv(pd.DataFrame(history, columns=list(HISTORY_COLUMNS)), folder / HISTORY)
         state.save(folder)            # last: it confirms the epoch's checkpoint and history row
         _remove_stale(folder, state)
-        log.info("%s epoch %d/%d: loss %.4f val_loss %.4f val_dice %.4f (%.1f s)%s", folder.name, epoch + 1,
-                 training.max_epochs, row["loss"], row["val_loss"], row["val_dice"], row["epoch_seconds"],
-                 "  *best*" if state.best_epoch == epoch + 1 else "")
+        if logs is not None:
+            logs.epoch_end(model, history)
+        log.info("%s epoch %d/%d: loss %.4f val_loss %.4f val_dice %.4f%s (%.1f s)%s", folder.name, epoch + 1,
+                 training.max_epochs, row["loss"], row["val_loss"], row["val_dice"],
+                 f" val_subject_dice {row['val_subject_dice']:.4f}" if np.isfinite(row["val_subject_dice"]) else "",
+                 row["epoch_seconds"], "  *best*" if state.best_epoch == epoch + 1 else "")
         if state.stopped:
             break
+    if logs is not None:
+        logs.close()
     if not state.stopped:
         state.stopped = "max_epochs"
         state.save(folder)
@@ -355,8 +373,9 @@ def _fit_epoch(model: keras.Model, spec: RunSpec, epoch: int, replicas: int, pro
         split = spec.split("train")
         # Input channel c·M + m holds image channel m of the c-th adjacent slice: M draw groups.
         augment = batch_augmentation(spec.plane, training, split.batch_shape[0][-1] // spec.channels)
-        train_data = batch_dataset(split, epoch, spec.data_seed, spec.fixed_order,
-                                   training.steps_per_epoch, replicas, augment)
+        # sample: a pool plan's slots are drawn afresh each epoch (inner_val: visited as planned)
+        train_data = batch_dataset(split, epoch, spec.data_seed, spec.fixed_order, training.steps_per_epoch,
+                                   replicas, augment, sample=True, replace=spec.batch_kind != "every_slice")
         val_data = batch_dataset(spec.split("inner_val"), 0, spec.data_seed, True, training.validation_steps,
                                  replicas)
     lr = _current_lr(model.optimizer)  # at the epoch's first step (a schedule moves on per step)
@@ -366,7 +385,9 @@ def _fit_epoch(model: keras.Model, spec: RunSpec, epoch: int, replicas: int, pro
                        verbose=_verbosity(progress))
     logs = _main_output_logs({k: float(v[-1]) for k, v in result.history.items()}, model)
     return {"epoch": epoch + 1, **{k: logs.get(k, np.nan) for k in HISTORY_COLUMNS[1:9]}, "learning_rate": lr,
-            "train_seconds": timer.train_seconds, "epoch_seconds": timer.epoch_seconds}
+            "train_seconds": timer.train_seconds, "epoch_seconds": timer.epoch_seconds,
+            "val_subject_dice": (selection.epoch_score(model, spec)
+                                 if training.selection == selection.SUBJECT_DICE else np.nan)}
 
 
 def _main_output_logs(logs: dict, model: keras.Model) -> dict:
@@ -414,19 +435,31 @@ def _set_warmup(model: keras.Model, loss, epoch: int) -> None:
 
 
 def _end_of_epoch(model, state: RunState, folder: Path, row: dict, training: TrainingConfig) -> None:
-    """Early stopping, plateau reduction and checkpoints after one finished epoch (state saved by the caller)."""
+    """Early stopping, plateau reduction and checkpoints after one finished epoch (state saved by the caller).
+
+    The best epoch and early stopping follow ``training.selection`` (the lowest val_loss, or the highest
+    val_subject_dice; ``min_delta`` applies to it); plateau reduction always follows val_loss."""
     epoch = row["epoch"]
-    improved = state.best_loss is None or row["val_loss"] < state.best_loss - training.min_delta
-    if improved:
-        state.best_loss, state.best_epoch, state.wait, state.plateau_wait = float(row["val_loss"]), epoch, 0, 0
-        state.best = f"best_epoch{epoch:04d}.npz"
-        save_variables(folder / state.best, list(model.variables))
+    loss_improved = state.best_loss is None or row["val_loss"] < state.best_loss - training.min_delta
+    if training.selection == selection.SUBJECT_DICE:
+        improved = state.best_score is None or row["val_subject_dice"] > state.best_score + training.min_delta
     else:
-        state.wait += 1
+        improved = loss_improved
+    if loss_improved:
+        state.best_loss, state.plateau_wait = float(row["val_loss"]), 0
+    else:
         state.plateau_wait += 1
         if training.plateau_factor < 1.0 and state.plateau_wait >= training.plateau_patience:
             _set_lr(model.optimizer, _current_lr(model.optimizer) * training.plateau_factor)
             state.plateau_wait = 0
+    if improved:
+        state.best_epoch, state.wait = epoch, 0
+        if training.selection == selection.SUBJECT_DICE:
+            state.best_score = float(row["val_subject_dice"])
+        state.best = f"best_epoch{epoch:04d}.npz"
+        save_variables(folder / state.best, list(model.variables))
+    else:
+        state.wait += 1
     state.checkpoint = f"checkpoint_epoch{epoch:04d}.npz"
     save_variables(folder / state.checkpoint, _state_variables(model))
     state.epochs_done = epoch
