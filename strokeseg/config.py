@@ -592,7 +592,8 @@ def _number(key: str, value: float, low: float, high: float = math.inf, low_open
 # are each model's published recipe (strokeseg.train.recipes, which a test keeps equal) plus what the
 # project fixed besides: batch, epochs, stopping, selection, augmentation, sampler, post-processing.
 _RAXNET: dict[str, object] = {}
-# Every profile but raxnet compares the other source systems' 2-D models under its own protocol.
+# Every profile but raxnet compares the other source systems' 2-D models under its own protocol, so
+# stage 06 prepares one slice (four of them) and three adjacent slices (LCNN).
 _OTHERS = ("raxnet", "unet", "lcnn", "resunet", "attention_unet")
 PROFILES: dict[str, dict[str, object]] = {
     "raxnet": _RAXNET,
@@ -610,7 +611,8 @@ PROFILES: dict[str, dict[str, object]] = {
              "comparison.model_options": {"unet": {"base_filters": 4}}, "comparison.planes": ["axial"],
              "comparison.folds": [1], "comparison.max_epochs": 2, "comparison.losses": []},
     # D: the kaggle_3m U-Net (base 32, three MR channels), D.1-D.5.
-    "lgg": {"convert.mr_normalization": "clip_zscore", "convert.clip_percentiles": [10.0, 99.0],
+    "lgg": {"prepare.channels": [1, 3], "convert.mr_normalization": "clip_zscore",
+            "convert.clip_percentiles": [10.0, 99.0],
             "cv.edge_slices": 1, "batches.kind": "foreground_weighted", "batches.foreground_floor": 0.1,
             "batches.batch_size": 16, "batches.lesion_per_batch": 8,
             "training.model": "unet", "training.model_options": {"base_filters": 32},
@@ -621,7 +623,7 @@ PROFILES: dict[str, dict[str, object]] = {
             "training.max_scaling": 0.05, "postprocess.rule": "largest",
             "comparison.models": [m for m in _OTHERS if m != "unet"], "comparison.losses": []},
     # A: LCNN on CT PNG slice folders, 2.5-D (three adjacent slices), A.1-A.5.
-    "lcnn": {"prepare.channels": [3], "batches.kind": "every_slice", "batches.batch_size": 4,
+    "lcnn": {"prepare.channels": [1, 3], "batches.kind": "every_slice", "batches.batch_size": 4,
              "batches.lesion_per_batch": 2,
              "training.model": "lcnn", "training.model_options": {}, "training.loss": "lcnn",
              "training.loss_options": {}, "training.optimizer": "adamw", "training.learning_rate": 1e-5,
@@ -631,7 +633,8 @@ PROFILES: dict[str, dict[str, object]] = {
              "comparison.models": [m for m in _OTHERS if m != "lcnn"], "comparison.losses": []},
     # B: the ResNet-50 U-Net on CT slices, B.2; ImageNet weights only from a local file
     # (training.model_options={"encoder_weights": PATH}), random initialisation by default.
-    "strokeseg-ct": {"batches.kind": "every_slice", "batches.batch_size": 8, "batches.lesion_per_batch": 4,
+    "strokeseg-ct": {"prepare.channels": [1, 3], "batches.kind": "every_slice", "batches.batch_size": 8,
+                     "batches.lesion_per_batch": 4,
                      "training.model": "resunet", "training.model_options": {},
                      "training.loss": "binary_crossentropy", "training.loss_options": {}, "training.optimizer": "adamw",
                      "training.learning_rate": 1e-4, "training.weight_decay": 0.01, "training.schedule": "constant",

@@ -130,7 +130,8 @@ def test_source_profiles_hold_what_their_projects_fixed_besides_the_recipe():
     assert (lgg.batches.kind, lgg.batches.batch_size, lgg.training.max_epochs) == ("foreground_weighted", 16, 100)
     assert (lgg.training.selection, lgg.postprocess.rule, lgg.cv.edge_slices) == ("subject_dice", "largest", 1)
     assert lgg.convert.mr_normalization == "clip_zscore" and lgg.training.model_options == {"base_filters": 32}
-    assert load_profile("lcnn").prepare.channels == (3,) and load_profile("lcnn").batches.batch_size == 4
+    lcnn = load_profile("lcnn")
+    assert (lcnn.prepare.channels, lcnn.batches.batch_size, lcnn.batches.kind) == ((1, 3), 4, "every_slice")
     isles = load_profile("isles3d")
     assert isles.dataset.source == "synthetic_multimodal" and isles.training.patch_size == (112, 112, 80)
     assert (isles.training.loss, isles.training.plateau_factor) == ("focal_tversky", 0.5)

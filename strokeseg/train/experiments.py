@@ -90,7 +90,8 @@ def run_specs(config: Config, inputs: Inputs, training: TrainingConfig, planes, 
     channels = slice_channels(training.model)
     if channels not in config.prepare.channels:
         raise ConfigError(f"{training.model} reads {channels} adjacent slices but stage 06 prepared "
-                          f"{list(config.prepare.channels)}; rerun 06 with --set prepare.channels=[1,{channels}]")
+                          f"{list(config.prepare.channels)}; rerun 06 with --set "
+                          f"prepare.channels={sorted({*config.prepare.channels, channels})}".replace(" ", ""))
     return [RunSpec(inputs.prepared, plane, fold, config.cv.n_folds, training, config.seed,
                     config.batches.fixed_order, root / training.model / plane / f"fold_{fold}",
                     postprocess=config.postprocess, batch_kind=config.batches.kind)
