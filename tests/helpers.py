@@ -73,3 +73,31 @@ def write_atlas_stores(folder, subjects, convert=None, binarize=False):
     frame = pd.DataFrame({"subject_name": [s.subject for s in subjects], "t1w": [str(s.t1w) for s in subjects],
                           "mask": [str(s.mask) for s in subjects]})
     return write_stores(folder, frame, plan, convert or ConvertConfig(), binarize, 1, progress=False)
+
+
+def train_killed_after_epoch_1(spec, monkeypatch) -> None:
+    """Train ``spec`` as if killed right after epoch 1 was recorded, then rerun it to the end."""
+    import pytest
+
+    import strokeseg.train.loop as training
+
+    save = training.RunState.save
+
+    def save_then_die(self, folder):
+        save(self, folder)
+        if self.epochs_done == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.RunState, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(spec, progress=False)
+    assert list(pd.read_csv(spec.folder / "history.csv")["epoch"]) == [1]
+    monkeypatch.setattr(training.RunState, "save", save)
+    training.train(spec, progress=False)
+
+
+def checkpoint_arrays(folder) -> list[np.ndarray]:
+    """Every array of a run folder's latest checkpoint, in name order."""
+    name = sorted(folder.glob("checkpoint_epoch*.npz"))[-1]
+    with np.load(name) as data:
+        return [data[k] for k in sorted(data.files)]

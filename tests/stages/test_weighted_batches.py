@@ -20,6 +20,8 @@ from strokeseg.protocol.splits import PARTS, without_edge_slices
 from strokeseg.train.recipes import model_training
 from strokeseg.workdir import stage_config, study_planes
 
+from helpers import checkpoint_arrays, train_killed_after_epoch_1
+
 # min_brain_fraction 0: the empty slices at the stack ends would be normal candidates but for the edge rule.
 WEIGHTED = ["batches.kind=foreground_weighted", "cv.edge_slices=1", "cv.min_brain_fraction=0",
             "prepare.channels=[1]", 'prepare.planes=["axial"]']
@@ -124,24 +126,8 @@ def test_a_weighted_run_resumes_exactly_as_if_never_interrupted(weighted_workdir
     straight, interrupted = spec("straight"), spec("interrupted")
     assert straight.split("train").weights is not None
     training.train(straight, progress=False)
-    save = training.RunState.save
-
-    def save_then_die(self, folder):
-        save(self, folder)
-        if self.epochs_done == 1:
-            raise KeyboardInterrupt  # as if killed right after epoch 1 was recorded
-
-    monkeypatch.setattr(training.RunState, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        training.train(interrupted, progress=False)
-    monkeypatch.setattr(training.RunState, "save", save)
-    training.train(interrupted, progress=False)
-
-    def checkpoint(folder):
-        with np.load(sorted(folder.glob("checkpoint_epoch*.npz"))[-1]) as data:
-            return [data[k] for k in sorted(data.files)]
-
-    for a, b in zip(checkpoint(straight.folder), checkpoint(interrupted.folder), strict=True):
+    train_killed_after_epoch_1(interrupted, monkeypatch)
+    for a, b in zip(checkpoint_arrays(straight.folder), checkpoint_arrays(interrupted.folder), strict=True):
         np.testing.assert_array_equal(a, b)   # weights, optimizer moments, step count, seed states
     columns = ["epoch", "loss", "val_loss"]
     pd.testing.assert_frame_equal(pd.read_csv(straight.folder / "history.csv")[columns],
