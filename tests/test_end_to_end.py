@@ -15,6 +15,7 @@ import pytest
 from strokeseg.config import PLANES
 from strokeseg.contracts import MEASURED_COLUMNS
 from strokeseg.data.prepared import PreparedSplit
+from strokeseg.train.run_logs import PROGRESS
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["01_dataset", "02_splitting", "03_convert", "04_cross_validation", "05_batch_distribution",
@@ -37,17 +38,20 @@ def run_stage(stage: str, workdir: Path, *args: str) -> subprocess.CompletedProc
 
 def run_all(workdir: Path, cohort: Path) -> None:
     overrides = [a for o in OVERRIDES for a in ("--set", o)]
-    run_stage("01_dataset", workdir, "--atlas-dir", str(cohort), "--workers", "2", *overrides)
+    run_stage("01_dataset", workdir, "--profile", "raxnet", "--atlas-dir", str(cohort), "--workers", "2", *overrides)
     for stage in STAGES[1:]:
         run_stage(stage, workdir)
 
 
 def digests(workdir: Path) -> dict[str, str]:
     """sha256 of every CSV and PNG of stages 01-10 by path; a CSV with columns that measure time
-    (MEASURED_COLUMNS) is hashed with those columns left out, every other file byte for byte."""
+    (MEASURED_COLUMNS) is hashed with those columns left out, every other file byte for byte, except
+    the training runs' progress figures, which plot epoch times."""
     found = {}
     for stage in [*STAGES, *LATER_STAGES]:
         for path in sorted((workdir / stage).rglob("*")):
+            if path.name == PROGRESS:
+                continue
             if path.suffix == ".png":
                 found[str(path.relative_to(workdir))] = hashlib.sha256(path.read_bytes()).hexdigest()
             elif path.suffix == ".csv":
@@ -72,6 +76,7 @@ def test_every_stage_publishes_its_outputs_and_the_config_it_used(workdir):
         assert manifest["outputs"] and manifest["synthetic_data"] is False
         configs.append(json.loads((workdir / stage / "config.json").read_text()))
     assert all(c == configs[0] for c in configs)           # given once, carried through
+    assert configs[0]["profile"] == "raxnet"
     assert configs[0]["batches"]["batch_size"] == 8
     subjects = pd.read_csv(workdir / "01_dataset" / "lesion_information_3d.csv")
     assert len(subjects) == 16

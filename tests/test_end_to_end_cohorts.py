@@ -2,7 +2,9 @@
 run.py calls; the run.py entry points themselves are run in subprocesses by test_end_to_end.py): the
 multimodal synthetic cohort (DWI + ADC, a grid per subject, sessions of one patient), a PNG
 slice-folder cohort (one plane) and a kaggle_3m-style TIFF cohort (three channels, slice numbers
-1..N unpadded). One training step per run: this checks that the stages fit together. The stages run
+1..N unpadded); and each source project's profile on its kind of data through every stage (lgg on
+kaggle_3m, lcnn and strokeseg-ct on PNG slices, isles3d on the multimodal cohort; raxnet is
+test_end_to_end.py's). One training step per run: this checks that the stages fit together. The stages run
 in this process: a subprocess per stage would pay TensorFlow's import each time."""
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 
 from strokeseg.cli import run_stage as cli_run_stage
 from strokeseg.contracts import STAGES
@@ -22,12 +25,15 @@ from conftest import tiny_subject
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ["02_splitting", "03_convert", "04_cross_validation", "05_batch_distribution", "06_preparation"]
-SMALL = ["bins.volume_edges=[0,20,100,\"inf\"]", "bins.axial_edges=[0,5,20,\"inf\"]",
+BRIEF = ["bins.volume_edges=[0,20,100,\"inf\"]", "bins.axial_edges=[0,5,20,\"inf\"]",
          "bins.sagittal_edges=[0,5,20,\"inf\"]", "bins.coronal_edges=[0,5,20,\"inf\"]", "cv.n_folds=3",
          "batches.batch_size=8", "batches.lesion_per_batch=4", "training.folds=[1]", "training.max_epochs=1",
-         "training.steps_per_epoch=1", "training.validation_steps=1",
-         # The model is not what these tests are about: a 4-filter U-Net is the cheapest to build and trace.
-         "training.model=unet", "training.model_options={\"base_filters\": 4}"]
+         "training.steps_per_epoch=1", "training.validation_steps=1"]
+# The model is not what the cohort tests are about: a 4-filter U-Net is the cheapest to build and trace.
+SMALL = BRIEF + ["training.model=unet", "training.model_options={\"base_filters\": 4}"]
+# A profile's own model, shrunk where it has a width option, and stage 09 with one tiny comparison model.
+TINY_COMPARISON = ["comparison.models=[\"unet\"]", "comparison.model_options={\"unet\": {\"base_filters\": 4}}",
+                   "comparison.folds=[1]", "comparison.max_epochs=1"]
 
 
 COMMAND = {stage.folder: stage.command for stage in STAGES}
@@ -39,11 +45,19 @@ def run_stage(stage: str, workdir: Path, *args: str) -> None:
     assert code == 0, stage
 
 
-def run_study(workdir: Path, *dataset_args: str) -> Path:
-    run_stage("01_dataset", workdir, *dataset_args, "--workers", "1", *[a for o in SMALL for a in ("--set", o)])
+def run_study(workdir: Path, *dataset_args: str, overrides: list[str] = SMALL, every_stage: bool = False) -> Path:
+    """Stages 01 -> 10 (07 and 09 too with ``every_stage``: a profile's study, as its user runs it)."""
+    run_stage("01_dataset", workdir, *dataset_args, "--workers", "1", *[a for o in overrides for a in ("--set", o)])
     for stage in DATA:
         run_stage(stage, workdir)
+    config = json.loads((workdir / "06_preparation" / "config.json").read_text())
+    if every_stage:
+        # the model table is a smoke test here: the cheapest model, the smallest measurement
+        run_stage("07_models", workdir, "--quick", "--models", "unet", "--planes", config["training"]["planes"][0],
+                  "--matmul-size", "256", "--repeats", "1")
     run_stage("08_training", workdir)
+    if every_stage:
+        run_stage("09_comparison", workdir)
     run_stage("10_fusion", workdir)
     return workdir
 
@@ -107,19 +121,77 @@ def write_png_cohort(root: Path, n_patients: int = 10) -> Path:
     return root
 
 
-def test_png_slice_cohort_is_a_one_plane_study(tmp_path):
-    workdir = run_study(tmp_path / "work", "--data-dir", str(write_png_cohort(tmp_path / "ct")))
+@pytest.fixture(scope="module")
+def png_cohort(tmp_path_factory) -> Path:
+    return write_png_cohort(tmp_path_factory.mktemp("ct"))
+
+
+def check_profile_study(workdir: Path, profile: str, model: str) -> pd.DataFrame:
+    """Every stage published under the profile, one run of its model with its run logs, 10's tables."""
+    for stage in STAGES:
+        assert (workdir / stage.folder / "manifest.json").is_file(), stage.folder
+    assert json.loads((workdir / "10_fusion" / "config.json").read_text())["profile"] == profile
+    runs = pd.read_csv(workdir / "08_training" / "runs.csv")
+    assert set(runs["model"]) == {model}
+    run = (workdir / "08_training" / runs["model_file"].iloc[0]).parent
+    assert (run / "progress.png").is_file() and any((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert (workdir / "09_comparison" / "runs.csv").is_file()
+    tiers = pd.read_csv(workdir / "10_fusion" / "dice_tiers.csv")
+    assert {"all", "lesion"} <= set(tiers["group"])
+    return pd.read_csv(workdir / "10_fusion" / "subjects.csv")
+
+
+def test_lcnn_profile_is_a_one_plane_study_of_png_slices_with_three_adjacent_slices(png_cohort, tmp_path):
+    workdir = run_study(tmp_path / "work", "--profile", "lcnn", "--data-dir", str(png_cohort), every_stage=True,
+                        overrides=BRIEF + TINY_COMPARISON + ["training.model_options={\"width\": 0.125}"])
     config = json.loads((workdir / "01_dataset" / "config.json").read_text())
     assert config["dataset"]["source"] == "png_slices"                 # detected from the layout
-    assert config["training"]["planes"] == ["axial"]
+    assert config["training"]["planes"] == ["axial"] and config["prepare"]["channels"] == [1, 3]
     assert not (workdir / "01_dataset" / "lesion_information_sagittal.csv").exists()
     assert sorted(p.name for p in (workdir / "03_convert").iterdir() if p.is_dir()) == ["axial"]
+    assert (workdir / "06_preparation" / "axial" / "fold_1" / "train_images_c3.npy").is_file()
     check_group_disjoint_folds(workdir)
     holdout = check_masks_on_own_grids(workdir, "ct")
-    subjects = pd.read_csv(workdir / "10_fusion" / "subjects.csv")
+    subjects = check_profile_study(workdir, "lcnn", "lcnn")
     assert set(subjects["mask"]) == {"axial", "fused"} and set(subjects["units"]) == {"voxels"}
     assert not (workdir / "10_fusion" / "fusion_gain.csv").exists()    # one plane: nothing fused
     assert len(subjects) == 2 * len(holdout)
+    history = next((workdir / "08_training").rglob("history.csv"))
+    assert pd.read_csv(history)["val_subject_dice"].between(0, 1).all()   # selected on per-subject Dice
+
+
+def test_strokeseg_ct_profile_trains_the_resnet50_unet_from_random_weights(png_cohort, tmp_path):
+    workdir = run_study(tmp_path / "work", "--profile", "strokeseg-ct", "--data-dir", str(png_cohort),
+                        every_stage=True, overrides=BRIEF + TINY_COMPARISON)
+    config = json.loads((workdir / "10_fusion" / "config.json").read_text())
+    assert config["training"]["loss"] == "binary_crossentropy" and config["training"]["model_options"] == {}
+    check_masks_on_own_grids(workdir, "ct")
+    check_profile_study(workdir, "strokeseg-ct", "resunet")
+
+
+def test_isles3d_profile_trains_the_3d_attention_unet_on_dwi_and_adc(tmp_path, capsys):
+    workdir = run_study(tmp_path / "work", "--profile", "isles3d", "--n-subjects", "12", "--downsample", "2",
+                        every_stage=True, overrides=BRIEF + [
+                            "training.model_options={\"width\": 0.125}", "training.patch_size=[16,16,16]",
+                            "training.patch_steps=1", "training.patch_validation_steps=1",
+                            "comparison.model_options={\"unet3d\": {\"width\": 0.125}}", "comparison.folds=[1]",
+                            "comparison.max_epochs=1"])
+    plan = json.loads((workdir / "01_dataset" / "grid_plan.json").read_text())
+    assert plan["channels"] == ["dwi", "adc"]
+    check_masks_on_own_grids(workdir, "dwi")
+    subjects = check_profile_study(workdir, "isles3d", "attention_unet3d")
+    assert set(subjects["mask"]) == {"volume", "fused"}                  # a 3-D study: the fused mask is its own
+    assert (workdir / "10_fusion" / "models" / "volume.keras").is_file()  # predicted by sliding windows
+    assert not (workdir / "10_fusion" / "fusion_gain.csv").exists()     # no planes to fuse
+    capsys.readouterr()
+    assert cli_run_stage(COMMAND["10_fusion"], ["--workdir", str(workdir), "--quiet", "--min-lesion-voxels", "auto"],
+                         default_workdir=ROOT) == 2
+    assert "tri-planar studies" in capsys.readouterr().err
+    assert set(pd.read_csv(workdir / "09_comparison" / "runs.csv")["model"]) == {"unet3d"}
+    tiers = pd.read_csv(workdir / "10_fusion" / "dice_tiers.csv")
+    volume = tiers[tiers["mask"] == "volume"].set_index("group")       # all cases, and those with a lesion
+    scored = subjects[subjects["mask"] == "volume"]
+    assert volume.loc["all", "n"] == len(scored) and volume.loc["lesion", "n"] == (scored["truth_voxels"] > 0).sum()
 
 
 def write_kaggle_cohort(root: Path, n_patients: int = 10) -> Path:
@@ -138,9 +210,13 @@ def write_kaggle_cohort(root: Path, n_patients: int = 10) -> Path:
     return root
 
 
-def test_kaggle_3m_cohort_has_three_channels_in_numeric_slice_order(tmp_path):
+def test_lgg_profile_on_kaggle_3m_has_three_channels_in_numeric_slice_order(tmp_path):
     source = write_kaggle_cohort(tmp_path / "kaggle_3m")
-    workdir = run_study(tmp_path / "work", "--data-dir", str(source), "--spacing", "1,1,2.5")
+    workdir = run_study(tmp_path / "work", "--profile", "lgg", "--data-dir", str(source), "--spacing", "1,1,2.5",
+                        every_stage=True, overrides=BRIEF + [
+                            "training.model_options={\"base_filters\": 4}", "comparison.models=[\"raxnet\"]",
+                            "comparison.model_options={\"raxnet\": {\"width\": 0.125}}", "comparison.folds=[1]",
+                            "comparison.max_epochs=1"])
     plan = json.loads((workdir / "01_dataset" / "grid_plan.json").read_text())
     assert plan["channels"] == ["pre_contrast", "flair", "post_contrast"] and plan["planes"] == ["axial"]
     cohort = pd.read_csv(workdir / "01_dataset" / "cohort.csv")
@@ -153,8 +229,14 @@ def test_kaggle_3m_cohort_has_three_channels_in_numeric_slice_order(tmp_path):
     assert folds["group"].str.fullmatch(r"TCGA_CS_\d{4}").all()
     store = np.load(workdir / "03_convert" / "axial" / "images.npy", mmap_mode="r")
     assert store.shape[1] == 3
-    check_masks_on_own_grids(workdir, "flair")
-    assert set(pd.read_csv(workdir / "10_fusion" / "subjects.csv")["units"]) == {"mm"}
+    plans = pd.read_csv(workdir / "05_batch_distribution" / "axial" / "fold_1" / "train_batches.csv")
+    assert "weight" in plans and not plans["slice"].isin([0, 10]).any()    # the first and last slices dropped
+    holdout = check_masks_on_own_grids(workdir, "flair")
+    subjects = check_profile_study(workdir, "lgg", "unet")
+    assert set(subjects["units"]) == {"mm"}
+    for name in holdout["subject_name"]:                                    # the largest component only
+        mask = np.asarray(nib.load(workdir / "10_fusion" / "masks" / f"{name}_fused_mask.nii.gz").dataobj)
+        assert ndimage.label(mask > 0)[1] <= 1
 
 
 def test_predict_takes_nnunet_named_two_channel_cases_and_writes_masks_on_their_own_grids(multimodal, tmp_path):

@@ -8,6 +8,7 @@ bottleneck, which is enough to exercise it).
 from __future__ import annotations
 
 import keras
+import numpy as np
 import pytest
 
 from strokeseg.models import build_model, clci
@@ -34,3 +35,15 @@ def test_image_pooling_is_broadcast_to_the_bottleneck_of_each_canvas(canvas):
 def test_adjacent_slices_as_channels_and_non_square_input():
     keras.utils.set_random_seed(0)
     _probabilities(clci.build((32, 48, 3)), _batch((32, 48, 3))[0])
+
+
+def test_save_and_reload_in_safe_mode_keep_the_outputs(tmp_path):
+    from strokeseg.models import load_model
+
+    keras.utils.set_random_seed(0)
+    model = clci.build((32, 32, 1))
+    x = _batch((32, 32, 1))[0]
+    model.save(tmp_path / "clci.keras")
+    reloaded = load_model(tmp_path / "clci.keras")      # safe mode, as best.keras and predict load it
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded(x, training=False)),
+                               keras.ops.convert_to_numpy(model(x, training=False)), atol=1e-6)

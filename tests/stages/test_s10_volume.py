@@ -1,6 +1,7 @@
 """Stage 10 with 3-D models on the tiny cohort: the tri-planar fusion, a stage-09 3-D model and their
-average on the same hold-out subjects with the paired tests against the fused mask; a study whose
-stage-08 model is 3-D; and the exported 3-D models folders predict as ``strokeseg predict`` does.
+average on the same hold-out subjects with the paired tests against the fused mask; and the exported
+3-D models folders predict as ``strokeseg predict`` does. (A study whose stage-08 model is 3-D is the
+isles3d profile's, tests/test_end_to_end_cohorts.py.)
 
 Stages 08 and 09 run for real, as briefly as they can (one fold, one step, tiny widths)."""
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pandas as pd
 import pytest
 
 from strokeseg import cli
-from strokeseg.config import VOLUME, apply_overrides
+from strokeseg.config import apply_overrides
 from strokeseg.workdir import stage_config
 
 BRIEF = ["training.folds=[1]", "training.max_epochs=1", "training.steps_per_epoch=1",
@@ -88,20 +89,3 @@ def test_the_3d_models_folder_predicts_a_holdout_volume(compared, tmp_path):
 def test_bad_3d_options_are_one_line_errors(compared, capsys, arguments, says):
     assert cli.main(["fusion", "--workdir", str(compared), "--quiet", *arguments]) == 2
     assert says in capsys.readouterr().err
-
-
-def test_a_study_whose_stage_08_model_is_3d_predicts_the_holdout_by_sliding_windows(volume_workdir,
-                                                                                     tmp_path_factory, capsys):
-    from strokeseg.stages import s08_training
-
-    workdir = _copy(volume_workdir, tmp_path_factory, "three_d")
-    config = apply_overrides(stage_config(workdir, "06_preparation"),
-                             BRIEF + ["training.model=unet3d", "training.model_options={\"width\": 0.125}"]).validate()
-    s08_training.run(workdir, config, progress=False)
-    assert cli.main(["fusion", "--workdir", str(workdir), "--quiet", "--min-lesion-voxels", "auto"]) == 2
-    assert "tri-planar studies" in capsys.readouterr().err
-    assert cli.main(["fusion", "--workdir", str(workdir), "--quiet", "--overlays", "0"]) == 0
-    subjects = pd.read_csv(workdir / "10_fusion" / "subjects.csv")
-    assert set(subjects["mask"]) == {VOLUME, "fused"}
-    assert (workdir / "10_fusion" / "models" / "volume.keras").is_file()
-    assert not (workdir / "10_fusion" / "fusion_gain.csv").exists()
