@@ -90,17 +90,20 @@ class RunLogs:
                 data = self.spec.volume.dataset("inner_val", 0, self.spec.data_seed,
                                                 self.spec.training.patch_validation_steps)
                 self._examples = volume_examples(data.as_numpy_iterator(), count)
+        if not self._examples:
+            return np.zeros((0, 1, 1, 3), np.uint8)
+        # one call for every example (the same shape): a model called eagerly pays its overhead per call
+        probabilities = model(np.stack([image for image, _, _ in self._examples]), training=False)
+        if isinstance(probabilities, (list, tuple)):   # deep supervision: the full-resolution output first
+            probabilities = probabilities[0]
+        probabilities = keras.ops.convert_to_numpy(probabilities)
         drawn = []
-        for image, truth, depth in self._examples:
-            probability = model(image[None], training=False)
-            if isinstance(probability, (list, tuple)):   # deep supervision: the full-resolution output first
-                probability = probability[0]
-            probability = keras.ops.convert_to_numpy(probability)[0]
+        for (image, truth, depth), probability in zip(self._examples, probabilities):
             if depth is not None:           # a 3-D patch: its section at ``depth`` along the last spatial axis
                 image, truth, probability = (a[..., depth, :] for a in (image, truth, probability))
             grey = image[..., centre_channel(image.shape[-1], self.spec.channels)]
             drawn.append(overlay_image(grey, truth[..., 0] > 0, probability[..., 0] >= 0.5))
-        return np.stack(drawn) if drawn else np.zeros((0, 1, 1, 3), np.uint8)
+        return np.stack(drawn)
 
 
 def slice_examples(split: PreparedSplit, count: int) -> list[tuple[np.ndarray, np.ndarray, None]]:
