@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from strokeseg.cli import run_stage as cli_run_stage
 from strokeseg.contracts import STAGES
+from strokeseg.data.grid_plan import GridPlan, native_grid
 
 from conftest import tiny_subject
 
@@ -195,11 +196,12 @@ def test_isles3d_profile_trains_the_3d_attention_unet_on_dwi_and_adc(tmp_path, c
 
 
 def write_kaggle_cohort(root: Path, n_patients: int = 10) -> Path:
-    """<p>/<p>_<n>.tif (RGB) + <p>/<p>_<n>_mask.tif, n = 1..N unpadded, two sessions of one patient."""
+    """<p>/<p>_<n>.tif (RGB) + <p>/<p>_<n>_mask.tif, n = 1..N unpadded (N = 11 or 13), two sessions of one
+    patient."""
     rng = np.random.default_rng(5)
     for p in range(n_patients):
         patient = f"TCGA_CS_{4941 + min(p, 8)}_1996{1001 + p:04d}"    # patients 8 and 9: one person
-        t1, mask = tiny_subject(rng, (20, 20, 11))
+        t1, mask = tiny_subject(rng, (20, 20, 11 + 2 * (p % 2)))       # two stack heights: a target-spacing plan
         folder = root / patient
         folder.mkdir(parents=True)
         for k in range(t1.shape[2]):
@@ -229,8 +231,13 @@ def test_lgg_profile_on_kaggle_3m_has_three_channels_in_numeric_slice_order(tmp_
     assert folds["group"].str.fullmatch(r"TCGA_CS_\d{4}").all()
     store = np.load(workdir / "03_convert" / "axial" / "images.npy", mmap_mode="r")
     assert store.shape[1] == 3
-    plans = pd.read_csv(workdir / "05_batch_distribution" / "axial" / "fold_1" / "train_batches.csv")
-    assert "weight" in plans and not plans["slice"].isin([0, 10]).any()    # the first and last slices dropped
+    plans = pd.concat(pd.read_csv(path) for path in (workdir / "05_batch_distribution").rglob("*_batches.csv"))
+    assert "weight" in plans
+    grid = GridPlan.read(workdir / "01_dataset")
+    own = {row.subject_name: grid.extent(native_grid(Path(row.flair)), 2) for row in cohort.itertuples()}
+    assert {first for first, _ in own.values()} == {0, 1}                 # 11 slices centred among 13
+    first, last = zip(*plans["subject_name"].map(own))
+    assert (plans["slice"] > np.array(first)).all() and (plans["slice"] < np.array(last)).all()   # ends dropped
     holdout = check_masks_on_own_grids(workdir, "flair")
     subjects = check_profile_study(workdir, "lgg", "unet")
     assert set(subjects["units"]) == {"mm"}

@@ -100,6 +100,16 @@ class GridPlan:
         shift[:3, 3] = -offset
         return ras_affine @ scale @ shift
 
+    def extent(self, native: NativeGrid, axis: int) -> tuple[int, int]:
+        """The first and last index along plan axis ``axis`` (0, 1, 2: R, A, S) of the slices that hold
+        the subject's own volume: every slice on a fixed plan, the centred ones on a target-spacing plan
+        (the rest is padding up to the largest subject)."""
+        if self.kind == "fixed":
+            return 0, int(self.shape[axis]) - 1
+        size = int(self.resampled_shape(native)[axis])
+        first = (int(self.shape[axis]) - size) // 2
+        return first, first + size - 1
+
     def resampled_shape(self, native: NativeGrid) -> np.ndarray:
         """The subject's extent on the target voxel size, per RAS axis (before centring)."""
         ras_shape, ras_spacing = native.ras_shape_spacing()
@@ -175,6 +185,15 @@ class GridPlan:
             raise InputError(path, "grid plan not found (rerun 01_dataset)") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(path, f"unreadable grid plan ({exc.__class__.__name__}: {exc})") from None
+
+
+def native_grid(path: Path) -> NativeGrid:
+    """A subject's grid from the header of its first channel's file (no voxels read)."""
+    try:
+        header = nib.load(str(path))
+    except Exception as exc:  # nibabel raises several types for non-NIfTI files
+        raise InputError(path, f"not a readable NIfTI file ({exc.__class__.__name__})") from None
+    return NativeGrid(tuple(int(s) for s in header.shape[:3]), np.asarray(header.affine, dtype=float))
 
 
 def make_plan(grids: list[NativeGrid], kind: str, channels: tuple[str, ...], channel_kinds: tuple[str, ...],

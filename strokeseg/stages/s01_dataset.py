@@ -30,7 +30,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -48,7 +47,7 @@ from strokeseg.contracts import (
     plane_lesions_csv,
 )
 from strokeseg.data import lesion_locations, lesions, readers, region_atlas, synthetic, synthetic_multimodal
-from strokeseg.data.grid_plan import GridPlan, NativeGrid, make_plan
+from strokeseg.data.grid_plan import GridPlan, NativeGrid, make_plan, native_grid
 from strokeseg.data.nifti import write_nifti
 from strokeseg.data.planned import load_planned
 from strokeseg.data.subjects import Cohort, Subject
@@ -193,12 +192,7 @@ class _Materialise:
 
 def _native_grid(subject: Subject) -> NativeGrid:
     """The subject's grid from its first channel's header (no voxels read)."""
-    path = subject.channels[0][1]
-    try:
-        header = nib.load(str(path))
-    except Exception as exc:  # nibabel raises several types for non-NIfTI files
-        raise InputError(path, f"not a readable NIfTI file ({exc.__class__.__name__})") from None
-    return NativeGrid(tuple(int(s) for s in header.shape[:3]), np.asarray(header.affine, dtype=float))
+    return native_grid(subject.channels[0][1])
 
 
 def _location_setup(workdir: Path, config: Config, subjects: list[Subject],

@@ -21,8 +21,10 @@ import pandas as pd
 
 from strokeseg.config import POOL_BATCH_KINDS, Config, derive_seed
 from strokeseg.contracts import (
+    COHORT_CSV,
     CONVERT,
     CROSS_VALIDATION,
+    DATASET,
     FOLDS_CSV,
     SPLITTING,
     TRAIN_SUBJECTS_CSV,
@@ -30,12 +32,23 @@ from strokeseg.contracts import (
     normal_slices_csv,
     plane_lesions_80_csv,
 )
+from strokeseg.data.grid_plan import native_grid
+from strokeseg.data.planes import AXIS as PLANE_AXIS
 from strokeseg.data.stores import store_geometry, store_index
 from strokeseg.errors import StrokesegError
 from strokeseg.protocol.balance import PERMUTATION_COLUMN, fold_balance_tests
 from strokeseg.protocol.splits import normal_candidates, select_normal_slices, subject_folds, without_edge_slices
 from strokeseg.report import figures
-from strokeseg.workdir import StageWriter, is_synthetic_run, read_csv, require_stage, stage_dir, study_planes, write_csv
+from strokeseg.workdir import (
+    StageWriter,
+    grid_plan,
+    is_synthetic_run,
+    read_csv,
+    require_stage,
+    stage_dir,
+    study_planes,
+    write_csv,
+)
 
 STAGE = CROSS_VALIDATION
 BALANCE_CSV = "balance_tests.csv"
@@ -56,10 +69,11 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
         for plane in planes:
             (out.path / plane).mkdir()
             index = store_index(stores, plane)
-            lesion_slices = without_edge_slices(read_csv(split / plane_lesions_80_csv(plane)), index,
+            stacks = _own_slices(workdir, plane, index) if config.cv.edge_slices else index
+            lesion_slices = without_edge_slices(read_csv(split / plane_lesions_80_csv(plane)), stacks,
                                                 config.cv.edge_slices)
             lesion_slices["fold"] = lesion_slices["subject_name"].map(fold_of)
-            index = without_edge_slices(index, index, config.cv.edge_slices)
+            index = without_edge_slices(index, stacks, config.cv.edge_slices)
             index["fold"] = index["subject_name"].map(fold_of)
             h, w = store_geometry(stores, plane).canvas.slice_shape
             min_brain = math.ceil(config.cv.min_brain_fraction * h * w)
@@ -101,3 +115,18 @@ def check_subject_disjoint(folder: Path, n_folds: int, planes: tuple[str, ...]) 
                     if owner.setdefault(subject, fold) != fold:
                         raise StrokesegError(f"{folder / name}: subject {subject} is in folds "
                                              f"{owner[subject]} and {fold}")
+
+
+def _own_slices(workdir: Path, plane: str, index: pd.DataFrame) -> pd.DataFrame:
+    """The first and last slice of each subject's own volume in ``plane`` (subject_name, slice; two rows
+    per subject): on a target-spacing plan a subject is centred in a plan volume padded up to the
+    largest subject, so the ends of its own stack, which ``cv.edge_slices`` drops, are not the store's."""
+    plan = grid_plan(workdir)
+    if plan.kind == "fixed":
+        return index
+    cohort = read_csv(require_stage(workdir, DATASET) / COHORT_CSV)
+    rows = []
+    for subject, path in zip(cohort["subject_name"], cohort[plan.channels[0]]):
+        first, last = plan.extent(native_grid(Path(path)), PLANE_AXIS[plane])
+        rows += [(subject, first), (subject, last)]
+    return pd.DataFrame(rows, columns=["subject_name", "slice"])

@@ -42,6 +42,19 @@ def test_target_spacing_is_the_median_ras_spacing_and_the_shape_holds_every_subj
     assert np.unravel_index(np.argmax(placed), placed.shape) == (19, 4, 2)
 
 
+def test_a_subjects_own_slices_are_its_centred_extent_on_a_target_spacing_plan():
+    las = NativeGrid((20, 10, 6), np.diag([-2.0, 2.0, 3.0, 1.0]))
+    ras = NativeGrid((16, 12, 5), np.diag([2.0, 2.0, 3.0, 1.0]))
+    plan = plan_of([las, ras])                                # shape (20, 12, 6)
+    assert [plan.extent(ras, axis) for axis in range(3)] == [(2, 17), (0, 11), (0, 4)]
+    assert [plan.extent(las, axis) for axis in range(3)] == [(0, 19), (1, 10), (0, 5)]
+    volume = plan.to_plan(np.ones(ras.shape, np.float32), ras)   # where the subject's voxels really land
+    assert [tuple(np.flatnonzero(volume.any(axis=tuple({0, 1, 2} - {a})))[[0, -1]]) for a in range(3)] == \
+        [plan.extent(ras, axis) for axis in range(3)]
+    fixed = plan_of([ras, ras])
+    assert fixed.extent(ras, 2) == (0, 4)                     # a fixed plan: every slice is the subject's
+
+
 def test_a_mask_goes_to_the_plan_and_back_unchanged_when_the_spacing_is_kept(tmp_path):
     rng = np.random.default_rng(0)
     affine = np.diag([-2.0, 2.0, 2.5, 1.0])
