@@ -140,8 +140,8 @@ def scan_file(tmp_path) -> Path:
 
 # make test runs each file on one pytest-xdist worker (--dist loadfile) in collection order: the longest
 # files go first, so that no long file starts last and keeps one worker busy while the other is idle.
-LONGEST_FILES_FIRST = ("test_end_to_end.py", "test_loop.py", "test_jax_backend.py", "test_s08_training.py",
-                       "test_end_to_end_cohorts.py", "test_gpu_check.py")
+LONGEST_FILES_FIRST = ("test_profiles.py", "test_end_to_end.py", "test_s08_training.py", "test_jax_backend.py",
+                       "test_loop.py", "test_volume_runs.py", "test_gpu_check.py", "test_end_to_end_cohorts.py")
 
 
 def pytest_collection_modifyitems(items):

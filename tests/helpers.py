@@ -1,9 +1,15 @@
 """Helpers shared by test modules of several packages (fixtures live in conftest.py)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from strokeseg.cli import run_stage as cli_run_stage
+from strokeseg.contracts import STAGES
 from strokeseg.data.stores import SliceStore
 from strokeseg.protocol.batches import compose_batches
 
@@ -101,3 +107,58 @@ def checkpoint_arrays(folder) -> list[np.ndarray]:
     name = sorted(folder.glob("checkpoint_epoch*.npz"))[-1]
     with np.load(name) as data:
         return [data[k] for k in sorted(data.files)]
+
+
+# Studies through every stage, in this process ---------------------------------------------------------
+# ``strokeseg.cli.run_stage`` is what every run.py calls (the run.py entry points themselves run in
+# subprocesses in test_end_to_end.py); in this process, a stage does not pay TensorFlow's import again.
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ["02_splitting", "03_convert", "04_cross_validation", "05_batch_distribution", "06_preparation"]
+BRIEF = ["bins.volume_edges=[0,20,100,\"inf\"]", "bins.axial_edges=[0,5,20,\"inf\"]",
+         "bins.sagittal_edges=[0,5,20,\"inf\"]", "bins.coronal_edges=[0,5,20,\"inf\"]", "cv.n_folds=3",
+         "batches.batch_size=8", "batches.lesion_per_batch=4", "training.folds=[1]", "training.max_epochs=1",
+         "training.steps_per_epoch=1", "training.validation_steps=1"]
+# Where the model is not what a study is about: a 4-filter U-Net is the cheapest to build and trace.
+SMALL = BRIEF + ["training.model=unet", "training.model_options={\"base_filters\": 4}"]
+COMMAND = {stage.folder: stage.command for stage in STAGES}
+
+
+def run_stage(stage: str, workdir: Path, *args: str) -> None:
+    """``<stage>/run.py --workdir WORKDIR --quiet ARGS``, in this process (its errors: captured stderr)."""
+    code = cli_run_stage(COMMAND[stage], ["--workdir", str(workdir), "--quiet", *args], default_workdir=ROOT)
+    assert code == 0, stage
+
+
+def run_study(workdir: Path, *dataset_args: str, overrides: list[str] = SMALL, every_stage: bool = False) -> Path:
+    """Stages 01 -> 10 (07 and 09 too with ``every_stage``: a profile's study, as its user runs it)."""
+    run_stage("01_dataset", workdir, *dataset_args, "--workers", "1", *[a for o in overrides for a in ("--set", o)])
+    for stage in DATA:
+        run_stage(stage, workdir)
+    config = json.loads((workdir / "06_preparation" / "config.json").read_text())
+    if every_stage:
+        # the model table is a smoke test here: the cheapest model, the smallest measurement
+        run_stage("07_models", workdir, "--quick", "--models", "unet", "--planes", config["training"]["planes"][0],
+                  "--matmul-size", "256", "--repeats", "1")
+    run_stage("08_training", workdir)
+    if every_stage:
+        run_stage("09_comparison", workdir)
+    run_stage("10_fusion", workdir)
+    return workdir
+
+
+def check_group_disjoint_folds(workdir: Path) -> pd.DataFrame:
+    folds = pd.read_csv(workdir / "04_cross_validation" / "folds.csv")
+    assert (folds.groupby("group")["fold"].nunique() == 1).all()
+    holdout = set(pd.read_csv(workdir / "02_splitting" / "subjects_20.csv")["group"])
+    assert not holdout & set(folds["group"])
+    return folds
+
+
+def check_masks_on_own_grids(workdir: Path, image_column: str) -> pd.DataFrame:
+    holdout = pd.read_csv(workdir / "03_convert" / "holdout.csv")
+    for row in holdout.itertuples():
+        mask = nib.load(workdir / "10_fusion" / "masks" / f"{row.subject_name}_fused_mask.nii.gz")
+        image = nib.load(getattr(row, image_column))
+        assert mask.shape == image.shape and np.allclose(mask.affine, image.affine)
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+    return holdout

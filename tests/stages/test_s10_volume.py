@@ -1,7 +1,7 @@
 """Stage 10 with 3-D models on the tiny cohort: the tri-planar fusion, a stage-09 3-D model and their
 average on the same hold-out subjects with the paired tests against the fused mask; and the exported
 3-D models folders predict as ``strokeseg predict`` does. (A study whose stage-08 model is 3-D is the
-isles3d profile's, tests/test_end_to_end_cohorts.py.)
+isles3d profile's, tests/test_profiles.py.)
 
 Stages 08 and 09 run for real, as briefly as they can (one fold, one step, tiny widths)."""
 from __future__ import annotations

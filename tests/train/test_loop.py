@@ -48,7 +48,7 @@ def trained_runs(prepared_workdir, tmp_path_factory):
 
 # The loop does not depend on the architecture (LCNN's alignment term aside), so the slowest to trace are
 # left out here: LCNN and the ResNet-50 U-Net train through stage 08 and load in stage 10 in their
-# profiles' studies (tests/test_end_to_end_cohorts.py), X-Net and CLCI-Net train in
+# profiles' studies (tests/test_profiles.py), X-Net and CLCI-Net train in
 # tests/models/test_model_contract.py and reload in safe mode in their own test files; 3-D models:
 # test_volume_runs.py.
 TESTED_ELSEWHERE = ("lcnn", "resunet", "xnet", "clci")
