@@ -94,6 +94,8 @@ class RunSpec:
         # which runs exist, and what a run logs, not how one trains
         for shared in ("planes", "folds", "eval_batch_size", "tensorboard", "overlay_every", "overlay_count"):
             training.pop(shared)
+        if training["selection"] == "val_loss":   # the rule before it was a setting: older run folders resume
+            training.pop("selection")
         settings = {"plane": self.plane, "test_fold": self.test_fold, "n_folds": self.n_folds,
                     "seed": self.seed, "fixed_order": self.fixed_order, "training": training}
         if self.volume is not None:

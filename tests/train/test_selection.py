@@ -105,7 +105,9 @@ def test_a_run_selecting_on_subject_dice_keeps_the_epoch_with_the_best_mean_dice
 def test_selecting_on_the_loss_keeps_the_lowest_loss_rule_and_the_settings_of_earlier_runs(tmp_path):
     config = model_training(Config(), "unet", "published")
     spec = training.RunSpec(tmp_path, "axial", 1, 3, config, 0, False, tmp_path, postprocess=LARGEST)
-    assert "selection_postprocess" not in spec.settings()   # run folders started before still resume
+    settings = spec.settings()                              # run folders started before still resume:
+    assert "selection_postprocess" not in settings and "selection" not in settings["training"]
+    assert "tensorboard" not in settings["training"]          # nor do the logs decide whether a run resumes
     state, model = training.RunState({}), _Model()
     for epoch, loss in enumerate([0.5, 0.4], start=1):
         training._end_of_epoch(model, state, tmp_path, {"epoch": epoch, "val_loss": loss, "val_subject_dice": np.nan},
