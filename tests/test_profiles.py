@@ -91,7 +91,7 @@ def test_strokeseg_ct_profile_trains_the_resnet50_unet_from_random_weights(png_c
 def test_isles3d_profile_trains_the_3d_attention_unet_on_dwi_and_adc(tmp_path, capsys):
     workdir = run_study(tmp_path / "work", "--profile", "isles3d", "--n-subjects", "12", "--downsample", "2",
                         every_stage=True, overrides=BRIEF + [
-                            "training.model_options={\"width\": 0.125}", "training.patch_size=[16,16,16]",
+                            "training.model_options={\"width\": 0.125}", "training.patch_size=[32,32,32]",
                             "training.patch_steps=1", "training.patch_validation_steps=1",
                             "comparison.model_options={\"unet3d\": {\"width\": 0.125}}", "comparison.folds=[1]",
                             "comparison.max_epochs=1"])
