@@ -191,6 +191,12 @@ class PostprocessConfig:
     rule: str = "none"
     min_lesion_voxels: int = 0
 
+    def removal(self) -> tuple[int, bool]:
+        """(smallest component kept, largest only) of this rule, as
+        strokeseg.infer.postprocessing.postprocess takes them: "none" and "auto" (whose choice is made
+        later, on cross-validation) remove nothing."""
+        return (self.min_lesion_voxels if self.rule == "min_size" else 0), self.rule == "largest"
+
 
 @dataclass(frozen=True)
 class ComparisonConfig:

@@ -217,10 +217,9 @@ class FusionStageOptions:
     def settings(self, weights: dict[str, float] | None, postprocess: tuple[str, int] | None = None) -> FusionSettings:
         """The fusion settings of this run; ``postprocess``: the (rule, size) applied (auto's choice, or
         the config's), by default :meth:`postprocess` of the flags alone (``auto``: nothing removed yet)."""
-        rule, size = postprocess or self.postprocess()
+        min_voxels, largest = PostprocessConfig(*(postprocess or self.postprocess())).removal()
         return FusionSettings(rule=self.fusion, threshold=float(self.threshold), weights=weights,
-                              min_lesion_voxels=size if rule == "min_size" else 0,
-                              largest_component=rule == LARGEST, flip_tta=bool(self.flip_tta))
+                              min_lesion_voxels=min_voxels, largest_component=largest, flip_tta=bool(self.flip_tta))
 
 
 def starting_config(workdir: Path, overrides: Iterable[str] = ()) -> Config:

@@ -58,8 +58,8 @@ def selection_postprocess(postprocess: PostprocessConfig) -> PostprocessConfig:
 
 def postprocessed(mask: np.ndarray, postprocess: PostprocessConfig) -> np.ndarray:
     """``mask > 0`` after :func:`selection_postprocess`'s rule (6-connected components)."""
-    rule = selection_postprocess(postprocess)
-    return postprocessing.postprocess(mask, rule.min_lesion_voxels, largest=rule.rule == "largest", connectivity=6)
+    min_voxels, largest = postprocess.removal()
+    return postprocessing.postprocess(mask, min_voxels, largest=largest, connectivity=6)
 
 
 def subject_dice(probability: np.ndarray, truth: np.ndarray, postprocess: PostprocessConfig) -> float:
