@@ -66,10 +66,11 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
                                 seed=derive_seed(config.seed, "balance", "3d"))]
     with StageWriter(workdir, STAGE, config, synthetic=is_synthetic_run(workdir)) as out:
         write_csv(folds, out.path / FOLDS_CSV)
+        grids = _subject_grids(workdir) if config.cv.edge_slices else None   # headers read once, not per plane
         for plane in planes:
             (out.path / plane).mkdir()
             index = store_index(stores, plane)
-            stacks = _own_slices(workdir, plane, index) if config.cv.edge_slices else index
+            stacks = _own_slices(grids, plane, index)
             lesion_slices = without_edge_slices(read_csv(split / plane_lesions_80_csv(plane)), stacks,
                                                 config.cv.edge_slices)
             lesion_slices["fold"] = lesion_slices["subject_name"].map(fold_of)
@@ -117,16 +118,27 @@ def check_subject_disjoint(folder: Path, n_folds: int, planes: tuple[str, ...]) 
                                              f"{owner[subject]} and {fold}")
 
 
-def _own_slices(workdir: Path, plane: str, index: pd.DataFrame) -> pd.DataFrame:
-    """The first and last slice of each subject's own volume in ``plane`` (subject_name, slice; two rows
-    per subject): on a target-spacing plan a subject is centred in a plan volume padded up to the
-    largest subject, so the ends of its own stack, which ``cv.edge_slices`` drops, are not the store's."""
+def _subject_grids(workdir: Path):
+    """(grid plan, each subject's native grid, read from its first channel's header) where subjects have
+    grids of their own, else None: a fixed plan's subjects fill the whole plan volume."""
     plan = grid_plan(workdir)
     if plan.kind == "fixed":
-        return index
+        return None
     cohort = read_csv(require_stage(workdir, DATASET) / COHORT_CSV)
+    return plan, {subject: native_grid(Path(path))
+                  for subject, path in zip(cohort["subject_name"], cohort[plan.channels[0]])}
+
+
+def _own_slices(grids, plane: str, index: pd.DataFrame) -> pd.DataFrame:
+    """The first and last slice of each subject's own volume in ``plane`` (subject_name, slice; two rows
+    per subject): on a target-spacing plan a subject is centred in a plan volume padded up to the
+    largest subject, so the ends of its own stack, which ``cv.edge_slices`` drops, are not the store's.
+    ``grids``: :func:`_subject_grids`'s (None: the store index's stacks are the subjects')."""
+    if grids is None:
+        return index
+    plan, natives = grids
     rows = []
-    for subject, path in zip(cohort["subject_name"], cohort[plan.channels[0]]):
-        first, last = plan.extent(native_grid(Path(path)), PLANE_AXIS[plane])
+    for subject, native in natives.items():
+        first, last = plan.extent(native, PLANE_AXIS[plane])
         rows += [(subject, first), (subject, last)]
     return pd.DataFrame(rows, columns=["subject_name", "slice"])
