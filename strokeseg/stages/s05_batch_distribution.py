@@ -59,7 +59,8 @@ def run(workdir: Path, config: Config, progress: bool = True) -> Path:
     # every_slice: equal weights; an epoch then visits each slice once (strokeseg.train.input_pipeline)
     floor = config.batches.foreground_floor if config.batches.kind == "foreground_weighted" else None
     chosen_for = stage_config(workdir, CROSS_VALIDATION).batches.kind
-    if chosen_for != config.batches.kind:   # the weighted pool needs every normal slice, the others a ratio
+    # a pool kind needs every eligible normal slice, distribution plans a 1:1 draw (both pool kinds: the same)
+    if (chosen_for in POOL_BATCH_KINDS) != pooled:
         raise ConfigError(f"stage 04 chose its normal slices for batches.kind={chosen_for!r}; rerun "
                           f"cross-validation with --set batches.kind={config.batches.kind} first")
     folds = read_csv(cv / FOLDS_CSV)

@@ -111,6 +111,16 @@ def test_stage_05_refuses_a_kind_stage_04_did_not_choose_its_normals_for(weighte
     assert "rerun cross-validation" in capsys.readouterr().err
 
 
+def test_both_pool_kinds_take_stage_04s_every_eligible_slice(weighted_workdir, tmp_path):
+    workdir = tmp_path / "work"
+    shutil.copytree(weighted_workdir, workdir)
+    assert main(["batches", "--workdir", str(workdir), "--quiet", "--set", "batches.kind=every_slice"]) == 0
+    for plane in study_planes(workdir):
+        plan = pd.read_csv(workdir / "05_batch_distribution" / batches_csv(plane, 1, "train"))
+        real = plan[plan["repeat"] == 0]
+        assert np.allclose(real["weight"], 1 / len(real)) and (plan.loc[plan["repeat"] == 1, "weight"] == 0).all()
+
+
 def test_a_weighted_run_resumes_exactly_as_if_never_interrupted(weighted_workdir, tmp_path, monkeypatch):
     config = stage_config(weighted_workdir, "06_preparation")
     config = replace(config, comparison=replace(config.comparison, model_options={"unet": {"base_filters": 4}}))
