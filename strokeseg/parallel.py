@@ -43,7 +43,6 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int, desc: st
         bar.close()
 
 
-
 @contextmanager
 def beside(fn: Callable[..., R], *args, workers: int) -> Iterator[Callable[[], R]]:
     """``fn(*args)`` in one more process while the block goes on; the block gets a function that
