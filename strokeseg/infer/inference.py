@@ -15,7 +15,12 @@ Conventions (shared with training, so a model sees at inference exactly what it 
   (n, H, W, C x M), input channel c * M + m being image channel m of adjacent slice c (as
   :meth:`strokeseg.data.stores.SliceStore.images_at` feeds training);
 - a ``predict`` callable maps such a chunk to float32 probabilities (n, H, W, 1) and is never
-  given more than ``batch_size`` slices (upstream called ``model.predict`` once per slice, §14.21).
+  given more than ``batch_size`` slices (upstream called ``model.predict`` once per slice, §14.21);
+- a fully convolutional model (:func:`fully_convolutional`) sees only the window of a chunk's
+  canvases that holds the head (:func:`head_window`), the rest of its output is its output on an
+  all-zero canvas;
+  ``crop_to_head=False`` gives it the whole canvas. The README (Performance) has the measured
+  difference between the two.
 
 Nothing here imports Keras at module level: :mod:`strokeseg.evaluate.folds` shares the chunk and
 crop core (:func:`predict_slices`) and stays framework-free; model loading imports Keras lazily.
@@ -145,8 +150,73 @@ def canvas_inputs(stack: np.ndarray, canvas: planes.Canvas, channels: int) -> Ca
     return build
 
 
+# The 2-D models halve their input four times, so a window of the canvas keeps their pooling grid
+# (and their output there) only when it starts and ends on multiples of 16.
+WINDOW_MULTIPLE = 16
+# Context kept around the head: beyond the window the network sees zero padding where, on the whole
+# canvas, it saw its own response to the background. 24 pixels keep that change to a few voxels at
+# the head's border (README, Performance: on the demo's hold-out, mean Dice 0.0002 lower at 24,
+# 0.0045 at 16, 0.035 at 0; 24 costs 0.59 of the whole canvas's pixels, 32 costs 0.65).
+WINDOW_MARGIN = 24
+
+
+def head_window(chunk: np.ndarray, margin: int = WINDOW_MARGIN,
+                multiple: int = WINDOW_MULTIPLE) -> tuple[slice, slice] | None:
+    """The window (rows, columns) of the canvases ``chunk`` (n, H, W, C) that holds every nonzero
+    pixel, widened by ``margin`` and outward to multiples of ``multiple``; None when that is the
+    whole canvas, the chunk is all zero, or the canvas sides are not multiples of ``multiple``."""
+    height, width = chunk.shape[1:3]
+    if height % multiple or width % multiple:
+        return None
+    nonzero = np.any(chunk != 0, axis=(0, 3))
+    if not nonzero.any():
+        return None
+    window = []
+    for axis, side in ((1, height), (0, width)):
+        where = np.flatnonzero(nonzero.any(axis=axis))
+        start = max(0, (int(where[0]) - margin) // multiple * multiple)
+        stop = min(side, -(-(int(where[-1]) + 1 + margin) // multiple) * multiple)
+        window.append(slice(start, stop))
+    rows, cols = window
+    return None if (rows.stop - rows.start, cols.stop - cols.start) == (height, width) else (rows, cols)
+
+
+def windowed(predict: Predict, background: np.ndarray) -> Predict:
+    """A ``predict`` on whole canvases that runs ``predict`` on each chunk's :func:`head_window` only
+    (the slices of a chunk are adjacent, so the window follows the head's section through the volume)
+    and gives the rest of the canvas ``background`` ((H, W), the model's output on an all-zero canvas)."""
+
+    def run(chunk: np.ndarray) -> np.ndarray:
+        window = head_window(chunk)
+        if window is None:
+            return predict_chunk(predict, chunk)
+        rows, cols = window
+        out = np.empty(chunk.shape[:3] + (1,), dtype=np.float32)
+        out[...] = background[None, :, :, None]
+        out[:, rows, cols] = predict_chunk(predict, np.ascontiguousarray(chunk[:, rows, cols]))
+        return out
+
+    return run
+
+
+def fully_convolutional(model: "keras.Model") -> bool:
+    """Whether every layer of ``model`` computes each output pixel from the input pixels near it, the
+    same way everywhere (convolutions, pooling, upsampling, per-channel normalisation with fixed
+    statistics, elementwise ops): then a window of the canvas can be predicted on its own. Whole-image
+    statistics (group or layer normalisation, global pooling, attention over the image), fixed-size
+    reshapes, dense layers and nested models make it False."""
+    from keras import layers
+
+    local = (layers.InputLayer, layers.Conv2D, layers.Conv2DTranspose, layers.SeparableConv2D,
+             layers.DepthwiseConv2D, layers.BatchNormalization, layers.Activation, layers.ReLU,
+             layers.LeakyReLU, layers.Add, layers.Subtract, layers.Multiply, layers.Average, layers.Maximum,
+             layers.Concatenate, layers.MaxPooling2D, layers.AveragePooling2D, layers.UpSampling2D,
+             layers.Dropout, layers.SpatialDropout2D)
+    return len(model.inputs) == 1 and all(type(layer) in local for layer in model.layers)
+
+
 def predict_plane(predict: Predict, stack: np.ndarray, canvas: planes.Canvas, channels: int,
-                  batch_size: int, skip_empty: bool = True) -> np.ndarray:
+                  batch_size: int, skip_empty: bool = True, crop_to_head: bool = False) -> np.ndarray:
     """float32 probabilities (n, h, w) of every slice of a normalised plane stack (n, [M,] h, w).
 
     Chunks of at most ``batch_size`` slices are padded onto ``canvas`` with ``channels`` adjacent
@@ -156,6 +226,11 @@ def predict_plane(predict: Predict, stack: np.ndarray, canvas: planes.Canvas, ch
     same all-zero canvas, so the model is called once on that canvas and its probabilities are
     copied to each of them: the result is what predicting every slice gives, at the cost of the
     slices that hold the head. ``skip_empty=False`` predicts every slice (for comparison).
+
+    ``crop_to_head`` (for fully convolutional models only): the model sees the window of each chunk's
+    canvases that holds the head (:func:`head_window`) and the rest of each slice gets its output on
+    the all-zero canvas. Not the same numbers as the whole canvas near the window's border (zero padding there
+    instead of the network's response to the background), hence off unless asked for.
     """
     stack = np.asarray(stack)
     if stack.ndim not in (3, 4) or tuple(stack.shape[-2:]) != tuple(canvas.slice_shape):
@@ -166,18 +241,23 @@ def predict_plane(predict: Predict, stack: np.ndarray, canvas: planes.Canvas, ch
     if skip_empty:
         filled = np.any(stack.reshape(len(stack), -1), axis=1)
         wanted = filled[planes.neighbour_indices(indices, len(stack), channels)].any(axis=1)
-        if not wanted.all():
-            image_channels = stack.shape[1] if stack.ndim == 4 else 1
-            zeros = np.zeros((1, *canvas.shape, channels * image_channels), dtype=np.float32)
-            out[~wanted] = canvas.crop(predict_chunk(predict, zeros)[0, ..., 0])
-            indices = indices[wanted]
+    else:
+        wanted = np.ones(len(stack), dtype=bool)
+    if crop_to_head or not wanted.all():
+        image_channels = stack.shape[1] if stack.ndim == 4 else 1
+        zeros = np.zeros((1, *canvas.shape, channels * image_channels), dtype=np.float32)
+        background = predict_chunk(predict, zeros)[0, ..., 0]
+        out[~wanted] = canvas.crop(background)
+        indices = indices[wanted]
+        if crop_to_head:
+            predict = windowed(predict, background)
     return predict_slices(predict, indices, canvas_inputs(stack, canvas, channels), canvas, batch_size, out)
 
 
 def plane_probability(predict: Predict, t1: np.ndarray, plane: str, convert: ConvertConfig, channels: int,
                       batch_size: int, flip_tta: bool = False, normalized: np.ndarray | None = None,
                       skip_empty: bool = True, kinds: tuple[str, ...] = T1,
-                      affine: np.ndarray | None = None) -> np.ndarray:
+                      affine: np.ndarray | None = None, crop_to_head: bool = False) -> np.ndarray:
     """float32 probability volume ``[x, y, z]`` from one plane's model; ``t1`` is the input volume
     (one channel, or ``[m, x, y, z]`` with ``kinds`` one per channel) on the grid of ``affine``,
     ``channels`` the adjacent slices.
@@ -201,7 +281,8 @@ def plane_probability(predict: Predict, t1: np.ndarray, plane: str, convert: Con
 
     def probability_of(source: np.ndarray) -> np.ndarray:
         stack = plane_stack(source, plane, convert, None if slice_wise else source, kinds)
-        return planes.from_stack(predict_plane(predict, stack, canvas, channels, batch_size, skip_empty), plane)
+        return planes.from_stack(predict_plane(predict, stack, canvas, channels, batch_size, skip_empty,
+                                               crop_to_head), plane)
 
     probability = probability_of(volume)
     if not flip_tta or (planes.left_right_axis(plane) is None and channels == 1):
@@ -214,10 +295,13 @@ def plane_probability(predict: Predict, t1: np.ndarray, plane: str, convert: Con
 @dataclass(frozen=True)
 class PlanePredictor:
     """One plane's ``predict`` (one model, or the mean of a fold set) and the channels it reads; for a
-    3-D model (the ``volume`` plane) also its patch, the window of the sliding-window inference."""
+    3-D model (the ``volume`` plane) also its patch, the window of the sliding-window inference;
+    ``fully_convolutional``: every member is (:func:`fully_convolutional`), so the canvas may be
+    cropped to the head."""
     predict: Predict
     channels: int
     patch: tuple[int, int, int] | None = None
+    fully_convolutional: bool = False
 
 
 # ------------------------------------------------------------------------------------- models
@@ -415,5 +499,6 @@ def plane_predictors(models: dict[str, list["keras.Model"]], batch_size: int) ->
         if len(patches) > 1:
             raise InputError(plane, f"the 3-D models of an ensemble have different patches {sorted(patches)}")
         predictors[plane] = PlanePredictor(ensemble_predict(members, batch_size),
-                                           model_channels(members[0], volumetric), patches.pop())
+                                           model_channels(members[0], volumetric), patches.pop(),
+                                           not volumetric and all(fully_convolutional(m) for m in members))
     return predictors

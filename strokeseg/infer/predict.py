@@ -146,6 +146,7 @@ class Options:
     save_probabilities: bool = False
     batch_size: int = DEFAULT_BATCH_SIZE
     skip_empty: bool = True         # one model call for all slices outside the head (same result, faster)
+    crop_to_head: bool = True       # fully convolutional models see the canvas window of the head only
     window_step: float = 0.5        # 3-D models: the training run's sliding-window step and windows per call
     window_batch: int = 2
     space: str = lesion_report.AUTO     # which inputs count as MNI space, for locating lesions
@@ -203,6 +204,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--all-slices", action="store_true",
                         help="run the models on every slice; by default the slices outside the head (an "
                              "all-zero input) share one model call, which gives the same masks faster")
+    parser.add_argument("--whole-canvas", action="store_true",
+                        help="run the models on the whole canvas; by default fully convolutional models (RAX-Net, "
+                             "U-Net) see only the window of the canvas that holds the head, which is faster and "
+                             "can change a few voxels at the window's border (README, Performance)")
     # Before the all-zero slices shared one call, skipping them was this opt-in flag; still accepted.
     parser.add_argument("--skip-empty-slices", action="store_true", help=argparse.SUPPRESS)
     defaults = ConvertConfig()
@@ -359,7 +364,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
     step, windows = window_settings(args.models)
     return Options(convert=convert_config(args.models, args), settings=fusion_settings(args.models, args),
                    save_probabilities=args.save_probabilities, batch_size=args.batch_size,
-                   skip_empty=not args.all_slices, window_step=step, window_batch=windows, space=args.space)
+                   skip_empty=not args.all_slices, crop_to_head=not args.whole_canvas, window_step=step,
+                   window_batch=windows, space=args.space)
 
 
 # --------------------------------------------------------------------------------------- inputs
@@ -509,7 +515,7 @@ def load_predictor(models_dir: Path, options: Options, ensemble: bool = False,
             raise InputError(Path(models_dir), f"the {plane} model reads {predictor.channels} input channels, which "
                                                f"do not fit the plan's {len(plan.channels)} image channels")
     return TriPlanarPredictor(predictors, options.convert, options.settings, options.batch_size, options.skip_empty,
-                              plan.channel_kinds, options.window_step, options.window_batch)
+                              plan.channel_kinds, options.window_step, options.window_batch, options.crop_to_head)
 
 
 def _describe_grid(shape, affine) -> str:

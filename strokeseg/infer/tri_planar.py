@@ -9,6 +9,7 @@ normalise, predict, fuse and clean up in exactly one way. A 3-D model is the pre
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +31,7 @@ class TriPlanarPredictor:
     kinds: tuple[str, ...] = T1                     # one normalisation kind per image channel
     window_step: float = 0.5                        # 3-D models: sliding-window step, a fraction of the patch
     window_batch: int = 2                           # 3-D models: windows per model call (a patch is large)
+    crop_to_head: bool = True                       # fully convolutional models see the head's window only
 
     def __post_init__(self):
         if not self.predictors:
@@ -45,8 +47,7 @@ class TriPlanarPredictor:
                                  f"of the {len(self.kinds)} image channels")
 
     def with_settings(self, settings: FusionSettings) -> "TriPlanarPredictor":
-        return TriPlanarPredictor(self.predictors, self.convert, settings, self.batch_size, self.skip_empty,
-                                  self.kinds, self.window_step, self.window_batch)
+        return dataclasses.replace(self, settings=settings)
 
     def plane_probability(self, plane: str, volume: np.ndarray, normalized: np.ndarray | None = None,
                           affine: np.ndarray | None = None) -> np.ndarray:
@@ -63,7 +64,8 @@ class TriPlanarPredictor:
                                               self.window_step, mirror_axes=(0,) if self.settings.flip_tta else ())
         return plane_probability(predictor.predict, volume, plane, self.convert, predictor.channels // len(self.kinds),
                                  self.batch_size, flip_tta=self.settings.flip_tta, normalized=normalized,
-                                 skip_empty=self.skip_empty, kinds=self.kinds, affine=affine)
+                                 skip_empty=self.skip_empty, kinds=self.kinds, affine=affine,
+                                 crop_to_head=self.crop_to_head and predictor.fully_convolutional)
 
     def probabilities(self, volume: np.ndarray, affine: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Per plane, the float32 probability volume of ``volume`` (normalised once for all planes;

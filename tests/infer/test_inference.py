@@ -9,10 +9,14 @@ from strokeseg.data.nifti import load_t1
 from strokeseg.data.stores import SliceStore
 from strokeseg.errors import InputError
 from strokeseg.infer.inference import (
+    PlanePredictor,
     ensemble_predict,
+    fully_convolutional,
+    head_window,
     load_plane_models,
     model_channels,
     normalized_volume,
+    plane_predictors,
     plane_probability,
     plane_stack,
     predict_plane,
@@ -101,6 +105,60 @@ def test_slices_outside_the_head_share_one_call_and_give_what_predicting_each_gi
     every = predict_plane(model, stack, canvas, channels=3, batch_size=64, skip_empty=False)
     np.testing.assert_array_equal(out, every)
     assert out[0].min() == np.float32(0.2) and out[4].max() > 0.2
+
+
+def test_head_window_is_the_heads_box_widened_by_the_margin_to_multiples_of_16():
+    chunk = np.zeros((3, 208, 240, 2), np.float32)                # canvases with two channels
+    chunk[0, 66, 103, 0] = chunk[2, 125, 153, 1] = 1              # the head: rows 66-125, columns 103-153
+    # rows 66-125 -> 50-141 with the margin -> 48-144 on multiples of 16; columns 103-153 -> 87-169 -> 80-176
+    assert head_window(chunk, margin=16) == (slice(48, 144), slice(80, 176))
+    assert head_window(chunk, margin=0) == (slice(64, 128), slice(96, 160))
+    assert head_window(chunk, margin=60) == (slice(0, 192), slice(32, 224))     # clipped at the top
+    chunk[1, 0, 0, 0] = chunk[1, -1, -1, 1] = 1                   # the head fills the canvas: no window
+    assert head_window(chunk) is None
+    assert head_window(np.zeros_like(chunk)) is None
+    odd = np.zeros((1, 20, 20, 1), np.float32)                    # 20 x 20: not a multiple of 16
+    odd[0, 9, 9] = 1
+    assert head_window(odd, margin=0) is None
+
+
+def box_filter_model(x):
+    """A local model: sigmoid of a 3 x 3 mean (zero padding) of the centre channel, plus a bias."""
+    centre = x[..., (x.shape[-1] - 1) // 2]
+    padded = np.pad(centre, ((0, 0), (1, 1), (1, 1)))
+    rows, cols = centre.shape[1:]
+    mean = sum(padded[:, r:r + rows, c:c + cols] for r in range(3) for c in range(3)) / np.float32(9 * 255)
+    return (1 / (1 + np.exp(-(mean * 8 - 2))))[..., None].astype(np.float32)
+
+
+def test_a_local_model_on_the_heads_window_gives_what_the_whole_canvas_gives():
+    rng = np.random.default_rng(4)
+    stack = np.zeros((12, 197, 233), np.uint8)
+    stack[3:9, 50:150, 60:170] = rng.integers(1, 255, (6, 100, 110))
+    canvas = planes.canvas_for((197, 233, 189), "axial")
+    recorder = Recorder(box_filter_model)
+    cropped = predict_plane(recorder, stack, canvas, channels=3, batch_size=4, crop_to_head=True)
+    # the all-zero canvas once, then the 8 slices within reach of the head (2..9) on the head's window
+    # (rows 56-155 and columns 63-172 of the canvas, widened by 24 to 32-191 and 32-207)
+    assert recorder.calls == [(1, *canvas.shape, 3), (4, 160, 176, 3), (4, 160, 176, 3)]
+    whole = predict_plane(box_filter_model, stack, canvas, channels=3, batch_size=4, skip_empty=False)
+    np.testing.assert_allclose(cropped, whole, rtol=0, atol=1e-7)
+
+
+def test_only_fully_convolutional_models_may_see_a_window(tmp_path):
+    import keras
+
+    from strokeseg.models import build_model
+
+    assert fully_convolutional(build_model("raxnet", (32, 32, 1), width=0.125))
+    assert fully_convolutional(build_model("unet", (32, 32, 1), base_filters=2))
+    assert not fully_convolutional(build_model("attention_unet", (32, 32, 1)))    # group normalisation
+    image = keras.Input((32, 32, 1))
+    dense = keras.layers.Dense(1)(keras.layers.Flatten()(image))
+    assert not fully_convolutional(keras.Model(image, dense))
+    save_models(tmp_path, {f"{plane}.keras": 1 for plane in PLANES})
+    predictors = plane_predictors(load_plane_models(tmp_path), batch_size=2)
+    assert all(isinstance(p, PlanePredictor) and p.fully_convolutional for p in predictors.values())
 
 
 def test_bad_stack_or_prediction_is_an_error():

@@ -318,6 +318,7 @@ def test_fusion_json_in_the_models_folder_sets_the_fusion_and_flags_override_it(
     # The slices outside the head share one model call unless every slice is asked for.
     assert options().skip_empty and not options("--all-slices").skip_empty
     assert options("--skip-empty-slices").skip_empty          # the former opt-in, now the default
+    assert options().crop_to_head and not options("--whole-canvas").crop_to_head
     (folder / "fusion.json").write_text(json.dumps({   # as stage 10 exports it
         "fusion": "weighted_mean", "threshold": 0.4, "flip_tta": True, "min_lesion_voxels": 12,
         "weights": {"axial": 0.7, "sagittal": 0.5, "coronal": 0.6}, "ensemble": False}))
