@@ -170,6 +170,7 @@ class TrainingConfig:
     planes: tuple[str, ...] = PLANES
     folds: tuple[int, ...] = ()
     eval_batch_size: int = 32
+    parallel_runs: int = 1
     # 3-D models only (strokeseg.train.volume_data): patches, batches and sliding-window inference.
     patch_size: tuple[int, ...] = ()
     patch_batch_size: int = 2
@@ -333,6 +334,7 @@ class Config:
         error = intensity_settings_error(t)
         _check(error is None, f"training.{error}")
         _whole("training.eval_batch_size", t.eval_batch_size, 1)
+        _whole("training.parallel_runs", t.parallel_runs, 1, 64)
         _check(t.batchnorm_momentum is None or 0.0 <= t.batchnorm_momentum < 1.0,
                "training.batchnorm_momentum must be null or in [0, 1)")
         _check(len(t.patch_size) in (0, 3) and all(int(p) == p and p >= 16 and p % 16 == 0 for p in t.patch_size),
@@ -534,6 +536,9 @@ FIELD_HELP: dict[str, str] = {
     "training.batchnorm_momentum": "moving-average momentum of every batch-norm layer while training; null = the "
                                    "model's own (Keras 0.99; PyTorch's default is 0.9)",
     "training.eval_batch_size": "batch size of test-fold evaluation (and of stage 10's inference, unless --batch-size)",
+    "training.parallel_runs": "stages 08 and 09 on a CPU: runs (planes, folds, models) trained at once, each in a "
+                              "process with its share of the cores; narrow networks train faster side by side "
+                              "(README, 08_training); one after another with a GPU",
     "training.patch_size": "3-D models: patch (x, y, z), multiples of 16; [] = the grid plan's shape rounded up to "
                            "16, at most 128 per axis",
     "training.patch_batch_size": "3-D models: patches per batch, a third of them (rounded) centred on a lesion voxel",
@@ -612,7 +617,8 @@ PROFILES: dict[str, dict[str, object]] = {
              "training.model_options": {"width": 0.125, "output_prior": 0.01},
              "training.learning_rate": 0.003, "training.schedule": "cosine", "training.batchnorm_momentum": 0.9,
              "training.max_epochs": 8, "training.patience": 8, "training.steps_per_epoch": 30,
-             "training.folds": [1], "training.augment": True, "training.intensity_augment": True,
+             "training.folds": [1], "training.parallel_runs": 3, "training.augment": True,
+             "training.intensity_augment": True,
              "comparison.models": ["unet"], "comparison.recipe": "raxnet",
              "comparison.model_options": {"unet": {"base_filters": 4}}, "comparison.planes": ["axial"],
              "comparison.folds": [1], "comparison.max_epochs": 2, "comparison.losses": []},

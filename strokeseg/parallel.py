@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence, TypeVar
@@ -16,6 +18,7 @@ from tqdm import tqdm
 
 T = TypeVar("T")
 R = TypeVar("R")
+PR_SET_PDEATHSIG = 1     # prctl(2): the signal a process gets when its parent dies
 
 
 def worker_count(requested: int) -> int:
@@ -55,3 +58,15 @@ def beside(fn: Callable[..., R], *args, workers: int) -> Iterator[Callable[[], R
         return
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         yield pool.submit(fn, *args).result
+
+
+def die_with(parent_pid: int) -> None:
+    """Have the kernel kill this process when its parent, ``parent_pid``, dies (Linux; elsewhere a
+    no-op): a worker must not go on writing the outputs of a stage that was killed."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:   # the parent died before the signal was asked for
+        os._exit(1)

@@ -117,7 +117,7 @@ DATA = ["02_splitting", "03_convert", "04_cross_validation", "05_batch_distribut
 BRIEF = ["bins.volume_edges=[0,20,100,\"inf\"]", "bins.axial_edges=[0,5,20,\"inf\"]",
          "bins.sagittal_edges=[0,5,20,\"inf\"]", "bins.coronal_edges=[0,5,20,\"inf\"]", "cv.n_folds=3",
          "batches.batch_size=8", "batches.lesion_per_batch=4", "training.folds=[1]", "training.max_epochs=1",
-         "training.steps_per_epoch=1", "training.validation_steps=1"]
+         "training.steps_per_epoch=1", "training.validation_steps=1", "training.parallel_runs=1"]
 # Where the model is not what a study is about: a 4-filter U-Net is the cheapest to build and trace.
 SMALL = BRIEF + ["training.model=unet", "training.model_options={\"base_filters\": 4}"]
 COMMAND = {stage.folder: stage.command for stage in STAGES}

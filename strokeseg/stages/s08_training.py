@@ -49,15 +49,14 @@ def starting_config(workdir: Path, overrides: Iterable[str] = ()) -> Config:
 def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = False) -> Path:
     from strokeseg.train import experiments
     from strokeseg.train.distribute import training_environment
+    from strokeseg.train.parallel_runs import train_runs
 
     training = config.training
     log.info("08 training: %s", training_environment(training.precision, training.require_gpu))
     inputs = experiments.Inputs.of(workdir)
     root = stage_dir(workdir, STAGE)
     specs = experiments.run_specs(config, inputs, training, training.planes, training.folds, root / RUNS_DIR)
-    chief = True
-    for spec in specs:
-        chief = experiments.train_and_evaluate(spec, inputs, fresh, progress)
+    chief = train_runs(specs, inputs, fresh, progress, training.parallel_runs)
     if not chief:  # a non-chief worker of a multi-worker run: the chief publishes
         return root
     slices, subjects, runs = experiments.collect(specs, root)

@@ -65,6 +65,7 @@ def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = Fals
     from strokeseg.evaluate.tables import paired_wilcoxon, summary_table
     from strokeseg.train import experiments
     from strokeseg.train.distribute import training_environment
+    from strokeseg.train.parallel_runs import train_runs
     from strokeseg.train.recipes import model_training
 
     log.info("09 comparison: %s", training_environment(config.training.precision, config.training.require_gpu))
@@ -83,9 +84,8 @@ def run(workdir: Path, config: Config, progress: bool = True, fresh: bool = Fals
         training = replace(config.training, loss=loss, loss_options={}, max_epochs=comparison.loss_max_epochs)
         loss_specs[loss] = experiments.run_specs(config, inputs, training, comparison.loss_planes,
                                                  comparison.loss_folds, root / LOSS_RUNS / loss)
-    chief = True
-    for spec in model_specs + [s for specs in loss_specs.values() for s in specs]:
-        chief = experiments.train_and_evaluate(spec, inputs, fresh, progress)
+    chief = train_runs(model_specs + [s for specs in loss_specs.values() for s in specs], inputs, fresh, progress,
+                       config.training.parallel_runs)
     if not chief:
         return root
 

@@ -92,7 +92,8 @@ class RunSpec:
         """What must match for a run folder to be resumed (recorded in state.json)."""
         training = asdict(self.training)
         # which runs exist, and what a run logs, not how one trains
-        for shared in ("planes", "folds", "eval_batch_size", "tensorboard", "overlay_every", "overlay_count"):
+        for shared in ("planes", "folds", "eval_batch_size", "parallel_runs", "tensorboard", "overlay_every",
+                       "overlay_count"):
             training.pop(shared)
         if training["selection"] == "val_loss":   # the rule before it was a setting: older run folders resume
             training.pop("selection")
