@@ -16,8 +16,8 @@ Conventions (shared with training, so a model sees at inference exactly what it 
   :meth:`strokeseg.data.stores.SliceStore.images_at` feeds training);
 - a ``predict`` callable maps such a chunk to float32 probabilities (n, H, W, 1) and is never
   given more than ``batch_size`` slices (upstream called ``model.predict`` once per slice, §14.21);
-- a fully convolutional model (:func:`fully_convolutional`) sees only the window of a chunk's
-  canvases that holds the head (:func:`head_window`), the rest of its output is its output on an
+- a fully convolutional model (:func:`fully_convolutional`) sees only the window of each slice's
+  canvas that holds the head (:func:`head_windows`), the rest of its output is its output on an
   all-zero canvas;
   ``crop_to_head=False`` gives it the whole canvas. The README (Performance) has the measured
   difference between the two.
@@ -158,45 +158,67 @@ WINDOW_MULTIPLE = 16
 # the head's border (README, Performance: on the demo's hold-out, mean Dice 0.0002 lower at 24,
 # 0.0045 at 16, 0.035 at 0; 24 costs 0.59 of the whole canvas's pixels, 32 costs 0.65).
 WINDOW_MARGIN = 24
+# Slices k with the same k // WINDOW_BLOCK share the union of their windows: one model call for them
+# (narrow networks pay per call), and a window that does not depend on the batch size.
+WINDOW_BLOCK = 8
 
 
-def head_window(chunk: np.ndarray, margin: int = WINDOW_MARGIN,
-                multiple: int = WINDOW_MULTIPLE) -> tuple[slice, slice] | None:
-    """The window (rows, columns) of the canvases ``chunk`` (n, H, W, C) that holds every nonzero
-    pixel, widened by ``margin`` and outward to multiples of ``multiple``; None when that is the
-    whole canvas, the chunk is all zero, or the canvas sides are not multiples of ``multiple``."""
-    height, width = chunk.shape[1:3]
-    if height % multiple or width % multiple:
-        return None
-    nonzero = np.any(chunk != 0, axis=(0, 3))
-    if not nonzero.any():
-        return None
-    window = []
-    for axis, side in ((1, height), (0, width)):
-        where = np.flatnonzero(nonzero.any(axis=axis))
-        start = max(0, (int(where[0]) - margin) // multiple * multiple)
-        stop = min(side, -(-(int(where[-1]) + 1 + margin) // multiple) * multiple)
-        window.append(slice(start, stop))
-    rows, cols = window
-    return None if (rows.stop - rows.start, cols.stop - cols.start) == (height, width) else (rows, cols)
+def head_windows(stack: np.ndarray, canvas: planes.Canvas, indices: np.ndarray, channels: int,
+                 margin: int = WINDOW_MARGIN, multiple: int = WINDOW_MULTIPLE,
+                 block: int = WINDOW_BLOCK) -> np.ndarray:
+    """Per slice ``indices[i]`` of the plane stack (n, [M,] h, w), the window (row start, row stop,
+    column start, column stop) of ``canvas`` that holds every nonzero pixel of the model inputs (the
+    ``channels`` adjacent slices, every image channel) of the slices of its block (``indices`` with
+    the same ``k // block``), widened by ``margin`` and outward to multiples of ``multiple``, within
+    the canvas: (n_indices, 4) int. A window depends on the stack and the block only, so masks do not
+    depend on how slices are batched. The whole canvas where the inputs are all zero or the canvas
+    sides are not multiples of ``multiple``."""
+    height, width = canvas.shape
+    indices = np.asarray(indices, dtype=np.int64)
+    whole = np.tile(np.array([0, height, 0, width]), (len(indices), 1))
+    if height % multiple or width % multiple or not len(indices):
+        return whole
+    nonzero = np.asarray(stack) != 0
+    if nonzero.ndim == 4:                                   # image channels
+        nonzero = nonzero.any(axis=1)
+    neighbours = planes.neighbour_indices(indices, len(nonzero), channels)      # (k, C)
+    _, in_block = np.unique(indices // block, return_inverse=True)
+    in_block = in_block.ravel()
+    windows = whole.copy()
+    for axis, side, offset, column in ((2, height, canvas.offset[0], 0), (1, width, canvas.offset[1], 2)):
+        profile = nonzero.any(axis=axis)[neighbours].any(axis=1)               # (k, h) or (k, w)
+        union = np.zeros((in_block.max() + 1, profile.shape[1]), dtype=bool)
+        np.logical_or.at(union, in_block, profile)
+        profile = union[in_block]
+        filled = profile.any(axis=1)
+        first = np.argmax(profile, axis=1)
+        last = profile.shape[1] - np.argmax(profile[:, ::-1], axis=1)
+        start = np.maximum(0, (first + offset - margin) // multiple * multiple)
+        stop = np.minimum(side, -(-(last + offset + margin) // multiple) * multiple)
+        windows[filled, column] = start[filled]
+        windows[filled, column + 1] = stop[filled]
+    return windows
 
 
-def windowed(predict: Predict, background: np.ndarray) -> Predict:
-    """A ``predict`` on whole canvases that runs ``predict`` on each chunk's :func:`head_window` only
-    (the slices of a chunk are adjacent, so the window follows the head's section through the volume)
-    and gives the rest of the canvas ``background`` ((H, W), the model's output on an all-zero canvas)."""
-
-    def run(chunk: np.ndarray) -> np.ndarray:
-        window = head_window(chunk)
-        if window is None:
-            return predict_chunk(predict, chunk)
-        rows, cols = window
-        out = np.empty(chunk.shape[:3] + (1,), dtype=np.float32)
-        out[...] = background[None, :, :, None]
-        out[:, rows, cols] = predict_chunk(predict, np.ascontiguousarray(chunk[:, rows, cols]))
-        return out
-
-    return run
+def predict_windows(predict: Predict, indices: np.ndarray, windows: np.ndarray,
+                    inputs: Callable[[np.ndarray], np.ndarray], canvas: planes.Canvas, batch_size: int,
+                    background: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Fill ``out[indices]`` (slices (n, h, w)): the slices that share a window (:func:`head_windows`)
+    go through ``predict`` together, at most ``batch_size`` at a time, on that window of their
+    canvases; the rest of each canvas is ``background`` ((H, W), the model's output on an all-zero
+    canvas), and ``canvas.crop`` gives the slices back."""
+    batch_size = check_batch_size(batch_size)
+    indices = np.asarray(indices, dtype=np.int64)
+    groups, members = np.unique(windows, axis=0, return_inverse=True)
+    for group, (r0, r1, c0, c1) in enumerate(groups):
+        chosen = indices[np.flatnonzero(members.ravel() == group)]
+        for start in range(0, len(chosen), batch_size):
+            chunk = chosen[start:start + batch_size]
+            full = np.empty((len(chunk), *canvas.shape), dtype=np.float32)
+            full[...] = background
+            full[:, r0:r1, c0:c1] = predict_chunk(predict, np.ascontiguousarray(inputs(chunk)[:, r0:r1, c0:c1]))[..., 0]
+            out[chunk] = canvas.crop(full)
+    return out
 
 
 def fully_convolutional(model: "keras.Model") -> bool:
@@ -227,9 +249,10 @@ def predict_plane(predict: Predict, stack: np.ndarray, canvas: planes.Canvas, ch
     copied to each of them: the result is what predicting every slice gives, at the cost of the
     slices that hold the head. ``skip_empty=False`` predicts every slice (for comparison).
 
-    ``crop_to_head`` (for fully convolutional models only): the model sees the window of each chunk's
-    canvases that holds the head (:func:`head_window`) and the rest of each slice gets its output on
-    the all-zero canvas. Not the same numbers as the whole canvas near the window's border (zero padding there
+    ``crop_to_head`` (for fully convolutional models only): each slice is predicted on the window of
+    the canvas that holds its input's nonzero pixels (:func:`head_windows`; slices that share a
+    window share model calls) and the rest of the slice gets the model's output on the all-zero
+    canvas. Not the same numbers as the whole canvas near the window's border (zero padding there
     instead of the network's response to the background), hence off unless asked for.
     """
     stack = np.asarray(stack)
@@ -243,15 +266,18 @@ def predict_plane(predict: Predict, stack: np.ndarray, canvas: planes.Canvas, ch
         wanted = filled[planes.neighbour_indices(indices, len(stack), channels)].any(axis=1)
     else:
         wanted = np.ones(len(stack), dtype=bool)
-    if crop_to_head or not wanted.all():
-        image_channels = stack.shape[1] if stack.ndim == 4 else 1
-        zeros = np.zeros((1, *canvas.shape, channels * image_channels), dtype=np.float32)
-        background = predict_chunk(predict, zeros)[0, ..., 0]
-        out[~wanted] = canvas.crop(background)
-        indices = indices[wanted]
-        if crop_to_head:
-            predict = windowed(predict, background)
-    return predict_slices(predict, indices, canvas_inputs(stack, canvas, channels), canvas, batch_size, out)
+    inputs = canvas_inputs(stack, canvas, channels)
+    if not crop_to_head and wanted.all():
+        return predict_slices(predict, indices, inputs, canvas, batch_size, out)
+    image_channels = stack.shape[1] if stack.ndim == 4 else 1
+    zeros = np.zeros((1, *canvas.shape, channels * image_channels), dtype=np.float32)
+    background = predict_chunk(predict, zeros)[0, ..., 0]
+    out[~wanted] = canvas.crop(background)
+    indices = indices[wanted]
+    if not crop_to_head:
+        return predict_slices(predict, indices, inputs, canvas, batch_size, out)
+    windows = head_windows(stack, canvas, indices, channels)
+    return predict_windows(predict, indices, windows, inputs, canvas, batch_size, background, out)
 
 
 def plane_probability(predict: Predict, t1: np.ndarray, plane: str, convert: ConvertConfig, channels: int,

@@ -12,7 +12,7 @@ from strokeseg.infer.inference import (
     PlanePredictor,
     ensemble_predict,
     fully_convolutional,
-    head_window,
+    head_windows,
     load_plane_models,
     model_channels,
     normalized_volume,
@@ -107,19 +107,44 @@ def test_slices_outside_the_head_share_one_call_and_give_what_predicting_each_gi
     assert out[0].min() == np.float32(0.2) and out[4].max() > 0.2
 
 
-def test_head_window_is_the_heads_box_widened_by_the_margin_to_multiples_of_16():
-    chunk = np.zeros((3, 208, 240, 2), np.float32)                # canvases with two channels
-    chunk[0, 66, 103, 0] = chunk[2, 125, 153, 1] = 1              # the head: rows 66-125, columns 103-153
-    # rows 66-125 -> 50-141 with the margin -> 48-144 on multiples of 16; columns 103-153 -> 87-169 -> 80-176
-    assert head_window(chunk, margin=16) == (slice(48, 144), slice(80, 176))
-    assert head_window(chunk, margin=0) == (slice(64, 128), slice(96, 160))
-    assert head_window(chunk, margin=60) == (slice(0, 192), slice(32, 224))     # clipped at the top
-    chunk[1, 0, 0, 0] = chunk[1, -1, -1, 1] = 1                   # the head fills the canvas: no window
-    assert head_window(chunk) is None
-    assert head_window(np.zeros_like(chunk)) is None
-    odd = np.zeros((1, 20, 20, 1), np.float32)                    # 20 x 20: not a multiple of 16
-    odd[0, 9, 9] = 1
-    assert head_window(odd, margin=0) is None
+def test_a_window_is_its_inputs_box_widened_by_the_margin_to_multiples_of_16():
+    canvas = planes.canvas_for((197, 233, 189), "axial")          # 208 x 240, the slice at offset (6, 3)
+    assert (canvas.shape, canvas.offset) == ((208, 240), (6, 3))
+    stack = np.zeros((3, 197, 233), np.uint8)
+    stack[0, 60, 100] = stack[2, 119, 150] = 1                    # canvas (66, 103) and (125, 153)
+    # slice 0: rows 66 -> 42-91 with the margin -> 32-96 on multiples of 16; columns 103 -> 79-128 -> 64-128
+    # slice 1 alone is empty: the whole canvas; slice 2: rows 101-150 -> 96-160, columns 129-178 -> 128-192
+    np.testing.assert_array_equal(head_windows(stack, canvas, np.arange(3), channels=1, margin=24, block=1),
+                                  [[32, 96, 64, 128], [0, 208, 0, 240], [96, 160, 128, 192]])
+    # in blocks of 8 slices (the default), the three share the union of their windows
+    np.testing.assert_array_equal(head_windows(stack, canvas, np.arange(3), channels=1, margin=24),
+                                  [[32, 160, 64, 192]] * 3)
+    # with its neighbours as channels, slice 1 sees both pixels; image channels count as well
+    np.testing.assert_array_equal(head_windows(stack, canvas, [1], 3, margin=24, block=1), [[32, 160, 64, 192]])
+    np.testing.assert_array_equal(head_windows(stack[:, None], canvas, [1], 3, margin=24, block=1),
+                                  [[32, 160, 64, 192]])
+    np.testing.assert_array_equal(head_windows(stack, canvas, [0], 1, margin=100, block=1), [[0, 176, 0, 208]])
+    odd = planes.canvas_for((20, 20, 20), "axial", multiple=4)    # 20 x 20: not a multiple of 16
+    small = np.zeros((20, 20, 20), np.uint8)
+    small[:, 9, 9] = 1
+    np.testing.assert_array_equal(head_windows(small, odd, [5], channels=1, margin=0), [[0, 20, 0, 20]])
+
+
+def test_windowed_masks_do_not_depend_on_the_batch_size():
+    rng = np.random.default_rng(5)
+    stack = np.zeros((14, 197, 233), np.uint8)
+    for k in range(2, 12):                                        # a head whose section changes along the axis
+        stack[k, 60 - 4 * k:120 + 3 * k, 70:100 + 6 * k] = rng.integers(1, 255, (60 + 7 * k, 30 + 6 * k))
+    canvas = planes.canvas_for((197, 233, 189), "axial")
+
+    def window_mean_model(x):      # not local: each pixel sees the mean of its whole input window
+        return np.broadcast_to(0.1 + x.mean(axis=(1, 2, 3), keepdims=True) / 255, x.shape[:3] + (1,)).astype(
+            np.float32)
+
+    outs = [predict_plane(window_mean_model, stack, canvas, channels=3, batch_size=b, crop_to_head=True)
+            for b in (1, 3, 8)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
 
 
 def box_filter_model(x):
