@@ -609,10 +609,10 @@ _OTHERS = ("raxnet", "unet", "lcnn", "resunet", "attention_unet")
 PROFILES: dict[str, dict[str, object]] = {
     "raxnet": _RAXNET,
     "paper": _RAXNET,
-    # Tuned to run 01 -> 10 within 15 minutes on 2 CPU cores at the real 197x233x189 grid (README,
-    # Results): a RAX-Net at 1/8 width (78,733 parameters) trains 240 steps per plane; short runs need
-    # the head's bias at the lesion prior and batch-norm statistics that follow the weights. Stage 09
-    # trains its U-Net for 2 epochs (60 steps): it shows the stage at work, it is not a fair comparison.
+    # Tuned for 01 -> 10 on 2 CPU cores at the real 197x233x189 grid (README, Results): a RAX-Net at 1/8
+    # width (78,733 parameters) trains 240 steps per plane, the three planes side by side; short runs
+    # need the head's bias at the lesion prior and batch-norm statistics that follow the weights. Stage
+    # 09 trains its U-Net for 1 epoch (30 steps): it shows the stage at work, it is not a fair comparison.
     "demo": {"dataset.n_subjects": 40, "onednn": False,
              "training.model_options": {"width": 0.125, "output_prior": 0.01},
              "training.learning_rate": 0.003, "training.schedule": "cosine", "training.batchnorm_momentum": 0.9,
@@ -621,7 +621,7 @@ PROFILES: dict[str, dict[str, object]] = {
              "training.intensity_augment": True,
              "comparison.models": ["unet"], "comparison.recipe": "raxnet",
              "comparison.model_options": {"unet": {"base_filters": 4}}, "comparison.planes": ["axial"],
-             "comparison.folds": [1], "comparison.max_epochs": 2, "comparison.losses": []},
+             "comparison.folds": [1], "comparison.max_epochs": 1, "comparison.losses": []},
     # D: the kaggle_3m U-Net (base 32, three MR channels), D.1-D.5.
     "lgg": {"prepare.channels": [1, 3], "convert.mr_normalization": "clip_zscore",
             "convert.clip_percentiles": [10.0, 99.0],
