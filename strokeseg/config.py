@@ -537,8 +537,8 @@ FIELD_HELP: dict[str, str] = {
                                    "model's own (Keras 0.99; PyTorch's default is 0.9)",
     "training.eval_batch_size": "batch size of test-fold evaluation (and of stage 10's inference, unless --batch-size)",
     "training.parallel_runs": "stages 08 and 09 on a CPU: runs (planes, folds, models) trained at once, each in a "
-                              "process with its share of the cores; narrow networks train faster side by side "
-                              "(README, 08_training); one after another with a GPU",
+                              "process with its share of the cores; narrow networks train faster side by side, "
+                              "but not bit-reproducibly (README, 08_training); one after another with a GPU",
     "training.patch_size": "3-D models: patch (x, y, z), multiples of 16; [] = the grid plan's shape rounded up to "
                            "16, at most 128 per axis",
     "training.patch_batch_size": "3-D models: patches per batch, a third of them (rounded) centred on a lesion voxel",

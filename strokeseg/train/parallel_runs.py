@@ -6,8 +6,10 @@ machine and 1.32 s with one; two such runs side by side took 1.32 s per step eac
 2.0 s: about 1.36 times the steps per second of one run at a time (README, 08_training). So stages
 08 and 09 can train ``training.parallel_runs`` runs at once: every run in a process of its own
 (started fresh, "spawn", so that TensorFlow is initialised there with the worker's thread count),
-each with ``cores // workers`` intra- and inter-op threads. Each run trains and is evaluated exactly
-as it would be alone; only the thread count differs, which can change the last bits of its floats.
+each with ``cores // workers`` intra- and inter-op threads. Each run trains and is evaluated as it
+would be alone but for the thread count, which changes the last bits of its floats; and side by side
+the runs are not bit-reproducible from one stage run to the next (README, 08_training: measured, the
+cause not found), where one after another they are.
 
 Workers die with the stage (Linux: the parent-death signal), so a killed stage leaves no run
 training behind it, and a rerun resumes each run from its last checkpoint, as it would one at a time.

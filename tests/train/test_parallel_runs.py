@@ -1,12 +1,14 @@
-"""Runs trained side by side: how many at once, with how many threads. (Stage 08 training three runs at
-once through run.py, twice with identical tables, is in tests/test_end_to_end.py; workers that die with
-their stage in tests/test_parallel.py.)"""
+"""Runs trained side by side: how many at once, with how many threads, and stage 08 training two runs
+in workers. (Workers that die with their stage: tests/test_parallel.py.)"""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
+import pandas as pd
 import pytest
 
+from strokeseg.cli import run_stage
 from strokeseg.config import TrainingConfig, load_profile
 from strokeseg.errors import ConfigError
 from strokeseg.train.loop import RunSpec
@@ -40,3 +42,21 @@ def test_parallel_runs_is_checked_and_not_part_of_what_a_run_resumes_with(tmp_pa
                        False, tmp_path / "run")
 
     assert spec(1).settings() == spec(3).settings()   # a run trained 3 at a time resumes alone
+
+
+def test_stage_08_trains_two_runs_in_workers_and_collects_both(prepared_workdir, tmp_path):
+    workdir = tmp_path / "work"
+    shutil.copytree(prepared_workdir, workdir)
+    overrides = ['training.planes=["axial","sagittal"]', "training.folds=[1]", "training.max_epochs=1",
+                 "training.steps_per_epoch=1", "training.validation_steps=1", "training.parallel_runs=2",
+                 "training.model=unet", 'training.model_options={"base_filters": 2}', "training.tensorboard=false"]
+    argv = ["--workdir", str(workdir), "--quiet", *[a for o in overrides for a in ("--set", o)]]
+    assert run_stage("training", argv, default_workdir=workdir) == 0
+    stage = workdir / "08_training"
+    runs = pd.read_csv(stage / "runs.csv")
+    assert sorted(runs["plane"]) == ["axial", "sagittal"] and runs["epochs"].tolist() == [1, 1]
+    for plane in ("axial", "sagittal"):
+        run = stage / "runs" / "unet" / plane / "fold_1"
+        assert (run / "best.keras").is_file() and (run / "test_subjects.csv").is_file()
+        assert (stage / f"{plane}_folds_results.csv").is_file()
+
