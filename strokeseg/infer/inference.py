@@ -16,11 +16,10 @@ Conventions (shared with training, so a model sees at inference exactly what it 
   :meth:`strokeseg.data.stores.SliceStore.images_at` feeds training);
 - a ``predict`` callable maps such a chunk to float32 probabilities (n, H, W, 1) and is never
   given more than ``batch_size`` slices (upstream called ``model.predict`` once per slice, §14.21);
-- a fully convolutional model (:func:`fully_convolutional`) sees only the window of each slice's
-  canvas that holds the head (:func:`head_windows`), the rest of its output is its output on an
-  all-zero canvas;
-  ``crop_to_head=False`` gives it the whole canvas. The README (Performance) has the measured
-  difference between the two.
+- a fully convolutional model (:func:`fully_convolutional`) sees only the window of the canvas that
+  holds the head's section in its block of slices (:func:`head_windows`), the rest of its output is
+  its output on an all-zero canvas; ``crop_to_head=False`` gives it the whole canvas. The README
+  (Performance) has the measured difference between the two.
 
 Nothing here imports Keras at module level: :mod:`strokeseg.evaluate.folds` shares the chunk and
 crop core (:func:`predict_slices`) and stays framework-free; model loading imports Keras lazily.
@@ -250,9 +249,9 @@ def predict_plane(predict: Predict, stack: np.ndarray, canvas: planes.Canvas, ch
     slices that hold the head. ``skip_empty=False`` predicts every slice (for comparison).
 
     ``crop_to_head`` (for fully convolutional models only): each slice is predicted on the window of
-    the canvas that holds its input's nonzero pixels (:func:`head_windows`; slices that share a
-    window share model calls) and the rest of the slice gets the model's output on the all-zero
-    canvas. Not the same numbers as the whole canvas near the window's border (zero padding there
+    the canvas that holds the nonzero input pixels of its block of slices (:func:`head_windows`;
+    slices that share a window share model calls) and the rest of the slice gets the model's output
+    on the all-zero canvas. Not the same numbers as the whole canvas near the window's border (zero padding there
     instead of the network's response to the background), hence off unless asked for.
     """
     stack = np.asarray(stack)
