@@ -307,11 +307,12 @@ def main(argv=None) -> int:
                 for way, (times, *_) in results.items():
                     runs[label][way].append(times)
                 every_mask = results["every slice"][2]
+                truth = load_mask(truths[label], allow_empty=True) > 0 if label in truths else None
                 for way, (_, _, mask) in results.items():
                     differences[label][way] = max(differences[label][way],
                                                   int(np.count_nonzero(mask != every_mask)))
-                    if label in truths:
-                        scores[label][way] = dice(mask > 0, load_mask(truths[label], allow_empty=True) > 0)
+                    if truth is not None:
+                        scores[label][way] = dice(mask > 0, truth)
                 runs[label]["row"] = results["predict"][1]
 
     def median(label: str, way: str, key: str) -> float:

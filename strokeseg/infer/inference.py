@@ -203,20 +203,19 @@ def predict_windows(predict: Predict, indices: np.ndarray, windows: np.ndarray,
                     inputs: Callable[[np.ndarray], np.ndarray], canvas: planes.Canvas, batch_size: int,
                     background: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Fill ``out[indices]`` (slices (n, h, w)): the slices that share a window (:func:`head_windows`)
-    go through ``predict`` together, at most ``batch_size`` at a time, on that window of their
-    canvases; the rest of each canvas is ``background`` ((H, W), the model's output on an all-zero
-    canvas), and ``canvas.crop`` gives the slices back."""
-    batch_size = check_batch_size(batch_size)
+    go through :func:`predict_slices` together, ``predict`` seeing only that window of their canvases;
+    the rest of each canvas is ``background`` ((H, W), the model's output on an all-zero canvas)."""
     indices = np.asarray(indices, dtype=np.int64)
     groups, members = np.unique(windows, axis=0, return_inverse=True)
     for group, (r0, r1, c0, c1) in enumerate(groups):
-        chosen = indices[np.flatnonzero(members.ravel() == group)]
-        for start in range(0, len(chosen), batch_size):
-            chunk = chosen[start:start + batch_size]
-            full = np.empty((len(chunk), *canvas.shape), dtype=np.float32)
-            full[...] = background
-            full[:, r0:r1, c0:c1] = predict_chunk(predict, np.ascontiguousarray(inputs(chunk)[:, r0:r1, c0:c1]))[..., 0]
-            out[chunk] = canvas.crop(full)
+
+        def on_window(chunk: np.ndarray, r0=r0, r1=r1, c0=c0, c1=c1) -> np.ndarray:
+            full = np.empty(chunk.shape[:3] + (1,), dtype=np.float32)
+            full[...] = background[..., None]
+            full[:, r0:r1, c0:c1] = predict_chunk(predict, np.ascontiguousarray(chunk[:, r0:r1, c0:c1]))
+            return full
+
+        predict_slices(on_window, indices[members.ravel() == group], inputs, canvas, batch_size, out)
     return out
 
 

@@ -22,6 +22,7 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from typing import Iterable
 
 from strokeseg.parallel import die_with
@@ -72,8 +73,7 @@ def train_runs(specs: Iterable[RunSpec], inputs: Inputs, fresh: bool = False, pr
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                              initargs=(os.getpid(), threads, logging.getLogger().getEffectiveLevel())) as pool:
         # Keras' per-step bars of several processes would interleave; each epoch is still logged.
-        for _ in pool.map(train_and_evaluate, specs, [inputs] * len(specs), [fresh] * len(specs),
-                          [False] * len(specs)):
+        for _ in pool.map(partial(train_and_evaluate, inputs=inputs, fresh=fresh, progress=False), specs):
             pass
     return True
 
