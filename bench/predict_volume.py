@@ -33,11 +33,13 @@ run, so the code path is exactly the command's):
     axial …     tri_planar.plane_probability per plane (slicing, padding, batched model calls, crop)
     fusion      fusion.fuse (+ fused_probability, postprocess: small components, largest only)
     write       write_nifti of the mask (and probability map)
-    other       the rest of predict_case (lesion count and volume for predictions.csv)
+    other       the rest of predict_case (the lesion table: components, and their atlas regions in MNI space)
 
-Before the cases, untimed: the models are built or loaded (``load_predictor``, as the command does)
-and every plane's model is called once on a small batch, so graph tracing and kernel set-up — paid
-once per process, not per volume — are reported apart ("warm-up").
+Before the cases, untimed: the models are built or loaded (``load_predictor``, as the command does),
+every plane's model is called once on a small batch (graph tracing and kernel set-up: the model's
+step is traced once, for every window size, :func:`strokeseg.infer.inference.model_forward`), and the
+region atlas of the MNI grid is built (lesion locations); these are paid once per process, not per
+volume, and are reported apart.
 
 With ``--repeats N`` each case is run N times (interleaved) and medians are shown. Peak RSS is the
 process's ``ru_maxrss`` (Linux: KiB) at the end: the whole process, TensorFlow and the models
@@ -219,15 +221,21 @@ def floor_seconds(models: Path, predictor, flip_tta: bool, matmul: float) -> flo
     return flops / (matmul * 1e9)
 
 
-def warm_up(predictor, batch_size: int) -> float:
+def warm_up(predictor, batch_size: int) -> tuple[float, float]:
+    """Seconds of (the first model calls of every plane, building the MNI grid's region atlas): both paid
+    once per process, by the first volume (the atlas only by the first with a lesion in MNI space)."""
     from strokeseg.data import planes, resample
+    from strokeseg.infer.lesion_report import atlas_for
 
     start = time.perf_counter()
     for plane, plane_predictor in predictor.predictors.items():
         canvas = planes.canvas_for(resample.MNI_SHAPE, plane, predictor.convert.canvas_multiple).shape
         for size in (1, batch_size):        # the all-zero canvas goes alone
             plane_predictor.predict(np.zeros((size,) + tuple(canvas) + (plane_predictor.channels,), np.float32))
-    return time.perf_counter() - start
+    calls = time.perf_counter() - start
+    start = time.perf_counter()
+    atlas_for(resample.MNI_SHAPE, resample.MNI_AFFINE)
+    return calls, time.perf_counter() - start
 
 
 def run_case(predict, predictor, options, path: Path, out: Path, phases: bool):
@@ -292,7 +300,7 @@ def main(argv=None) -> int:
         whole = dataclasses.replace(predictor, crop_to_head=False)
         predictors = {"predict": predictor, "whole canvas": whole,
                       "every slice": dataclasses.replace(whole, skip_empty=False)}
-        warm_s = warm_up(predictor, batch)
+        warm_s, atlas_s = warm_up(predictor, batch)
         matmul = matmul_gflops()
         floor = floor_seconds(models, predictor, args.flip_tta, matmul)
         baseline = current_rss_gb()
@@ -324,8 +332,8 @@ def main(argv=None) -> int:
     source = (f"untrained RAX-Net (built and saved in {build_s:.1f} s)" if args.models is None and args.workdir is None
               else models)
     print(f"models: {source}; batch {batch}; flip TTA {'on' if args.flip_tta else 'off'}")
-    print(f"once per process: load models {load_s:.1f} s, warm-up (tracing, first calls) {warm_s:.1f} s; "
-          f"RSS before cases {baseline:.2f} GiB")
+    print(f"once per process: load models {load_s:.1f} s, warm-up (tracing, first calls) {warm_s:.1f} s, "
+          f"region atlas of the MNI grid {atlas_s:.1f} s; RSS before cases {baseline:.2f} GiB")
     print(f"whole-volume FLOP floor: {floor:.2f} s (float32 matmul {matmul:.0f} GFLOP/s, measured now)")
     print()
     print(f"medians of {args.repeats} run(s) per case" if args.repeats > 1 else "one run per case")

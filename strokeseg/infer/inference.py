@@ -485,30 +485,56 @@ def load_plane_models(folder, ensemble: bool = False, canvas_shapes: dict[str, t
     return models
 
 
-def ensemble_predict(models: list["keras.Model"], batch_size: int) -> Predict:
-    """A ``predict`` callable: the mean of the members' float32 probabilities (one member: its own).
+def model_forward(model: "keras.Model") -> Predict:
+    """``model``'s inference step on an array, float32 out.
 
-    A chunk of at most ``batch_size`` slices (what :func:`predict_slices` passes) goes through
-    ``model.predict_on_batch``: the same inference step as ``model.predict`` without building a
-    tf.data pipeline per call, which costs ~0.15 s a call on a 2-core CPU (seconds per volume).
-    Larger inputs go through ``model.predict(x, batch_size=batch_size)``.
+    Under TensorFlow the step is one ``tf.function`` whose input signature leaves the batch (and, for a
+    fully convolutional model, the window's height and width) open: traced once per model and process.
+    ``model.predict_on_batch`` traces its step again for each new input shape until TensorFlow relaxes
+    it, about 0.5 s per trace of a full-width RAX-Net on a 2-core CPU, paid in the first volume for
+    every plane's windows (bench/predict_volume.py). Other backends use ``predict_on_batch``: JAX
+    compiles per shape whatever the caller does. Either way the step runs the model with its batch
+    normalisation folded into the convolutions (:func:`strokeseg.infer.batchnorm_folding.fold_batch_norm`).
     """
+    import keras
+
+    from strokeseg.infer.batchnorm_folding import fold_batch_norm
+
+    shape = list(model.inputs[0].shape)
+    shape[0] = None
+    if fully_convolutional(model):
+        shape[1:-1] = [None] * (len(shape) - 2)
+    model = fold_batch_norm(model)
+    if keras.backend.backend() != "tensorflow":
+        return lambda x: np.asarray(model.predict_on_batch(x), dtype=np.float32)
+    import tensorflow as tf
+
+    step = tf.function(lambda x: model(x, training=False),
+                       input_signature=[tf.TensorSpec(shape, tf.float32)])
+    return lambda x: np.asarray(step(tf.convert_to_tensor(x, dtype=tf.float32)), dtype=np.float32)
+
+
+def ensemble_predict(models: list["keras.Model"], batch_size: int) -> Predict:
+    """A ``predict`` callable: the mean of the members' float32 probabilities (one member: its own),
+    each member's :func:`model_forward` called on at most ``batch_size`` slices at a time (what
+    :func:`predict_slices` passes at once; a larger input is cut into such chunks)."""
     batch_size = check_batch_size(batch_size)
     if not models:
         raise ValueError("ensemble_predict needs at least one model")
+    forwards = [model_forward(model) for model in models]
 
-    def one(model, x: np.ndarray) -> np.ndarray:
-        out = model.predict_on_batch(x) if len(x) <= batch_size else \
-            model.predict(x, batch_size=batch_size, verbose=0)
-        return np.asarray(out, dtype=np.float32)
+    def one(forward: Predict, x: np.ndarray) -> np.ndarray:
+        if len(x) <= batch_size:
+            return forward(x)
+        return np.concatenate([forward(x[start:start + batch_size]) for start in range(0, len(x), batch_size)])
 
     def predict(x: np.ndarray) -> np.ndarray:
         total = None
-        for model in models:
-            out = one(model, x)
+        for forward in forwards:
+            out = one(forward, x)
             total = out if total is None else total + out
-        if len(models) > 1:
-            total /= np.float32(len(models))
+        if len(forwards) > 1:
+            total /= np.float32(len(forwards))
         return total
 
     return predict

@@ -15,6 +15,7 @@ from strokeseg.infer.inference import (
     head_windows,
     load_plane_models,
     model_channels,
+    model_forward,
     normalized_volume,
     plane_predictors,
     plane_probability,
@@ -184,6 +185,25 @@ def test_only_fully_convolutional_models_may_see_a_window(tmp_path):
     save_models(tmp_path, {f"{plane}.keras": 1 for plane in PLANES})
     predictors = plane_predictors(load_plane_models(tmp_path), batch_size=2)
     assert all(isinstance(p, PlanePredictor) and p.fully_convolutional for p in predictors.values())
+
+
+def test_a_models_forward_step_gives_its_predictions_at_every_window_and_batch_size():
+    from strokeseg.models import build_model
+
+    rng = np.random.default_rng(5)
+    local = build_model("raxnet", (64, 48, 1), width=0.125)
+    forward = model_forward(local)
+    for shape in ((3, 64, 48, 1), (8, 32, 48, 1), (1, 16, 32, 1)):        # the canvas, then windows
+        x = rng.uniform(0, 255, shape).astype(np.float32)
+        out = forward(x)
+        assert out.dtype == np.float32 and out.shape == shape
+        # batch normalisation folded into the convolutions: equal up to float32 rounding
+        np.testing.assert_allclose(out, local.predict_on_batch(x), rtol=0, atol=2e-5)
+    fixed = build_model("attention_unet", (32, 32, 1))                 # whole-image statistics: its canvas only
+    x = rng.uniform(0, 255, (2, 32, 32, 1)).astype(np.float32)
+    np.testing.assert_allclose(model_forward(fixed)(x), fixed.predict_on_batch(x), rtol=0, atol=2e-5)
+    with pytest.raises((TypeError, ValueError)):      # TensorFlow: the step's signature refuses it
+        model_forward(fixed)(x[:, :16, :16])
 
 
 def test_bad_stack_or_prediction_is_an_error():
