@@ -613,8 +613,8 @@ PROFILES: dict[str, dict[str, object]] = {
     # width (78,733 parameters) trains 240 steps per plane, the three planes side by side; short runs
     # need the head's bias at the lesion prior and batch-norm statistics that follow the weights. Stage
     # 09 trains its U-Net for 1 epoch (30 steps): it shows the stage at work, it is not a fair comparison.
-    # 60 subjects rather than 40: the same steps see more sites and heads (the transfer cohort's Dice
-    # rose from 0.31 to 0.36 in one run each), and the hold-out has 13 subjects instead of 9.
+    # 60 subjects rather than 40: the same steps see more sites and heads, and the hold-out has 13
+    # subjects instead of 9, so one or two of them move its mean Dice less (README, Results).
     "demo": {"dataset.n_subjects": 60, "onednn": False,
              "training.model_options": {"width": 0.125, "output_prior": 0.01},
              "training.learning_rate": 0.003, "training.schedule": "cosine", "training.batchnorm_momentum": 0.9,

@@ -6,8 +6,8 @@ TensorFlow first (it writes the weights), then JAX (``JAX_PLATFORMS=cpu``).
 
 Every registry model takes about 7 minutes on a 2-core CPU (JAX compiles each training step), so the
 suite checks :data:`DEFAULT_MODELS` (the study's model) and ``STROKESEG_TEST_ALL_MODELS=1`` checks
-them all, as the model-table test does (the 3-D attention U-Net alone adds about 10 s of JAX
-compilation, which the suite's time budget does not have)."""
+them all, as the model-table test does (the 3-D attention U-Net alone added about 30 s to the
+suite on a 2-core CPU, most of it JAX compiling, which the suite's time budget does not have)."""
 from __future__ import annotations
 
 import json
