@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -136,6 +137,22 @@ def scan_file(tmp_path) -> Path:
     from serve_stub import write_stub_scan
 
     return write_stub_scan(tmp_path / "case_T1w.nii.gz")
+
+
+def pytest_collection(session):
+    """Import TensorFlow in this process with oneDNN on, as every stage with the default config runs
+    (strokeseg.runtime.configure_tensorflow). TensorFlow's own default depends on the CPU (off on AVX2-only
+    ones), and tests compare training and predictions of this process with stages run as subprocesses.
+    The variable is removed again so that the stages these tests start still choose for themselves; the
+    xdist controller runs no test and skips it."""
+    controller = session.config.getoption("numprocesses", None) and not hasattr(session.config, "workerinput")
+    if controller or "TF_ENABLE_ONEDNN_OPTS" in os.environ or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    try:
+        import tensorflow  # noqa: F401  (TensorFlow reads the switch while it is imported)
+    finally:
+        del os.environ["TF_ENABLE_ONEDNN_OPTS"]
 
 
 # make test runs each file on one pytest-xdist worker (--dist loadfile) in collection order: the longest

@@ -30,5 +30,7 @@ def test_saved_model_predicts_as_when_saved(name, recorded):
     assert float(expected.std()) > 1e-2, "a near-constant recorded output would not test the weights"
     predicted = np.asarray(model.predict(image, verbose=0))
     assert predicted.shape == expected.shape
-    # oneDNN on or off reorders float32 sums: agreement to float32 rounding, not bit for bit.
-    np.testing.assert_allclose(predicted, expected, rtol=1e-4, atol=1e-6)
+    # oneDNN on or off reorders float32 sums: agreement to float32 rounding grown through the network, not
+    # bit for bit (one LCNN output differed by 1.3e-4 relative with oneDNN off against the oneDNN run that
+    # saved it); a wrong or missing weight moves outputs far more.
+    np.testing.assert_allclose(predicted, expected, rtol=1e-3, atol=1e-5)

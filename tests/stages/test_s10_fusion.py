@@ -332,9 +332,9 @@ def test_missing_plane_and_bad_options_are_clear_errors(trained, tmp_path):
     assert not (workdir / "10_fusion" / "manifest.json").exists()
 
 
-def test_cross_validation_volumes_are_predicted_exactly_as_stage_08_evaluated_them(trained):
+def test_cross_validation_volumes_are_predicted_as_stage_08_evaluated_them(trained):
     """auto's out-of-fold probabilities (store slices rebuilt into a volume, then the hold-out code
-    path) equal stage 08's own test-fold prediction of the same subject."""
+    path) equal stage 08's own test-fold prediction of the same subject, to float32 rounding."""
     from strokeseg.data.stores import SliceStore
     from strokeseg.evaluate.folds import plane_probability_volume
     from strokeseg.infer import inference, postprocessing
@@ -349,7 +349,9 @@ def test_cross_validation_volumes_are_predicted_exactly_as_stage_08_evaluated_th
     predictor = TriPlanarPredictor({"coronal": PlanePredictor(predict, 1)}, fusion.starting_config(trained).convert,
                                    batch_size=16)
     ours = postprocessing._store_probability(store, subject, predictor)
-    np.testing.assert_array_equal(ours, plane_probability_volume(predict, store, subject, 16))
+    # The hold-out path skips empty slices, so its batches group other slices; with TensorFlow's oneDNN
+    # kernels off, a slice's float32 output depends on its batch (1.2e-7 measured): equal to float32 rounding.
+    np.testing.assert_allclose(ours, plane_probability_volume(predict, store, subject, 16), rtol=0, atol=1e-6)
 
 
 def test_strokeseg_evaluate_reproduces_the_fused_rows(fused, trained, tmp_path):
