@@ -151,9 +151,10 @@ def test_prepared_arrays_feed_every_role_of_a_test_fold(workdir):
 
 
 # One step of training per run, one comparison model and one loss: enough for every stage to read
-# what the previous one wrote. (A model option is given to check it is carried from 08 to 10.)
+# what the previous one wrote. (A model option is given to check it is carried from 08 to 10; an eighth
+# of the width, as the demo trains, saved 13 s of stage 08 and 3 s of stage 10 per run against width 1.)
 STUDY = ["training.folds=[1]", "training.max_epochs=1", "training.steps_per_epoch=1",
-         "training.validation_steps=1", "training.model_options={\"width\": 1.0}",
+         "training.validation_steps=1", "training.model_options={\"width\": 0.125}",
          "comparison.models=[\"unet\"]", "comparison.planes=[\"axial\"]", "comparison.folds=[1]",
          "comparison.max_epochs=1", "comparison.losses=[\"dice\"]", "comparison.loss_folds=[1]",
          "comparison.loss_max_epochs=1"]
@@ -174,7 +175,7 @@ def test_stages_07_to_10_complete_the_study(workdir):
         manifest = json.loads((workdir / stage / "manifest.json").read_text())
         assert manifest["outputs"] and manifest["synthetic_data"] is False
     recorded = json.loads((workdir / "10_fusion" / "config.json").read_text())
-    assert recorded["training"]["model_options"] == {"width": 1.0}       # given once, carried to 10
+    assert recorded["training"]["model_options"] == {"width": 0.125}       # given once, carried to 10
     holdout = pd.read_csv(workdir / "03_convert" / "holdout.csv")["subject_name"]
     fused = pd.read_csv(workdir / "10_fusion" / "subjects.csv")
     assert sorted(fused.loc[fused["mask"] == "fused", "subject_name"]) == sorted(holdout)
