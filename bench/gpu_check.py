@@ -23,9 +23,11 @@ training    RAX-Net (``--width``; 1.0 is the published network) on the axial can
 inference   three untrained RAX-Nets (float32, ``--width``), one per plane on its MNI canvas, as
             ``PlanePredictor(ensemble_predict([model], batch), channels=1)`` in a
             ``TriPlanarPredictor(batch_size=batch)``: ``probabilities(volume)`` then ``mask(...)``
-            on subject 0 of the synthetic cohort (197×233×189, 619 slices). One untimed warm-up
-            volume (compilation of every chunk shape; none with ``--quick``, whose figure then
-            includes compilation), then ``--volumes`` timed volumes; the median seconds per volume.
+            on subject 0 of the synthetic cohort (197×233×189, 619 slices). One warm-up volume,
+            timed on its own line: what a user's first volume costs, JAX compiling the step for
+            every window shape (at one batch shape: ``ensemble_predict`` pads short chunks); none
+            with ``--quick``, whose figure then includes compilation. Then ``--volumes`` timed
+            volumes; the median seconds per volume.
             The speed of an untrained model is the speed of a trained one.
 
 If TensorFlow is in ``sys.modules`` at the start or at the end, the check fails (exit 1): it must
@@ -169,7 +171,9 @@ def inference_seconds(args) -> float:
     subject = synthesize_subject(SEED, 0)
     volume, affine = subject.t1, subject.affine     # the affine: normalised as on the MNI grid, as predict does
     if not args.quick:   # a smoke run times compilation too: its figure only shows the path works
-        predictor.mask(predictor.probabilities(volume, affine))     # warm-up: compiles every chunk shape
+        start = time.perf_counter()
+        predictor.mask(predictor.probabilities(volume, affine))     # warm-up: compiles every window shape
+        print(f"inference first volume: {time.perf_counter() - start:.3f} s (compilation included)")
     times = []
     for _ in range(args.volumes):
         start = time.perf_counter()

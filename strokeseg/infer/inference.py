@@ -493,7 +493,8 @@ def model_forward(model: "keras.Model") -> Predict:
     ``model.predict_on_batch`` traces its step again for each new input shape until TensorFlow relaxes
     it, about 0.5 s per trace of a full-width RAX-Net on a 2-core CPU, paid in the first volume for
     every plane's windows (bench/predict_volume.py). Other backends use ``predict_on_batch``: JAX
-    compiles per shape whatever the caller does. Either way the step runs the model with its batch
+    compiles per shape whatever the caller does (:func:`ensemble_predict` keeps the batch's size fixed
+    there, :func:`fixed_batch`). Either way the step runs the model with its batch
     normalisation folded into the convolutions (:func:`strokeseg.infer.batchnorm_folding.fold_batch_norm`).
     """
     import keras
@@ -514,14 +515,35 @@ def model_forward(model: "keras.Model") -> Predict:
     return lambda x: np.asarray(step(tf.convert_to_tensor(x, dtype=tf.float32)), dtype=np.float32)
 
 
+def fixed_batch(forward: Predict, batch_size: int) -> Predict:
+    """``forward`` called on exactly ``batch_size`` slices: a shorter input is padded with zero slices
+    and only its own rows come back. For backends that compile per input shape (JAX): the last chunk
+    of every window group would otherwise compile once more for each remainder size. Each slice's
+    output is its own (inference has no cross-slice statistics), so padding changes no probability."""
+    def padded(x: np.ndarray) -> np.ndarray:
+        short = batch_size - len(x)
+        if short <= 0:
+            return forward(x)
+        filler = np.zeros((short,) + x.shape[1:], dtype=x.dtype)
+        return forward(np.concatenate([x, filler]))[:len(x)]
+
+    return padded
+
+
 def ensemble_predict(models: list["keras.Model"], batch_size: int) -> Predict:
     """A ``predict`` callable: the mean of the members' float32 probabilities (one member: its own),
     each member's :func:`model_forward` called on at most ``batch_size`` slices at a time (what
-    :func:`predict_slices` passes at once; a larger input is cut into such chunks)."""
+    :func:`predict_slices` passes at once; a larger input is cut into such chunks), and on exactly
+    ``batch_size`` (:func:`fixed_batch`) on backends other than TensorFlow, whose traced step leaves
+    the batch open."""
+    import keras
+
     batch_size = check_batch_size(batch_size)
     if not models:
         raise ValueError("ensemble_predict needs at least one model")
     forwards = [model_forward(model) for model in models]
+    if keras.backend.backend() != "tensorflow":
+        forwards = [fixed_batch(forward, batch_size) for forward in forwards]
 
     def one(forward: Predict, x: np.ndarray) -> np.ndarray:
         if len(x) <= batch_size:

@@ -11,6 +11,7 @@ from strokeseg.errors import InputError
 from strokeseg.infer.inference import (
     PlanePredictor,
     ensemble_predict,
+    fixed_batch,
     fully_convolutional,
     head_windows,
     load_plane_models,
@@ -290,6 +291,24 @@ def test_ensemble_is_the_mean_of_its_members(tmp_path):
     mean = ensemble_predict([low, high], batch_size=2)(x)
     expected = (low.predict(x, verbose=0) + high.predict(x, verbose=0)) / 2
     np.testing.assert_allclose(mean, expected, rtol=1e-6)
+
+
+def test_a_fixed_batch_forward_sees_one_batch_shape_and_returns_only_the_real_slices():
+    """For backends that compile per shape: every chunk reaches the model as a whole batch, and padding
+    changes no slice's output."""
+    seen = []
+
+    def forward(x):
+        seen.append(x.shape)
+        return x[..., :1] * np.float32(2)
+
+    x = np.arange(3 * 4 * 5 * 2, dtype=np.float32).reshape(3, 4, 5, 2)
+    padded = fixed_batch(forward, 8)
+    np.testing.assert_array_equal(padded(x), x[..., :1] * 2)
+    np.testing.assert_array_equal(padded(x[:1]), x[:1, ..., :1] * 2)
+    full = np.ones((8, 4, 5, 2), np.float32)
+    np.testing.assert_array_equal(padded(full), full[..., :1] * 2)
+    assert seen == [(8, 4, 5, 2)] * 3
 
 
 def test_a_registry_model_loads_with_its_canvas(tmp_path):
