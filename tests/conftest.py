@@ -9,6 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from strokeseg.runtime import ONEDNN_VARIABLE
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 T1W = "_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz"
@@ -146,13 +148,13 @@ def pytest_collection(session):
     The variable is removed again so that the stages these tests start still choose for themselves; the
     xdist controller runs no test and skips it."""
     controller = session.config.getoption("numprocesses", None) and not hasattr(session.config, "workerinput")
-    if controller or "TF_ENABLE_ONEDNN_OPTS" in os.environ or "tensorflow" in sys.modules:
+    if controller or ONEDNN_VARIABLE in os.environ or "tensorflow" in sys.modules:
         return
-    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    os.environ[ONEDNN_VARIABLE] = "1"
     try:
         import tensorflow  # noqa: F401  (TensorFlow reads the switch while it is imported)
     finally:
-        del os.environ["TF_ENABLE_ONEDNN_OPTS"]
+        del os.environ[ONEDNN_VARIABLE]
 
 
 # make test runs each file on one pytest-xdist worker (--dist loadfile) in collection order: the longest
