@@ -166,6 +166,7 @@ class TrainingConfig:
     gamma_range: tuple[float, float] = (0.7, 1.5)
     precision: str = "auto"
     require_gpu: bool = False
+    run_eagerly: bool = False
     batchnorm_momentum: float | None = None
     planes: tuple[str, ...] = PLANES
     folds: tuple[int, ...] = ()
@@ -531,6 +532,9 @@ FIELD_HELP: dict[str, str] = {
     "training.gamma_range": "intensity: gamma drawn from [lo, hi] (half the draws below 1)",
     "training.precision": "auto (mixed_float16 on a visible GPU, else float32), float32, mixed_float16, mixed_bfloat16",
     "training.require_gpu": "stop stages 08/09 with an error when no GPU is visible, instead of training on the CPU",
+    "training.run_eagerly": "Keras' run_eagerly: training, validation and test-fold steps run op by op instead of "
+                            "as traced graphs; for debugging (a breakpoint in a loss or a layer) and one-step smoke "
+                            "runs, where tracing takes longer than the steps; far slower per step on real data",
     "training.planes": "planes to train",
     "training.folds": "test folds to run; [] = every fold",
     "training.batchnorm_momentum": "moving-average momentum of every batch-norm layer while training; null = the "

@@ -137,6 +137,7 @@ def train_and_evaluate(spec: RunSpec, inputs: Inputs, fresh: bool = False, progr
 def evaluate(spec: RunSpec, inputs: Inputs, progress: bool = True) -> None:
     """Write the run's ``test_slices.csv`` and ``test_subjects.csv`` from its ``best.keras``."""
     model = load_best_model(spec.folder)
+    model.run_eagerly = spec.training.run_eagerly
     batch = spec.training.eval_batch_size
 
     def predict(images: np.ndarray) -> np.ndarray:

@@ -91,9 +91,9 @@ class RunSpec:
     def settings(self) -> dict:
         """What must match for a run folder to be resumed (recorded in state.json)."""
         training = asdict(self.training)
-        # which runs exist, and what a run logs, not how one trains
-        for shared in ("planes", "folds", "eval_batch_size", "parallel_runs", "tensorboard", "overlay_every",
-                       "overlay_count"):
+        # which runs exist, what a run logs and whether its steps are traced, not how one trains
+        for shared in ("planes", "folds", "eval_batch_size", "parallel_runs", "run_eagerly", "tensorboard",
+                       "overlay_every", "overlay_count"):
             training.pop(shared)
         if training["selection"] == "val_loss":   # the rule before it was a setting: older run folders resume
             training.pop("selection")
@@ -353,9 +353,11 @@ def _compiled_model(spec: RunSpec, state: RunState, folder: Path, strategy, repl
         if len(model.outputs) > 1:   # deep supervision: one loss per scale, metrics on the full-resolution map
             supervision = DeepSupervisionLoss(loss, len(model.outputs))
             model.compile(optimizer=optimizer, loss=supervision.output_losses(), loss_weights=supervision.weights,
-                          metrics=[training_metrics()] + [None] * (len(model.outputs) - 1))
+                          metrics=[training_metrics()] + [None] * (len(model.outputs) - 1),
+                          run_eagerly=training.run_eagerly)
         else:
-            model.compile(optimizer=optimizer, loss=loss, metrics=training_metrics())
+            model.compile(optimizer=optimizer, loss=loss, metrics=training_metrics(),
+                          run_eagerly=training.run_eagerly)
         model.optimizer.build(model.trainable_variables)
         if state.checkpoint:
             load_variables(folder / state.checkpoint, _state_variables(model))

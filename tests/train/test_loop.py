@@ -100,6 +100,37 @@ def test_a_finished_run_is_reused_and_other_settings_are_refused(trained_runs, t
         training.train(other, progress=False)
 
 
+def test_run_eagerly_trains_the_same_run_op_by_op_and_resumes_a_traced_one(trained_runs, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    traced, _ = trained_runs("unet")
+    eager = replace(traced, folder=tmp_path / "eager", training=replace(traced.training, run_eagerly=True))
+    executing_eagerly = []
+    real_get_loss = training.get_loss
+
+    def spying_get_loss(name, **options):
+        loss = real_get_loss(name, **options)
+
+        def spy(y_true, y_pred):
+            executing_eagerly.append(tf.executing_eagerly())   # a breakpoint here would see concrete values
+            return loss(y_true, y_pred)
+        return spy
+
+    monkeypatch.setattr(training, "get_loss", spying_get_loss)
+    training.train(eager, progress=False)
+    assert executing_eagerly and all(executing_eagerly)
+    columns = ["loss", "val_loss", "dice"]
+    pd.testing.assert_frame_equal(pd.read_csv(eager.folder / "history.csv")[columns],
+                                  pd.read_csv(traced.folder / "history.csv")[columns], rtol=1e-4)
+    # Whether steps are traced is not a setting of the run: a traced run folder is reused as it is.
+    monkeypatch.setattr(training, "get_loss", real_get_loss)
+    copy = replace(eager, folder=tmp_path / "copy")
+    shutil.copytree(traced.folder, copy.folder)
+    stamp = (copy.folder / "best.keras").stat().st_mtime_ns
+    training.train(copy, progress=False)
+    assert (copy.folder / "best.keras").stat().st_mtime_ns == stamp
+
+
 def test_early_stopping_and_plateau_follow_the_inner_validation_loss(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
