@@ -113,11 +113,15 @@ def checkpoint_arrays(folder) -> list[np.ndarray]:
 # ``strokeseg.cli.run_stage`` is what every run.py calls (the run.py entry points themselves run in
 # subprocesses in test_end_to_end.py); in this process, a stage does not pay TensorFlow's import again.
 ROOT = Path(__file__).resolve().parents[1]
+# One-step smoke runs train eagerly: there, tracing a step takes longer than running it (stage 08 of
+# test_end_to_end.py: 99 s traced, 44 s eager, on 2 cores). Traced training, as studies run it, is what
+# tests/train and tests/stages/test_s08_training.py check.
+EAGER = "training.run_eagerly=true"
 DATA = ["02_splitting", "03_convert", "04_cross_validation", "05_batch_distribution", "06_preparation"]
 BRIEF = ["bins.volume_edges=[0,20,100,\"inf\"]", "bins.axial_edges=[0,5,20,\"inf\"]",
          "bins.sagittal_edges=[0,5,20,\"inf\"]", "bins.coronal_edges=[0,5,20,\"inf\"]", "cv.n_folds=3",
          "batches.batch_size=8", "batches.lesion_per_batch=4", "training.folds=[1]", "training.max_epochs=1",
-         "training.steps_per_epoch=1", "training.validation_steps=1", "training.parallel_runs=1"]
+         "training.steps_per_epoch=1", "training.validation_steps=1", "training.parallel_runs=1", EAGER]
 # Where the model is not what a study is about: a 4-filter U-Net is the cheapest to build and trace.
 SMALL = BRIEF + ["training.model=unet", "training.model_options={\"base_filters\": 4}"]
 COMMAND = {stage.folder: stage.command for stage in STAGES}

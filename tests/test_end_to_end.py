@@ -17,6 +17,8 @@ from strokeseg.contracts import MEASURED_COLUMNS
 from strokeseg.data.prepared import PreparedSplit
 from strokeseg.train.run_logs import PROGRESS
 
+from helpers import EAGER
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["01_dataset", "02_splitting", "03_convert", "04_cross_validation", "05_batch_distribution",
           "06_preparation"]
@@ -157,7 +159,7 @@ STUDY = ["training.folds=[1]", "training.max_epochs=1", "training.steps_per_epoc
          "training.validation_steps=1", "training.model_options={\"width\": 0.125}",
          "comparison.models=[\"unet\"]", "comparison.planes=[\"axial\"]", "comparison.folds=[1]",
          "comparison.max_epochs=1", "comparison.losses=[\"dice\"]", "comparison.loss_folds=[1]",
-         "comparison.loss_max_epochs=1"]
+         "comparison.loss_max_epochs=1", EAGER]
 
 
 def run_study(workdir: Path, stages: list[str] = LATER_STAGES) -> None:

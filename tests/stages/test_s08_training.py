@@ -18,6 +18,8 @@ import pytest
 
 from strokeseg.cli import run_stage
 
+from helpers import EAGER
+
 ROOT = Path(__file__).resolve().parents[2]
 # One plane and one fold keep the stage quick; the loop over planes and folds is the same code. Three
 # epochs of the whole fold (steps_per_epoch=0, ~2 s each after the first): the kill lands after epoch 1,
@@ -105,7 +107,8 @@ def test_stage_09_compares_models_and_losses_through_the_same_protocol(trained):
     run_ok("comparison", trained, ["comparison.models=[\"unet\"]", "comparison.planes=[\"axial\"]",
                                    "comparison.folds=[1]", "comparison.max_epochs=1",
                                    "comparison.losses=[\"dice\",\"tversky_plus_focal\"]",
-                                   "comparison.loss_folds=[1]", "comparison.loss_max_epochs=1"])
+                                   "comparison.loss_folds=[1]", "comparison.loss_max_epochs=1",
+                                   "training.steps_per_epoch=1", EAGER])
     stage = trained / "09_comparison"
     summary = pd.read_csv(stage / "model_comparison.csv")
     assert set(summary["model"]) == {"raxnet", "unet"} and set(summary["plane"]) == {"axial"}

@@ -22,9 +22,11 @@ from strokeseg.errors import StageOrderError, StrokesegError
 from strokeseg.infer.inference import PlanePredictor
 from strokeseg.workdir import stage_config
 
+from helpers import EAGER
+
 TRAINING = ["training.model=unet", "training.model_options={\"base_filters\": 4}", "training.folds=[1]",
             "training.max_epochs=1", "training.steps_per_epoch=1", "training.validation_steps=1",
-            "training.eval_batch_size=64"]
+            "training.eval_batch_size=64", EAGER]
 MASKS = ["axial", "sagittal", "coronal", "fused"]
 
 

@@ -18,9 +18,11 @@ from strokeseg import cli
 from strokeseg.config import apply_overrides
 from strokeseg.workdir import stage_config
 
+from helpers import EAGER
+
 BRIEF = ["training.folds=[1]", "training.max_epochs=1", "training.steps_per_epoch=1",
          "training.validation_steps=1", "training.patch_size=[16,16,16]", "training.patch_steps=1",
-         "training.patch_validation_steps=1", "training.patch_batch_size=2"]
+         "training.patch_validation_steps=1", "training.patch_batch_size=2", EAGER]
 SLICE_MODEL = ["training.model=unet", "training.model_options={\"base_filters\": 4}"]
 COMPARISON = ["comparison.models=[\"unet3d\"]", "comparison.model_options={\"unet3d\": {\"width\": 0.125}}",
               "comparison.losses=[]", "comparison.folds=[1]", "comparison.max_epochs=1"]
