@@ -3,7 +3,8 @@ its argument checks, its refusal of any backend but JAX and of a process with Te
 its CPU fallback end to end (``--quick --cpu``) with ``import tensorflow`` failing, as it would there.
 
 The end-to-end run compiles two RAX-Net training steps (float32, mixed) and predicts two MNI volumes
-(warm-up, timed) on the CPU: 65 to 85 s on 2 busy cores, most of it XLA compiling the training steps."""
+(warm-up, timed) on the CPU, most of it XLA compiling the training steps; with XLA's backend
+optimisation off (helpers.quick_xla_flags: its figures are not looked at) 72 s on 2 busy cores."""
 from __future__ import annotations
 
 import importlib.util
@@ -15,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import quick_xla_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
@@ -94,7 +97,8 @@ def _figure(pattern: str, text: str) -> float:
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 def test_quick_cpu_run_without_tensorflow_prints_every_figure(tmp_path):
     # A user's KERAS_BACKEND=tensorflow is overridden by the .sh; `import tensorflow` fails as on the GPU machine.
-    env = {"PYTHONPATH": str(_fake_tensorflow(tmp_path, FAKE_TENSORFLOW)), "KERAS_BACKEND": "tensorflow"}
+    env = {"PYTHONPATH": str(_fake_tensorflow(tmp_path, FAKE_TENSORFLOW)), "KERAS_BACKEND": "tensorflow",
+           "XLA_FLAGS": quick_xla_flags()}
     result = _run("--quick", "--cpu", env=env, timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     out = result.stdout

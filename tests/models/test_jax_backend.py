@@ -21,6 +21,8 @@ import pytest
 
 from strokeseg.models import model_names
 
+from helpers import quick_xla_flags
+
 pytest.importorskip("jax")
 
 WORKER = Path(__file__).with_name("backend_worker.py")
@@ -33,7 +35,8 @@ CHECKED = model_names() if os.environ.get("STROKESEG_TEST_ALL_MODELS") else DEFA
 
 
 def _run(folder: Path, backend: str) -> dict:
-    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
+           "XLA_FLAGS": quick_xla_flags()}
     result = subprocess.run([sys.executable, str(WORKER), str(folder), *CHECKED], env=env, capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
