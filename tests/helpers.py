@@ -173,4 +173,3 @@ def quick_xla_flags() -> str:
     """``XLA_FLAGS`` for a JAX subprocess whose speed is not measured: XLA's LLVM backend optimisation off,
     which shortens compilation (bench/gpu_check.sh --quick --cpu: 104 s -> 73 s on 2 cores)."""
     return " ".join(filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
-

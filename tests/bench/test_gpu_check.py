@@ -4,7 +4,7 @@ its CPU fallback end to end (``--quick --cpu``) with ``import tensorflow`` faili
 
 The end-to-end run compiles two RAX-Net training steps (float32, mixed) and predicts two MNI volumes
 (warm-up, timed) on the CPU, most of it XLA compiling the training steps; with XLA's backend
-optimisation off (helpers.quick_xla_flags: its figures are not looked at) 72 s on 2 busy cores."""
+optimisation off (helpers.quick_xla_flags: its figures are not looked at) 72 to 94 s on 2 busy cores."""
 from __future__ import annotations
 
 import importlib.util

@@ -100,7 +100,7 @@ def test_a_finished_run_is_reused_and_other_settings_are_refused(trained_runs, t
         training.train(other, progress=False)
 
 
-def test_run_eagerly_trains_the_same_run_op_by_op_and_resumes_a_traced_one(trained_runs, tmp_path, monkeypatch):
+def test_run_eagerly_trains_the_same_run_op_by_op_and_reuses_a_traced_run_folder(trained_runs, tmp_path, monkeypatch):
     import tensorflow as tf
 
     traced, _ = trained_runs("unet")
