@@ -4,8 +4,8 @@ stage's outputs are byte for byte an uninterrupted run's.
 The uninterrupted reference runs of stages 01 and 03 are ``python -m strokeseg`` subprocesses, timed from the
 moment their first scratch file or folder appears (the imports before it write nothing) to their exit; the
 synthetic cohort's is in-process, its whole duration the window. A killed run is the same command, killed after
-a delay drawn from a seeded RNG within that window; the rerun is in-process. A draw that comes after the run has
-already finished (the reference was slower) is drawn again within half the span.
+a delay drawn from a seeded RNG within that window; the rerun is in-process. A draw that comes after the stage's
+work is done (the reference was slower) is drawn again within half the span, from the workdir as it was.
 """
 from __future__ import annotations
 
@@ -60,19 +60,32 @@ def timed_run(args: list[str], workdir: Path) -> float:
 
 
 def interrupt(args: list[str], workdir: Path, window: float, seed: int, sig=signal.SIGKILL) -> tuple[int, str]:
-    """Start the command and send ``sig`` a random delay after its first scratch; (exit status, stderr)."""
+    """Start the command and send ``sig`` a random delay after its first scratch; (exit status, stderr).
+
+    A draw can land after the stage's work is done: the process has exited, or it is exiting, where the signal
+    finds Python's default handler back (status ``-sig``) or the kernel already tearing the process down (0).
+    Such a try is repeated from the workdir as it was before the first, with a delay drawn within half the span."""
     rng = random.Random(seed)
     span = window
+    before = workdir.with_name(f"{workdir.name}_before")
+    if workdir.exists():
+        shutil.copytree(workdir, before)
     for _ in range(5):
         process = start(args)
         begun = first_scratch(process, workdir)
         time.sleep(max(0.0, begun + rng.uniform(0, span) - time.monotonic()))
-        if process.poll() is None:
+        signalled = process.poll() is None
+        if signalled:
             process.send_signal(sig)
-            _, err = process.communicate()
+        _, err = process.communicate()
+        finished_first = not signalled or process.returncode == 0 or (
+            process.returncode == -sig and sig != signal.SIGKILL)
+        if not finished_first:
             return process.returncode, err
-        process.communicate()
-        span /= 2           # this run was quicker than the draw: draw again, earlier
+        span /= 2
+        shutil.rmtree(workdir)
+        if before.exists():
+            shutil.copytree(before, workdir)
     pytest.fail(f"{args[0]} always finished before the signal (window {window:.2f} s)")
 
 
