@@ -18,6 +18,7 @@ from strokeseg.data.prepared import PreparedSplit
 from strokeseg.train.run_logs import PROGRESS
 
 from helpers import EAGER
+from helpers import run_stage as in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["01_dataset", "02_splitting", "03_convert", "04_cross_validation", "05_batch_distribution",
@@ -38,11 +39,12 @@ def run_stage(stage: str, workdir: Path, *args: str) -> subprocess.CompletedProc
     return result
 
 
-def run_all(workdir: Path, cohort: Path) -> None:
+def run_all(workdir: Path, cohort: Path, run=run_stage) -> None:
+    """Stages 01-06; ``run(stage, workdir, *args)`` runs one (default: its run.py in a subprocess)."""
     overrides = [a for o in OVERRIDES for a in ("--set", o)]
-    run_stage("01_dataset", workdir, "--profile", "raxnet", "--atlas-dir", str(cohort), "--workers", "2", *overrides)
+    run("01_dataset", workdir, "--profile", "raxnet", "--atlas-dir", str(cohort), "--workers", "2", *overrides)
     for stage in STAGES[1:]:
-        run_stage(stage, workdir)
+        run(stage, workdir)
 
 
 def digests(workdir: Path, stages: list[str]) -> dict[str, str]:
@@ -162,15 +164,16 @@ STUDY = ["training.folds=[1]", "training.max_epochs=1", "training.steps_per_epoc
          "comparison.loss_max_epochs=1", EAGER]
 
 
-def run_study(workdir: Path, stages: list[str] = LATER_STAGES) -> None:
+def run_study(workdir: Path, stages: list[str] = LATER_STAGES, run=run_stage) -> None:
+    """Stages 08 and 10, and 07 and 09 where ``stages`` has them; ``run`` as in ``run_all``."""
     if "07_models" in stages:
         # one row of the cheapest model, the smallest measurement: a smoke test of the entry point
-        run_stage("07_models", workdir, "--quick", "--models", "unet", "--planes", "axial", "--matmul-size", "256",
-                  "--repeats", "1")
-    run_stage("08_training", workdir, *[a for o in STUDY for a in ("--set", o)])
+        run("07_models", workdir, "--quick", "--models", "unet", "--planes", "axial", "--matmul-size", "256",
+            "--repeats", "1")
+    run("08_training", workdir, *[a for o in STUDY for a in ("--set", o)])
     if "09_comparison" in stages:
-        run_stage("09_comparison", workdir)
-    run_stage("10_fusion", workdir)
+        run("09_comparison", workdir)
+    run("10_fusion", workdir)
 
 
 def test_stages_07_to_10_complete_the_study(workdir):
@@ -223,15 +226,17 @@ def test_synthetic_cohort_is_built_reused_and_labelled(tmp_path):
 
 
 # The second run leaves out the model table (measurements) and the comparison (stage 08's training code
-# again, with other models), the two stages the fusion does not need.
+# again, with other models), the two stages the fusion does not need. It runs the same commands in this
+# process (cli.main, as `strokeseg <command>`), so it also checks that a stage's outputs do not depend on
+# how it was started, and it does not pay eight interpreter and TensorFlow start-ups again.
 REPEATED = [*STAGES, "08_training", "10_fusion"]
 
 
 def test_a_second_run_writes_byte_identical_csvs_and_figures(workdir, tiny_cohort, tmp_path):
     if not (workdir / "10_fusion" / "manifest.json").is_file():   # this test alone was selected
         run_study(workdir)
-    run_all(tmp_path, tiny_cohort)
-    run_study(tmp_path, REPEATED)
+    run_all(tmp_path, tiny_cohort, run=in_process)
+    run_study(tmp_path, REPEATED, run=in_process)
     first, second = digests(workdir, REPEATED), digests(tmp_path, REPEATED)
     assert first.keys() == second.keys()
     assert sum(name.endswith(".png") for name in first) >= 10 and len(first) > 80
