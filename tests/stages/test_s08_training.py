@@ -103,12 +103,18 @@ def test_stage_08_publishes_fold_tables_runs_and_best_folds(trained):
     assert runs["epochs"].tolist() == [EPOCHS] and (stage / "test_dice_3d.png").stat().st_size > 0
 
 
+# Stage 09's runs at a fraction of the width (the loss comparison trains RAX-Net with training's options):
+# what is tested is the protocol around them.
+SMALL_MODELS = ["comparison.model_options={\"unet\": {\"base_filters\": 4}}",
+                "training.model_options={\"width\": 0.125}"]
+
+
 def test_stage_09_compares_models_and_losses_through_the_same_protocol(trained):
     run_ok("comparison", trained, ["comparison.models=[\"unet\"]", "comparison.planes=[\"axial\"]",
                                    "comparison.folds=[1]", "comparison.max_epochs=1",
                                    "comparison.losses=[\"dice\",\"tversky_plus_focal\"]",
                                    "comparison.loss_folds=[1]", "comparison.loss_max_epochs=1",
-                                   "training.steps_per_epoch=1", EAGER])
+                                   "training.steps_per_epoch=1", EAGER, *SMALL_MODELS])
     stage = trained / "09_comparison"
     summary = pd.read_csv(stage / "model_comparison.csv")
     assert set(summary["model"]) == {"raxnet", "unet"} and set(summary["plane"]) == {"axial"}
