@@ -159,7 +159,8 @@ def test_checkpoints_refuse_a_different_model(tmp_path):
 def test_fresh_discards_a_run(prepared_workdir, tmp_path):
     from strokeseg.train.experiments import Inputs, train_and_evaluate
 
-    spec = spec_for(prepared_workdir, tmp_path / "run", "unet")   # any model: the cheapest to train
+    # any model, the cheapest, eagerly: what is checked is the run folder's bookkeeping
+    spec = spec_for(prepared_workdir, tmp_path / "run", "unet", model_options={"base_filters": 4}, run_eagerly=True)
     spec.folder.mkdir()
     (spec.folder / "state.json").write_text("{broken")
     with pytest.raises(training.RunSettingsError, match="unreadable run state"):
