@@ -159,11 +159,11 @@ def pytest_collection(session):
 
 # make test runs each file on one pytest-xdist worker (--dist loadfile) in collection order: the longest
 # files go first, so that no long file starts last and keeps one worker busy while the other is idle.
-LONGEST_FILES_FIRST = ("test_end_to_end.py", "test_profiles.py", "test_model_contract.py", "test_loop.py",
-                       "test_s08_training.py", "test_volume_runs.py", "test_distribute.py", "test_gpu_check.py",
-                       "test_s10_volume.py", "test_end_to_end_cohorts.py", "test_lcnn.py", "test_s10_fusion.py",
-                       "test_stage_kills.py", "test_jax_backend.py", "test_parallel_runs.py",
-                       "test_weighted_batches.py", "test_inference.py", "test_nnunet_export.py", "test_model_table.py")
+LONGEST_FILES_FIRST = ("test_profiles.py", "test_end_to_end.py", "test_s08_training.py", "test_model_contract.py",
+                       "test_loop.py", "test_gpu_check.py", "test_distribute.py", "test_lcnn.py", "test_volume_runs.py",
+                       "test_s10_fusion.py", "test_end_to_end_cohorts.py", "test_stage_kills.py", "test_s10_volume.py",
+                       "test_jax_backend.py", "test_parallel_runs.py", "test_nnunet_export.py",
+                       "test_weighted_batches.py", "test_inference.py", "test_model_table.py")
 
 
 def pytest_collection_modifyitems(items):

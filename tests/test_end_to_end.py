@@ -228,7 +228,7 @@ def test_synthetic_cohort_is_built_reused_and_labelled(tmp_path):
 # The second run leaves out the model table (measurements) and the comparison (stage 08's training code
 # again, with other models), the two stages the fusion does not need. It runs the same commands in this
 # process (cli.main, as `strokeseg <command>`), so it also checks that a stage's outputs do not depend on
-# how it was started, and it does not pay eight interpreter and TensorFlow start-ups again.
+# how it was started, and it does not pay eight interpreter start-ups again (two of them import TensorFlow).
 REPEATED = [*STAGES, "08_training", "10_fusion"]
 
 
