@@ -352,12 +352,11 @@ def _compiled_model(spec: RunSpec, state: RunState, folder: Path, strategy, repl
         optimizer = build_optimizer(training, steps)
         if len(model.outputs) > 1:   # deep supervision: one loss per scale, metrics on the full-resolution map
             supervision = DeepSupervisionLoss(loss, len(model.outputs))
-            model.compile(optimizer=optimizer, loss=supervision.output_losses(), loss_weights=supervision.weights,
-                          metrics=[training_metrics()] + [None] * (len(model.outputs) - 1),
-                          run_eagerly=training.run_eagerly)
+            per_output = dict(loss=supervision.output_losses(), loss_weights=supervision.weights,
+                              metrics=[training_metrics()] + [None] * (len(model.outputs) - 1))
         else:
-            model.compile(optimizer=optimizer, loss=loss, metrics=training_metrics(),
-                          run_eagerly=training.run_eagerly)
+            per_output = dict(loss=loss, metrics=training_metrics())
+        model.compile(optimizer=optimizer, run_eagerly=training.run_eagerly, **per_output)
         model.optimizer.build(model.trainable_variables)
         if state.checkpoint:
             load_variables(folder / state.checkpoint, _state_variables(model))
